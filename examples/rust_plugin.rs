@@ -1,0 +1,286 @@
+//! An example legacy-ABI plugin written with the Rust SDK. The tests load it
+//! as a real `.so`; each entry exercises part of the ABI.
+//!
+//! Entries:
+//! - `all_methods`: every read, and every response command, in the four phases;
+//!   reports what it read as response headers.
+//! - `end`: answers the request itself (`END`).
+//! - `stream`: a streamed response.
+//! - `ws`: upgrades to WebSocket, echoes and broadcasts, closes on `bye`.
+//! - `error`, `panic`: a handler that fails / panics.
+//! - hostile ones for the tests: `silent`, `unknown_method`, `malformed`,
+//!   `bad_length`, `event_to_host`, `flood`, `threads`, `victim`, `stale`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nylon_transport::abi::legacy::{FfiBuffer, Method};
+use nylon_transport::sdk::{Flow, PhaseCx, Plugin, SdkError, Session, WsCx, WsEvent};
+
+struct Example {
+    greeting: String,
+}
+
+/// The sid of the last closed `victim` session.
+static LAST_VICTIM: AtomicU32 = AtomicU32::new(0);
+
+impl Plugin for Example {
+    fn initialize(config: &[u8]) -> Self {
+        let greeting = serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| v.get("greeting").and_then(|g| g.as_str()).map(String::from))
+            .unwrap_or_else(|| "hello".into());
+        Example { greeting }
+    }
+
+    fn open(&self, entry: &str, sid: u32) -> Option<Box<dyn Session>> {
+        Some(match entry {
+            "all_methods" => Box::new(AllMethods::default()),
+            "end" => Box::new(EndEarly(self.greeting.clone())),
+            "stream" => Box::new(Stream),
+            "ws" => Box::new(Ws),
+            "error" => Box::new(Fails),
+            "panic" => Box::new(Panics),
+            "silent" => Box::new(Silent),
+            "unknown_method" => Box::new(Raw(999, Vec::new())),
+            "malformed" => Box::new(Raw(
+                Method::SetResponseHeader as u32,
+                b"\x01\x02garbage".to_vec(),
+            )),
+            "event_to_host" => Box::new(Raw(Method::WebsocketOnOpen as u32, Vec::new())),
+            "bad_length" => Box::new(BadLength),
+            "flood" => Box::new(Flood),
+            "threads" => Box::new(Threads),
+            "victim" => Box::new(Victim(sid)),
+            "stale" => Box::new(Stale),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct AllMethods {
+    chunks: Vec<String>,
+}
+
+impl Session for AllMethods {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let payload = cx.payload_json()?;
+        cx.set_response_header("x-payload-key", payload["key"].as_str().unwrap_or("-"));
+        cx.set_response_header("x-path", &cx.request_path()?);
+        cx.set_response_header("x-url", &cx.request_url()?);
+        cx.set_response_header("x-query", &cx.request_query()?);
+        cx.set_response_header("x-host", &cx.request_host()?);
+        cx.set_response_header("x-client-ip", &cx.client_ip()?);
+        cx.set_response_header("x-method", &cx.request_method()?);
+        cx.set_response_header("x-bytes", &cx.request_bytes()?.to_string());
+        cx.set_response_header(
+            "x-ts-positive",
+            &(cx.request_timestamp_ms()? > 0).to_string(),
+        );
+        cx.set_response_header("x-user", &cx.request_header("X-User")?);
+        cx.set_response_header("x-absent", &format!("[{}]", cx.request_header("x-absent")?));
+        let headers = cx.request_headers()?;
+        let names: Vec<_> = headers.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        cx.set_response_header("x-headers", &names.join(";"));
+        let params = cx.request_params()?;
+        cx.set_response_header(
+            "x-params",
+            &params.map_or("null".into(), |p| {
+                p.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(";")
+            }),
+        );
+        let body = cx.request_body()?;
+        cx.set_response_header("x-request-body", &String::from_utf8_lossy(&body));
+        cx.set_response_header("x-remove-me", "1");
+        cx.remove_response_header("x-remove-me");
+        cx.set_response_status(201);
+        cx.set_response_header("x-status-seen", &cx.response_status()?.to_string());
+        cx.set_response_header("x-error-seen", &format!("[{}]", cx.response_error()?));
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.set_response_header("x-upstream-status", &cx.response_status()?.to_string());
+        let names: Vec<_> = cx.response_headers()?.into_iter().map(|(n, _)| n).collect();
+        cx.set_response_header("x-response-headers", &names.join(";"));
+        Ok(Flow::Next)
+    }
+
+    fn response_body_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let chunk = cx.response_body()?;
+        let len = cx.response_bytes()?;
+        self.chunks
+            .push(format!("{}:{len}", String::from_utf8_lossy(&chunk)));
+        Ok(Flow::Next)
+    }
+
+    fn logging(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let _ = cx.response_duration_ms()?;
+        let _ = cx.response_error()?;
+        // Too late to change the response; the host still applies it to its context.
+        cx.set_response_header("x-chunks-seen", &self.chunks.join(","));
+        Ok(Flow::Next)
+    }
+}
+
+struct EndEarly(String);
+
+impl Session for EndEarly {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.set_response_status(403);
+        cx.set_response_header("content-type", "text/plain");
+        cx.set_response_body(self.0.as_bytes());
+        Ok(Flow::End)
+    }
+}
+
+struct Stream;
+
+impl Session for Stream {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.set_response_header("transfer-encoding", "chunked");
+        cx.stream_header();
+        cx.stream_write(b"one");
+        cx.stream_write(b"two");
+        Ok(Flow::StreamEnd)
+    }
+}
+
+struct Ws;
+
+impl Session for Ws {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, ws: &mut WsCx<'_>) {
+        match event {
+            WsEvent::Open => ws.join_room("lobby"),
+            WsEvent::Text(b"bye") => {
+                ws.leave_room("lobby");
+                ws.close();
+            }
+            WsEvent::Text(t) => {
+                ws.send_text(t);
+                ws.broadcast_text("lobby", t);
+            }
+            WsEvent::Binary(b) => {
+                ws.send_binary(b);
+                ws.broadcast_binary("lobby", b);
+            }
+            WsEvent::Close | WsEvent::Error(_) => {}
+        }
+    }
+}
+
+struct Fails;
+
+impl Session for Fails {
+    fn request_filter(&mut self, _cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        Err(SdkError::Handler("database unavailable".into()))
+    }
+}
+
+struct Panics;
+
+impl Session for Panics {
+    fn request_filter(&mut self, _cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        panic!("boom")
+    }
+}
+
+struct Silent;
+
+impl Session for Silent {
+    fn request_filter(&mut self, _cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        Ok(Flow::Hold)
+    }
+}
+
+/// Sends one raw message, then waits (the host should fail the session).
+struct Raw(u32, Vec<u8>);
+
+impl Session for Raw {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.send_raw(self.0, &self.1);
+        Ok(Flow::Hold)
+    }
+}
+
+struct BadLength;
+
+impl Session for BadLength {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        // A NULL pointer with a non-zero length: the host must not read it.
+        let buf = FfiBuffer {
+            sid: cx.sid(),
+            phase: 0,
+            method: Method::SetResponseFullBody as u32,
+            ptr: std::ptr::null(),
+            len: 16,
+        };
+        cx.send_raw_buffer(&buf);
+        Ok(Flow::Hold)
+    }
+}
+
+struct Flood;
+
+impl Session for Flood {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        for i in 0..10_000 {
+            cx.set_response_header("x-flood", &i.to_string());
+            cx.set_response_header(&format!("x-flood-{}", i % 10), &i.to_string());
+        }
+        Ok(Flow::Next)
+    }
+}
+
+struct Threads;
+
+impl Session for Threads {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let cx = &*cx;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        cx.set_response_header(&format!("x-thread-{t}"), &i.to_string());
+                    }
+                    // Reads from several threads at once each get their own reply.
+                    assert_eq!(cx.request_path().unwrap_or_default(), "/threads");
+                });
+            }
+        });
+        Ok(Flow::Next)
+    }
+}
+
+struct Victim(u32);
+
+impl Session for Victim {}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        LAST_VICTIM.store(self.0, Ordering::SeqCst);
+    }
+}
+
+struct Stale;
+
+impl Session for Stale {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let victim = LAST_VICTIM.load(Ordering::SeqCst);
+        let kv = nylon_transport::codec::encode_header_kv("x-stale", "1");
+        cx.send_raw_as(victim, Method::SetResponseHeader as u32, &kv);
+        cx.send_raw_as(victim, Method::Next as u32, &[]);
+        cx.set_response_header("x-victim", &victim.to_string());
+        Ok(Flow::Next)
+    }
+}
+
+nylon_transport::export_legacy_plugin!(Example);

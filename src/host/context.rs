@@ -1,0 +1,552 @@
+//! The trait through which a transport reads and changes one request and its
+//! response, and an in-memory implementation for the CLI and the tests.
+//!
+//! An embedding proxy implements [`HttpContext`] over its own request and
+//! response types (Pingora's session, in Nylon).
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// A WebSocket message, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsMessage<'a> {
+    /// A text frame (payload not UTF-8 validated, as in the legacy host).
+    Text(&'a [u8]),
+    /// A binary frame.
+    Binary(&'a [u8]),
+}
+
+/// What [`HttpContext::websocket_recv`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WsRecv {
+    /// A complete client text message.
+    Text(Vec<u8>),
+    /// A complete client binary message.
+    Binary(Vec<u8>),
+    /// The client closed, hit EOF or a read error.
+    Closed,
+    /// Nothing arrived within the wait.
+    Idle,
+}
+
+/// Access to one request and its response, as a host gives it to the transport.
+///
+/// Reads return borrowed data; commands take effect on the response the host
+/// will send. Header names are matched case-insensitively.
+pub trait HttpContext {
+    /// The request method token.
+    fn request_method(&self) -> &str;
+    /// The URI path.
+    fn request_path(&self) -> &str;
+    /// The raw query, without `?` (empty if none).
+    fn request_query(&self) -> &str;
+    /// The host, without port.
+    fn request_host(&self) -> &str;
+    /// `scheme://host[:port]path[?query]`, appended to `out`.
+    fn request_url(&self, out: &mut Vec<u8>);
+    /// The peer IP, without port.
+    fn client_ip(&self) -> &str;
+    /// The first value of a request header, `None` if absent.
+    fn request_header(&self, name: &[u8]) -> Option<&[u8]>;
+    /// Calls `f` for every request header, in order, repeated names repeated.
+    fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    /// The whole request body (read on first use by a streaming host).
+    fn request_body(&mut self) -> &[u8];
+    /// Route params, `None` if never set.
+    fn request_params(&self) -> Option<&[(String, String)]>;
+    /// The `Content-Length` value, 0 if missing or invalid.
+    fn request_content_length(&self) -> i64;
+    /// When the request started, in ms since the Unix epoch.
+    fn request_timestamp_ms(&self) -> u64;
+    /// The middleware's JSON payload, `None` if none is configured.
+    fn payload(&self) -> Option<&[u8]>;
+
+    /// The current response status (set by a plugin, else upstream, else 200).
+    fn response_status(&self) -> u16;
+    /// Sets the response status.
+    fn set_response_status(&mut self, status: u16);
+    /// Sets a response header, replacing every value of that name.
+    fn set_response_header(&mut self, name: &str, value: &str);
+    /// Removes every value of a response header.
+    fn remove_response_header(&mut self, name: &str);
+    /// Calls `f` for every current response header, in order.
+    fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    /// Replaces the response body.
+    fn set_response_body(&mut self, body: &[u8]);
+    /// The response body as a plugin sees it: the body a plugin set, else the
+    /// current body chunk (in the body filter phase), else empty.
+    fn response_body(&self) -> &[u8];
+    /// Writes the response header of a streamed response now.
+    ///
+    /// # Errors
+    ///
+    /// A message when the downstream cannot be written.
+    fn response_stream_header(&mut self) -> Result<(), String>;
+    /// Writes one body chunk downstream now.
+    ///
+    /// # Errors
+    ///
+    /// A message when the downstream cannot be written.
+    fn response_stream_data(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Finishes a streamed response.
+    ///
+    /// # Errors
+    ///
+    /// A message when the downstream cannot be written.
+    fn response_stream_end(&mut self) -> Result<(), String>;
+    /// Milliseconds since the request started.
+    fn response_duration_ms(&self) -> u64;
+    /// The proxy error message, empty if none.
+    fn response_error(&self) -> &str;
+
+    /// Performs the WebSocket handshake.
+    ///
+    /// # Errors
+    ///
+    /// A message (the host has answered the client itself, e.g. with a 400).
+    fn websocket_upgrade(&mut self) -> Result<(), String>;
+    /// Sends a frame to the client.
+    ///
+    /// # Errors
+    ///
+    /// A message when the connection cannot be written.
+    fn websocket_send(&mut self, msg: WsMessage<'_>) -> Result<(), String>;
+    /// Closes the WebSocket (close frame, then done).
+    fn websocket_close(&mut self);
+    /// Waits up to `wait` for the next client message.
+    fn websocket_recv(&mut self, wait: Duration) -> WsRecv;
+    /// Joins a room.
+    fn websocket_join_room(&mut self, room: &str);
+    /// Leaves a room.
+    fn websocket_leave_room(&mut self, room: &str);
+    /// Broadcasts to every member of a room, the sender included.
+    fn websocket_broadcast(&mut self, room: &str, msg: WsMessage<'_>);
+}
+
+/// A request as the CLI's `--request` file describes it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestSpec {
+    /// Method token (default `GET`).
+    pub method: String,
+    /// URI path (default `/`).
+    pub path: String,
+    /// Raw query without `?`.
+    pub query: String,
+    /// Host, optionally with `:port`.
+    pub host: String,
+    /// Client IP.
+    pub client_ip: String,
+    /// `https` or `http` (default `http`).
+    pub scheme: String,
+    /// Headers as `[name, value]` pairs, in order.
+    pub headers: Vec<(String, String)>,
+    /// Request body (UTF-8 text).
+    pub body: String,
+    /// Route params; absent means never set (`null` on the wire).
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The upstream response for the response phases, if the request gets that far.
+    pub upstream: Option<UpstreamSpec>,
+    /// Client WebSocket messages delivered after an upgrade, then the client closes.
+    pub websocket: Vec<WsSpec>,
+    /// The proxy error reported to the logging phase.
+    pub error: String,
+}
+
+/// The upstream response of a [`RequestSpec`].
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Status (default 200).
+    pub status: Option<u16>,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Body chunks, each a separate body filter phase.
+    pub body_chunks: Vec<String>,
+}
+
+/// One client WebSocket message of a [`RequestSpec`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WsSpec {
+    /// A text message.
+    Text(String),
+    /// A binary message, as a list of byte values.
+    Binary(Vec<u8>),
+}
+
+/// What the in-memory host sent to the client over a WebSocket, or did with rooms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WsEffect {
+    /// A text frame sent to this client.
+    Text(String),
+    /// A binary frame sent to this client.
+    Binary(Vec<u8>),
+    /// Joined a room.
+    Join(String),
+    /// Left a room.
+    Leave(String),
+    /// Broadcast text to a room.
+    BroadcastText {
+        /// The room.
+        room: String,
+        /// The message.
+        text: String,
+    },
+    /// Broadcast binary to a room.
+    BroadcastBinary {
+        /// The room.
+        room: String,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// The plugin closed the connection.
+    Close,
+}
+
+/// An in-memory [`HttpContext`]: a request from a [`RequestSpec`], and a
+/// response built up by the plugin's commands.
+#[derive(Clone, Debug)]
+pub struct MemoryContext {
+    spec: RequestSpec,
+    params: Option<Vec<(String, String)>>,
+    payload: Option<Vec<u8>>,
+    timestamp_ms: u64,
+    started: std::time::Instant,
+    status: Option<u16>,
+    upstream_status: Option<u16>,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Option<Vec<u8>>,
+    current_chunk: Vec<u8>,
+    streamed: Vec<Vec<u8>>,
+    stream_header_sent: bool,
+    stream_ended: bool,
+    ws_open: bool,
+    ws_inbound: VecDeque<WsSpec>,
+    ws_effects: Vec<WsEffect>,
+}
+
+impl MemoryContext {
+    /// Creates a context for `spec`, with an optional middleware payload.
+    pub fn new(spec: RequestSpec, payload: Option<Vec<u8>>) -> Self {
+        let params = spec.params.as_ref().map(|m| {
+            m.iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => (k.clone(), s.clone()),
+                    other => (k.clone(), other.to_string()),
+                })
+                .collect()
+        });
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let ws_inbound = spec.websocket.iter().cloned().collect();
+        Self {
+            spec,
+            params,
+            payload,
+            timestamp_ms,
+            started: std::time::Instant::now(),
+            status: None,
+            upstream_status: None,
+            headers: Vec::new(),
+            body: None,
+            current_chunk: Vec::new(),
+            streamed: Vec::new(),
+            stream_header_sent: false,
+            stream_ended: false,
+            ws_open: false,
+            ws_inbound,
+            ws_effects: Vec::new(),
+        }
+    }
+
+    /// Applies the upstream response: its status and its headers under the ones
+    /// plugins already set (a plugin's set or remove wins over upstream).
+    pub fn apply_upstream(&mut self, status: u16, headers: &[(String, String)]) {
+        self.upstream_status = Some(status);
+        let mut merged: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(n, _)| !self.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone().into_bytes()))
+            .collect();
+        merged.append(&mut self.headers);
+        self.headers = merged;
+    }
+
+    /// Sets the body chunk the body filter phase is looking at.
+    pub fn set_current_chunk(&mut self, chunk: &[u8]) {
+        self.current_chunk.clear();
+        self.current_chunk.extend_from_slice(chunk);
+    }
+
+    /// The body a plugin set, if any.
+    pub fn body_override(&self) -> Option<&[u8]> {
+        self.body.as_deref()
+    }
+
+    /// The current response headers.
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.headers
+    }
+
+    /// Chunks written by `SET_RESPONSE_STREAM_DATA`, in order.
+    pub fn streamed(&self) -> &[Vec<u8>] {
+        &self.streamed
+    }
+
+    /// Whether a streamed response was started / finished.
+    pub fn stream_state(&self) -> (bool, bool) {
+        (self.stream_header_sent, self.stream_ended)
+    }
+
+    /// Whether a WebSocket upgrade happened.
+    pub fn websocket_open(&self) -> bool {
+        self.ws_open
+    }
+
+    /// Everything the plugin did over the WebSocket, in order.
+    pub fn ws_effects(&self) -> &[WsEffect] {
+        &self.ws_effects
+    }
+
+    /// The status set by a plugin, if any.
+    pub fn status_override(&self) -> Option<u16> {
+        self.status
+    }
+}
+
+impl HttpContext for MemoryContext {
+    fn request_method(&self) -> &str {
+        if self.spec.method.is_empty() {
+            "GET"
+        } else {
+            &self.spec.method
+        }
+    }
+
+    fn request_path(&self) -> &str {
+        if self.spec.path.is_empty() {
+            "/"
+        } else {
+            &self.spec.path
+        }
+    }
+
+    fn request_query(&self) -> &str {
+        &self.spec.query
+    }
+
+    fn request_host(&self) -> &str {
+        self.spec.host.split(':').next().unwrap_or("")
+    }
+
+    fn request_url(&self, out: &mut Vec<u8>) {
+        let scheme = if self.spec.scheme.is_empty() {
+            "http"
+        } else {
+            &self.spec.scheme
+        };
+        out.extend_from_slice(scheme.as_bytes());
+        out.extend_from_slice(b"://");
+        out.extend_from_slice(self.request_host().as_bytes());
+        if let Some((_, port)) = self.spec.host.split_once(':') {
+            if port != "80" && port != "443" {
+                out.push(b':');
+                out.extend_from_slice(port.as_bytes());
+            }
+        }
+        out.extend_from_slice(self.request_path().as_bytes());
+        if !self.spec.query.is_empty() {
+            out.push(b'?');
+            out.extend_from_slice(self.spec.query.as_bytes());
+        }
+    }
+
+    fn client_ip(&self) -> &str {
+        &self.spec.client_ip
+    }
+
+    fn request_header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.spec
+            .headers
+            .iter()
+            .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+
+    fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (n, v) in &self.spec.headers {
+            f(n.to_ascii_lowercase().as_bytes(), v.as_bytes());
+        }
+    }
+
+    fn request_body(&mut self) -> &[u8] {
+        self.spec.body.as_bytes()
+    }
+
+    fn request_params(&self) -> Option<&[(String, String)]> {
+        self.params.as_deref()
+    }
+
+    fn request_content_length(&self) -> i64 {
+        self.request_header(b"content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .unwrap_or(0)
+    }
+
+    fn request_timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    fn response_status(&self) -> u16 {
+        self.status.or(self.upstream_status).unwrap_or(200)
+    }
+
+    fn set_response_status(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        match self
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(i) => {
+                self.headers[i].1 = value.as_bytes().to_vec();
+                let mut j = i + 1;
+                while j < self.headers.len() {
+                    if self.headers[j].0.eq_ignore_ascii_case(name) {
+                        self.headers.remove(j);
+                    } else {
+                        j += 1;
+                    }
+                }
+            }
+            None => self
+                .headers
+                .push((name.to_ascii_lowercase(), value.as_bytes().to_vec())),
+        }
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (n, v) in &self.headers {
+            f(n.as_bytes(), v);
+        }
+    }
+
+    fn set_response_body(&mut self, body: &[u8]) {
+        self.body = Some(body.to_vec());
+    }
+
+    fn response_body(&self) -> &[u8] {
+        self.body.as_deref().unwrap_or(&self.current_chunk)
+    }
+
+    fn response_stream_header(&mut self) -> Result<(), String> {
+        if self.stream_ended {
+            return Err("response already finished".into());
+        }
+        self.stream_header_sent = true;
+        Ok(())
+    }
+
+    fn response_stream_data(&mut self, data: &[u8]) -> Result<(), String> {
+        if self.stream_ended {
+            return Err("response already finished".into());
+        }
+        self.stream_header_sent = true;
+        self.streamed.push(data.to_vec());
+        Ok(())
+    }
+
+    fn response_stream_end(&mut self) -> Result<(), String> {
+        self.stream_header_sent = true;
+        self.stream_ended = true;
+        Ok(())
+    }
+
+    fn response_duration_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn response_error(&self) -> &str {
+        &self.spec.error
+    }
+
+    fn websocket_upgrade(&mut self) -> Result<(), String> {
+        if self.request_header(b"sec-websocket-key").is_none() {
+            self.status = Some(400);
+            self.body = Some(b"Missing Sec-WebSocket-Key".to_vec());
+            return Err("missing Sec-WebSocket-Key".into());
+        }
+        self.ws_open = true;
+        self.status = Some(101);
+        Ok(())
+    }
+
+    fn websocket_send(&mut self, msg: WsMessage<'_>) -> Result<(), String> {
+        if !self.ws_open {
+            return Err("websocket is not open".into());
+        }
+        self.ws_effects.push(match msg {
+            WsMessage::Text(t) => WsEffect::Text(String::from_utf8_lossy(t).into_owned()),
+            WsMessage::Binary(b) => WsEffect::Binary(b.to_vec()),
+        });
+        Ok(())
+    }
+
+    fn websocket_close(&mut self) {
+        if self.ws_open {
+            self.ws_effects.push(WsEffect::Close);
+            self.ws_open = false;
+        }
+    }
+
+    fn websocket_recv(&mut self, _wait: Duration) -> WsRecv {
+        if !self.ws_open {
+            return WsRecv::Closed;
+        }
+        match self.ws_inbound.pop_front() {
+            Some(WsSpec::Text(t)) => WsRecv::Text(t.into_bytes()),
+            Some(WsSpec::Binary(b)) => WsRecv::Binary(b),
+            None => WsRecv::Closed,
+        }
+    }
+
+    fn websocket_join_room(&mut self, room: &str) {
+        self.ws_effects.push(WsEffect::Join(room.to_string()));
+    }
+
+    fn websocket_leave_room(&mut self, room: &str) {
+        self.ws_effects.push(WsEffect::Leave(room.to_string()));
+    }
+
+    fn websocket_broadcast(&mut self, room: &str, msg: WsMessage<'_>) {
+        self.ws_effects.push(match msg {
+            WsMessage::Text(t) => WsEffect::BroadcastText {
+                room: room.to_string(),
+                text: String::from_utf8_lossy(t).into_owned(),
+            },
+            WsMessage::Binary(b) => WsEffect::BroadcastBinary {
+                room: room.to_string(),
+                data: b.to_vec(),
+            },
+        });
+    }
+}

@@ -1,0 +1,159 @@
+//! The `nylon-transport` command line: `run`, `inspect` and `bench`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use nylon_transport::host::driver::{run_request, RunOptions};
+use nylon_transport::host::{inspect, LegacyPlugin, MemoryContext, RequestSpec};
+use nylon_transport::transport::Baseline;
+
+#[derive(Parser)]
+#[command(
+    name = "nylon-transport",
+    version,
+    about = "Plugin transport engine for the Nylon reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive one request through a plugin's phases and print the result as JSON.
+    Run {
+        /// The plugin shared library.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The entry (phase handler name) to open a session for.
+        #[arg(long)]
+        entry: String,
+        /// Which transport carries the messages.
+        #[arg(long, value_enum, default_value_t = TransportArg::Baseline)]
+        transport: TransportArg,
+        /// A JSON request file (method, path, query, host, client_ip, headers, body, params, upstream).
+        #[arg(long)]
+        request: Option<PathBuf>,
+        /// The plugin config, JSON, passed to `initialize`.
+        #[arg(long)]
+        config: Option<String>,
+        /// The middleware payload, JSON, returned by GET_PAYLOAD.
+        #[arg(long)]
+        payload: Option<String>,
+        /// Per-phase timeout in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Include every message that crossed the boundary in the output.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// Report which ABI a library speaks, its symbols and any problem.
+    Inspect {
+        /// The plugin shared library.
+        file: PathBuf,
+    },
+    /// Run the benchmark scenarios, baseline against fast.
+    Bench {
+        /// A shorter run.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    Baseline,
+    Fast,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run {
+            plugin,
+            entry,
+            transport,
+            request,
+            config,
+            payload,
+            timeout_ms,
+            trace,
+        } => {
+            if transport == TransportArg::Fast {
+                bail!("the fast transport is not built yet; use --transport baseline");
+            }
+            let spec: RequestSpec = match &request {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read request file {}", path.display()))?;
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("invalid request file {}", path.display()))?
+                }
+                None => RequestSpec::default(),
+            };
+            let config = match &config {
+                Some(c) => compact_json(c).context("--config is not valid JSON")?,
+                None => Vec::new(),
+            };
+            let payload = match &payload {
+                Some(p) => Some(compact_json(p).context("--payload is not valid JSON")?),
+                None => None,
+            };
+            if timeout_ms == 0 {
+                bail!("--timeout-ms must be at least 1");
+            }
+            let lib = Arc::new(LegacyPlugin::load(&plugin)?);
+            lib.initialize(&config)?;
+            let upstream = spec.upstream.clone();
+            let mut ctx = MemoryContext::new(spec, payload);
+            let report = run_request(
+                &Baseline::new(),
+                &lib,
+                &entry,
+                &mut ctx,
+                upstream.as_ref(),
+                RunOptions {
+                    timeout: Duration::from_millis(timeout_ms),
+                    trace,
+                },
+            )?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { file } => {
+            let report = inspect(&file)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Bench { .. } => {
+            bail!("the benchmark suite is not built yet (see the README)")
+        }
+    }
+}
+
+fn compact_json(text: &str) -> Result<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    Ok(serde_json::to_vec(&v)?)
+}

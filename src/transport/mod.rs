@@ -1,0 +1,158 @@
+//! Transports: how messages cross between the host's phase driver and a plugin.
+//!
+//! Every transport implements [`Transport`]; the same conformance suite runs
+//! against each. [`baseline`] reproduces today's design and its costs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::abi::legacy::{PayloadError, Phase};
+use crate::host::context::HttpContext;
+use crate::host::dispatch::DispatchError;
+use crate::host::loader::LegacyPlugin;
+
+pub mod baseline;
+
+pub use baseline::Baseline;
+
+/// How a phase ended, as the host reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PhaseOutcome {
+    /// The plugin sent `NEXT`.
+    Next,
+    /// The plugin sent `END` (or the host answered after a failed WebSocket handshake).
+    End,
+    /// The response was finished by the plugin (stream end, WebSocket close) or the client.
+    StreamEnd,
+    /// The plugin did not end the phase in time; the session was closed.
+    Timeout,
+    /// A bad message or plugin error; the session was closed.
+    Error(SessionError),
+}
+
+impl PhaseOutcome {
+    /// The CLI's name for the outcome.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Next => "next",
+            Self::End => "end",
+            Self::StreamEnd => "stream_end",
+            Self::Timeout => "timeout",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+/// Why a session failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A message that could not be processed.
+    Dispatch(DispatchError),
+    /// A message whose pointer and length cannot be read.
+    Payload(PayloadError),
+    /// The session was already closed (after an earlier timeout or error).
+    Closed,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dispatch(e) => e.fmt(f),
+            Self::Payload(e) => write!(f, "bad message: {e}"),
+            Self::Closed => f.write_str("session is closed"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// Why a session could not be opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// `register_session_stream` returned false: the plugin has no such entry.
+    Rejected(String),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected(e) => write!(f, "plugin refused to open a session for entry `{e}`"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Which way a traced message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Host to plugin (`event_stream`).
+    ToPlugin,
+    /// Plugin to host (the callback).
+    ToHost,
+}
+
+/// One message as it crossed the boundary, recorded when tracing is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceEntry {
+    /// Direction.
+    pub direction: Direction,
+    /// Phase byte.
+    pub phase: u8,
+    /// Method id.
+    pub method: u32,
+    /// Payload bytes, exactly as sent.
+    pub payload: Vec<u8>,
+}
+
+/// Options for one session.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SessionOptions {
+    /// Record every message in both directions (see [`Transport::trace`]).
+    pub trace: bool,
+}
+
+/// A way to carry the legacy protocol between the host and a plugin.
+pub trait Transport: Send + Sync {
+    /// One open session.
+    type Session: Send;
+
+    /// The transport's name (`baseline`, `fast`).
+    fn name(&self) -> &'static str;
+
+    /// Opens a session for `entry` (`register_session_stream`).
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::Rejected`] when the plugin refuses the entry.
+    fn open(
+        &self,
+        plugin: &Arc<LegacyPlugin>,
+        entry: &str,
+        options: SessionOptions,
+    ) -> Result<Self::Session, OpenError>;
+
+    /// Runs one phase to its end, its timeout, or an error.
+    ///
+    /// After `Timeout` or `Error` the session is closed on both sides and every
+    /// later message for it is dropped; later phases return `Error(Closed)`.
+    fn run_phase(
+        &self,
+        session: &mut Self::Session,
+        phase: Phase,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+    ) -> PhaseOutcome;
+
+    /// Closes the session (`close_session_stream`) and forgets it.
+    fn close(&self, session: Self::Session);
+
+    /// The messages recorded so far, if the session traces.
+    fn trace<'s>(&self, session: &'s Self::Session) -> &'s [TraceEntry];
+}
