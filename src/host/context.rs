@@ -154,6 +154,9 @@ pub struct RequestSpec {
     pub websocket: Vec<WsSpec>,
     /// The proxy error reported to the logging phase.
     pub error: String,
+    /// After this many frames sent to the client, the connection breaks and
+    /// every later send fails (to exercise error handling).
+    pub websocket_send_limit: Option<usize>,
 }
 
 /// The upstream response of a [`RequestSpec`].
@@ -228,9 +231,14 @@ pub struct MemoryContext {
     ws_open: bool,
     ws_inbound: VecDeque<WsSpec>,
     ws_effects: Vec<WsEffect>,
+    ws_last_activity: std::time::Instant,
 }
 
 impl MemoryContext {
+    /// How long the scripted WebSocket client waits, after the last message
+    /// either way, before it closes.
+    pub const WS_LINGER: Duration = Duration::from_millis(150);
+
     /// Creates a context for `spec`, with an optional middleware payload.
     pub fn new(spec: RequestSpec, payload: Option<Vec<u8>>) -> Self {
         let params = spec.params.as_ref().map(|m| {
@@ -262,6 +270,7 @@ impl MemoryContext {
             ws_open: false,
             ws_inbound,
             ws_effects: Vec::new(),
+            ws_last_activity: std::time::Instant::now(),
         }
     }
 
@@ -302,6 +311,11 @@ impl MemoryContext {
     /// Whether a streamed response was started / finished.
     pub fn stream_state(&self) -> (bool, bool) {
         (self.stream_header_sent, self.stream_ended)
+    }
+
+    fn ws_effect(&mut self, effect: WsEffect) {
+        self.ws_last_activity = std::time::Instant::now();
+        self.ws_effects.push(effect);
     }
 
     /// Whether a WebSocket upgrade happened.
@@ -496,6 +510,7 @@ impl HttpContext for MemoryContext {
             return Err("missing Sec-WebSocket-Key".into());
         }
         self.ws_open = true;
+        self.ws_last_activity = std::time::Instant::now();
         self.status = Some(101);
         Ok(())
     }
@@ -504,7 +519,17 @@ impl HttpContext for MemoryContext {
         if !self.ws_open {
             return Err("websocket is not open".into());
         }
-        self.ws_effects.push(match msg {
+        if let Some(limit) = self.spec.websocket_send_limit {
+            let sent = self
+                .ws_effects
+                .iter()
+                .filter(|e| matches!(e, WsEffect::Text(_) | WsEffect::Binary(_)))
+                .count();
+            if sent >= limit {
+                return Err("connection reset by peer".into());
+            }
+        }
+        self.ws_effect(match msg {
             WsMessage::Text(t) => WsEffect::Text(String::from_utf8_lossy(t).into_owned()),
             WsMessage::Binary(b) => WsEffect::Binary(b.to_vec()),
         });
@@ -513,7 +538,7 @@ impl HttpContext for MemoryContext {
 
     fn websocket_close(&mut self) {
         if self.ws_open {
-            self.ws_effects.push(WsEffect::Close);
+            self.ws_effect(WsEffect::Close);
             self.ws_open = false;
         }
     }
@@ -523,22 +548,32 @@ impl HttpContext for MemoryContext {
             return WsRecv::Closed;
         }
         match self.ws_inbound.pop_front() {
-            Some(WsSpec::Text(t)) => WsRecv::Text(t.into_bytes()),
-            Some(WsSpec::Binary(b)) => WsRecv::Binary(b),
+            Some(WsSpec::Text(t)) => {
+                self.ws_last_activity = std::time::Instant::now();
+                WsRecv::Text(t.into_bytes())
+            }
+            Some(WsSpec::Binary(b)) => {
+                self.ws_last_activity = std::time::Instant::now();
+                WsRecv::Binary(b)
+            }
+            // The scripted client stays connected until the plugin has been
+            // quiet for a while, then closes, like a client that hangs up
+            // once it has its answers.
+            None if self.ws_last_activity.elapsed() < Self::WS_LINGER => WsRecv::Idle,
             None => WsRecv::Closed,
         }
     }
 
     fn websocket_join_room(&mut self, room: &str) {
-        self.ws_effects.push(WsEffect::Join(room.to_string()));
+        self.ws_effect(WsEffect::Join(room.to_string()));
     }
 
     fn websocket_leave_room(&mut self, room: &str) {
-        self.ws_effects.push(WsEffect::Leave(room.to_string()));
+        self.ws_effect(WsEffect::Leave(room.to_string()));
     }
 
     fn websocket_broadcast(&mut self, room: &str, msg: WsMessage<'_>) {
-        self.ws_effects.push(match msg {
+        self.ws_effect(match msg {
             WsMessage::Text(t) => WsEffect::BroadcastText {
                 room: room.to_string(),
                 text: String::from_utf8_lossy(t).into_owned(),

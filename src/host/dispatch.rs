@@ -94,8 +94,17 @@ pub trait ReplyEncoding {
 /// Per-session WebSocket state the dispatcher needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WsState {
-    /// Whether the handshake has happened.
+    /// Whether the handshake has happened (a second upgrade is ignored).
     pub upgraded: bool,
+    /// Whether the connection has finished (closed by either side).
+    pub closed: bool,
+}
+
+impl WsState {
+    /// Whether the session is in WebSocket mode: upgraded and not yet closed.
+    pub fn active(&self) -> bool {
+        self.upgraded && !self.closed
+    }
 }
 
 /// Processes one plugin-to-host message.
@@ -132,6 +141,23 @@ pub fn dispatch<E: ReplyEncoding>(
             reason: "not UTF-8".into(),
         })
     };
+    if ws.closed
+        && matches!(
+            method,
+            Method::WebsocketSendText
+                | Method::WebsocketSendBinary
+                | Method::WebsocketClose
+                | Method::WebsocketJoinRoom
+                | Method::WebsocketLeaveRoom
+                | Method::WebsocketBroadcastRoomText
+                | Method::WebsocketBroadcastRoomBinary
+        )
+    {
+        // The connection is gone: like a write to a closed socket, dropped.
+        // (A plugin that reacts to messages asynchronously may still be
+        // answering ones it got before the close.)
+        return Ok(Step::Continue);
+    }
     match method {
         Method::Next => return Ok(Step::End(PhaseEnd::Next)),
         Method::End => return Ok(Step::End(PhaseEnd::End)),
@@ -198,6 +224,7 @@ pub fn dispatch<E: ReplyEncoding>(
             .websocket_send(WsMessage::Binary(payload))
             .map_err(downstream)?,
         Method::WebsocketClose => {
+            ws.closed = true;
             ctx.websocket_close();
             return Ok(Step::End(PhaseEnd::StreamEnd));
         }

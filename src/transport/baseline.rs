@@ -29,7 +29,7 @@ use crate::abi::legacy::{FfiBuffer, Method, PayloadError, Phase};
 use crate::codec::encode_headers;
 use crate::codec::scalar::encode_params;
 use crate::host::context::{HttpContext, WsRecv};
-use crate::host::dispatch::{dispatch, PhaseEnd, ReplyEncoding, Step, WsState};
+use crate::host::dispatch::{dispatch, DispatchError, PhaseEnd, ReplyEncoding, Step, WsState};
 use crate::host::loader::LegacyPlugin;
 use crate::spawn::Spawner;
 
@@ -223,6 +223,16 @@ impl BaselineSession {
                 PhaseEnd::End => PhaseOutcome::End,
                 PhaseEnd::StreamEnd => PhaseOutcome::StreamEnd,
             }),
+            // A failed write to an open WebSocket is the connection's problem,
+            // not the plugin's: tell the plugin (event 354) and go on.
+            Err(DispatchError::Downstream { reason, .. }) if self.ws.active() => {
+                self.send(
+                    Phase::Zero,
+                    Method::WebsocketOnError as u32,
+                    reason.as_bytes(),
+                );
+                None
+            }
             Err(e) => Some(self.fail(PhaseOutcome::Error(SessionError::Dispatch(e)))),
         }
     }
@@ -284,7 +294,7 @@ impl Transport for Baseline {
         }));
         let mut reply = Vec::new();
         loop {
-            if s.ws.upgraded {
+            if s.ws.active() {
                 // WebSocket mode: the plugin's queued commands first, then the client.
                 match s.rx.try_recv() {
                     Ok(msg) => {
@@ -307,6 +317,7 @@ impl Transport for Baseline {
                         continue;
                     }
                     WsRecv::Closed => {
+                        s.ws.closed = true;
                         s.send(Phase::Zero, Method::WebsocketOnClose as u32, &[]);
                         ctx.websocket_close();
                         return PhaseOutcome::StreamEnd;
@@ -314,7 +325,7 @@ impl Transport for Baseline {
                     WsRecv::Idle => {}
                 }
             }
-            let wait = if s.ws.upgraded {
+            let wait = if s.ws.active() {
                 deadline.min(Instant::now() + Duration::from_millis(1))
             } else {
                 deadline

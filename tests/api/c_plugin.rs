@@ -1,0 +1,121 @@
+//! The C example plugin, compiled by the test with the system C compiler
+//! against `include/nylon_legacy.h`, and libraries with broken exports.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nylon_transport::host::{inspect, LegacyPlugin, LoadError, RequestSpec};
+
+use super::common::{c_library, run_with};
+
+fn c_plugin() -> Arc<LegacyPlugin> {
+    static P: OnceLock<Arc<LegacyPlugin>> = OnceLock::new();
+    P.get_or_init(|| {
+        let p = LegacyPlugin::load(c_library("plugin")).expect("load C plugin");
+        p.initialize(b"").expect("initialize");
+        Arc::new(p)
+    })
+    .clone()
+}
+
+fn run_c(
+    entry: &str,
+    spec: RequestSpec,
+    timeout_ms: u64,
+) -> nylon_transport::host::driver::RequestReport {
+    run_with(
+        &c_plugin(),
+        entry,
+        spec,
+        None,
+        Duration::from_millis(timeout_ms),
+    )
+}
+
+#[test]
+fn c_plugin_reads_and_answers() {
+    let mut spec = RequestSpec::default();
+    spec.path = "/c".into();
+    spec.headers = vec![("X-User".into(), "bob".into())];
+    let r = run_c("c_basic", spec, 10_000);
+    assert_eq!(
+        r.outcomes(),
+        ["end", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(r.response.status, 202);
+    assert_eq!(r.header("x-c-path"), Some("/c"));
+    assert_eq!(r.header("x-c-user"), Some("bob"));
+    assert_eq!(r.response.body, "from C");
+}
+
+#[test]
+fn c_plugin_absent_header_gets_an_empty_reply() {
+    let r = run_c("c_basic", RequestSpec::default(), 10_000);
+    assert_eq!(r.outcomes()[0], "end", "no hang on an absent header");
+    assert_eq!(r.header("x-c-user"), Some(""));
+}
+
+#[test]
+fn c_plugin_threads_call_back_concurrently() {
+    let r = run_c("c_threads", RequestSpec::default(), 10_000);
+    assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
+    for t in 0..4 {
+        assert_eq!(r.header(&format!("x-t{t}")), Some("99"));
+    }
+}
+
+#[test]
+fn c_plugin_hostile_entries_fail_their_session_only() {
+    assert_eq!(
+        run_c("c_silent", RequestSpec::default(), 100).outcomes(),
+        ["timeout"]
+    );
+    let r = run_c("c_unknown", RequestSpec::default(), 5_000);
+    assert_eq!(r.phases[0].message.as_deref(), Some("unknown method 4242"));
+    let r = run_c("c_malformed", RequestSpec::default(), 5_000);
+    assert_eq!(r.outcomes(), ["error"]);
+    assert_eq!(
+        run_c("c_next", RequestSpec::default(), 5_000).outcomes(),
+        ["next"; 4]
+    );
+}
+
+#[test]
+fn a_symbol_resolving_to_libc_is_refused() {
+    let path = c_library("missing_shutdown");
+    match LegacyPlugin::load(&path) {
+        Err(LoadError::ForeignSymbol { symbol, object }) => {
+            assert_eq!(symbol, "shutdown");
+            assert!(object.contains("libc"), "{object}");
+        }
+        other => panic!("expected ForeignSymbol, got {other:?}"),
+    }
+    let report = inspect(&path).unwrap();
+    assert_eq!(report.abi, "unknown");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].contains("`shutdown` resolves outside the plugin"));
+}
+
+#[test]
+fn a_missing_symbol_is_an_error_not_a_panic() {
+    let path = c_library("missing_symbol");
+    let err = LegacyPlugin::load(&path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plugin does not export the symbol `event_stream`"
+    );
+    let report = inspect(&path).unwrap();
+    assert_eq!(report.problems, ["missing symbol `event_stream`"]);
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_an_error() {
+    let err = LegacyPlugin::load(file!()).unwrap_err();
+    assert!(
+        matches!(err, LoadError::Open(..) | LoadError::Path(..)),
+        "{err}"
+    );
+    assert!(LegacyPlugin::load("/no/such/plugin.so").is_err());
+}

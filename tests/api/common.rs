@@ -1,0 +1,129 @@
+//! Shared fixtures: the example plugins, built on demand, loaded once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nylon_transport::host::driver::{run_request, RequestReport, RunOptions};
+use nylon_transport::host::{LegacyPlugin, MemoryContext, RequestSpec};
+use nylon_transport::transport::Baseline;
+
+/// `target/<profile>/`, derived from this test binary's own path.
+pub(crate) fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/api-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The Rust example plugin; `cargo test` builds it, and we build it if not.
+pub(crate) fn rust_plugin_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = profile_dir().join("examples").join("librust_plugin.so");
+        if !path.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--example", "rust_plugin"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build --example rust_plugin");
+            assert!(status.success(), "building the example plugin failed");
+        }
+        path
+    })
+    .clone()
+}
+
+/// The Rust example plugin, loaded and initialised once per test process (the
+/// SDK's state is per library, so every test shares one load).
+pub(crate) fn rust_plugin() -> Arc<LegacyPlugin> {
+    static PLUGIN: OnceLock<Arc<LegacyPlugin>> = OnceLock::new();
+    PLUGIN
+        .get_or_init(|| {
+            let p = LegacyPlugin::load(rust_plugin_path()).expect("load example plugin");
+            p.initialize(br#"{"greeting":"hi from config"}"#)
+                .expect("initialize");
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// Compiles one C file of `examples/c_plugin/` into a shared library, once.
+pub(crate) fn c_library(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}.so"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/c_plugin")
+        .join(format!("{name}.c"));
+    let fresh = out.exists()
+        && out.metadata().and_then(|m| m.modified()).ok()
+            >= src.metadata().and_then(|m| m.modified()).ok();
+    if !fresh {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = Command::new(cc)
+            .args([
+                "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
+            ])
+            .arg("-I")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run the system C compiler");
+        assert!(status.success(), "compiling {} failed", src.display());
+    }
+    out
+}
+
+/// A request with every field set, used by the conformance tests.
+pub(crate) fn full_request() -> RequestSpec {
+    serde_json::from_str(
+        r#"{"method":"POST","path":"/users/7","query":"a=1&b=2","host":"example.com:8080",
+            "client_ip":"10.0.0.1","scheme":"https",
+            "headers":[["X-User","alice"],["Content-Length","5"],["accept","*/*"],["accept","text/html"],["x-bin","caf\u00e9"]],
+            "body":"hello","params":{"id":"7"},"error":"upstream reset",
+            "upstream":{"status":200,"headers":[["content-type","text/html"],["x-up","1"]],"body_chunks":["ab","cd"]}}"#,
+    )
+    .expect("valid request spec")
+}
+
+/// Runs one request through the Rust example plugin on the baseline transport.
+pub(crate) fn run(entry: &str, spec: RequestSpec, payload: Option<&[u8]>) -> RequestReport {
+    run_with(
+        &rust_plugin(),
+        entry,
+        spec,
+        payload,
+        Duration::from_secs(10),
+    )
+}
+
+/// Runs one request through `plugin` on the baseline transport, tracing.
+pub(crate) fn run_with(
+    plugin: &Arc<LegacyPlugin>,
+    entry: &str,
+    spec: RequestSpec,
+    payload: Option<&[u8]>,
+    timeout: Duration,
+) -> RequestReport {
+    let upstream = spec.upstream.clone();
+    let mut ctx = MemoryContext::new(spec, payload.map(<[u8]>::to_vec));
+    run_request(
+        &Baseline::new(),
+        plugin,
+        entry,
+        &mut ctx,
+        upstream.as_ref(),
+        RunOptions {
+            timeout,
+            trace: true,
+        },
+    )
+    .expect("session opens")
+}
