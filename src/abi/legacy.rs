@@ -392,9 +392,7 @@ mod tests {
             ..buf
         };
         // SAFETY: len exceeds isize::MAX, which payload() rejects before reading.
-        assert_eq!(
-            unsafe { huge.payload() },
-            Err(PayloadError::TooLong(u64::MAX))
-        );
+        let result = unsafe { huge.payload() };
+        assert_eq!(result, Err(PayloadError::TooLong(u64::MAX)));
     }
 }

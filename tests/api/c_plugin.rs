@@ -34,9 +34,11 @@ fn run_c(
 
 #[test]
 fn c_plugin_reads_and_answers() {
-    let mut spec = RequestSpec::default();
-    spec.path = "/c".into();
-    spec.headers = vec![("X-User".into(), "bob".into())];
+    let spec = RequestSpec {
+        path: "/c".into(),
+        headers: vec![("X-User".into(), "bob".into())],
+        ..Default::default()
+    };
     let r = run_c("c_basic", spec, 10_000);
     assert_eq!(
         r.outcomes(),

@@ -113,8 +113,10 @@ fn a_flood_of_commands_is_applied_in_order_last_value_wins() {
 
 #[test]
 fn callbacks_from_several_foreign_threads_at_once() {
-    let mut spec = RequestSpec::default();
-    spec.path = "/threads".into();
+    let spec = RequestSpec {
+        path: "/threads".into(),
+        ..Default::default()
+    };
     let r = run("threads", spec, None);
     assert_eq!(
         r.outcomes(),
@@ -187,8 +189,10 @@ fn hostile_sessions_do_not_disturb_healthy_ones() {
     std::thread::scope(|s| {
         for entry in hostile {
             s.spawn(move || {
-                let mut spec = RequestSpec::default();
-                spec.path = "/threads".into();
+                let spec = RequestSpec {
+                    path: "/threads".into(),
+                    ..Default::default()
+                };
                 run_with(
                     &rust_plugin(),
                     entry,
