@@ -279,7 +279,11 @@ static void reply(const FfiBuffer *buf)
     data_event_fn cb;
     enum { NOTHING, READ_USER, FINISH } next = NOTHING;
 
-    if (buf->len > SIZE_MAX || (buf->len != 0 && buf->ptr == NULL))
+#if SIZE_MAX < UINT64_MAX
+    if (buf->len > SIZE_MAX)
+        return;
+#endif
+    if (buf->len != 0 && buf->ptr == NULL)
         return;
 
     pthread_mutex_lock(&lock);
