@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nylon_transport::host::driver::{run_request, RunOptions};
 use nylon_transport::host::{inspect, LegacyPlugin, MemoryContext, RequestSpec};
-use nylon_transport::transport::Baseline;
+use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode};
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +36,8 @@ enum Command {
         /// Which transport carries the messages.
         #[arg(long, value_enum, default_value_t = TransportArg::Baseline)]
         transport: TransportArg,
-        /// A JSON request file (method, path, query, host, client_ip, headers, body, params, upstream).
+        /// A JSON request file: method, path, query, host, client_ip, scheme,
+        /// headers, body, params, upstream, websocket, websocket_send_limit, error.
         #[arg(long)]
         request: Option<PathBuf>,
         /// The plugin config, JSON, passed to `initialize`.
@@ -51,6 +52,10 @@ enum Command {
         /// Include every message that crossed the boundary in the output.
         #[arg(long)]
         trace: bool,
+        /// With `--transport fast`: answer reads from the driver thread, as the
+        /// original host does, instead of inside the plugin's callback.
+        #[arg(long)]
+        deferred_replies: bool,
     },
     /// Report which ABI a library speaks, its symbols and any problem.
     Inspect {
@@ -75,7 +80,18 @@ enum TransportArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     match execute(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -96,10 +112,8 @@ fn execute(command: Command) -> Result<ExitCode> {
             payload,
             timeout_ms,
             trace,
+            deferred_replies,
         } => {
-            if transport == TransportArg::Fast {
-                bail!("the fast transport is not built yet; use --transport baseline");
-            }
             let spec: RequestSpec = match &request {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -124,17 +138,31 @@ fn execute(command: Command) -> Result<ExitCode> {
             lib.initialize(&config)?;
             let upstream = spec.upstream.clone();
             let mut ctx = MemoryContext::new(spec, payload);
-            let report = run_request(
-                &Baseline::new(),
-                &lib,
-                &entry,
-                &mut ctx,
-                upstream.as_ref(),
-                RunOptions {
-                    timeout: Duration::from_millis(timeout_ms),
-                    trace,
-                },
-            )?;
+            let options = RunOptions {
+                timeout: Duration::from_millis(timeout_ms),
+                trace,
+            };
+            let report = match transport {
+                TransportArg::Baseline => run_request(
+                    &Baseline::new(),
+                    &lib,
+                    &entry,
+                    &mut ctx,
+                    upstream.as_ref(),
+                    options,
+                )?,
+                TransportArg::Fast => {
+                    let fast = Fast::new(FastConfig {
+                        reply_mode: if deferred_replies {
+                            ReplyMode::Deferred
+                        } else {
+                            ReplyMode::Inline
+                        },
+                        ..FastConfig::default()
+                    });
+                    run_request(&fast, &lib, &entry, &mut ctx, upstream.as_ref(), options)?
+                }
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -151,6 +179,22 @@ fn execute(command: Command) -> Result<ExitCode> {
             bail!("the benchmark suite is not built yet (see the README)")
         }
     }
+}
+
+/// Folds clap's multi-line usage error into one line, keeping the possible values.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut out = lines
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .to_string();
+    for l in lines {
+        if l.starts_with("[possible values") || l.starts_with("tip:") {
+            out.push(' ');
+            out.push_str(l);
+        }
+    }
+    out
 }
 
 fn compact_json(text: &str) -> Result<Vec<u8>> {

@@ -3,6 +3,7 @@
 //! Everything here turns untrusted plugin bytes into values and returns a
 //! `Result`; nothing panics on input.
 
+pub mod fast;
 pub mod headers;
 pub mod scalar;
 

@@ -36,7 +36,7 @@ pub enum WsRecv {
 ///
 /// Reads return borrowed data; commands take effect on the response the host
 /// will send. Header names are matched case-insensitively.
-pub trait HttpContext {
+pub trait HttpContext: Send {
     /// The request method token.
     fn request_method(&self) -> &str;
     /// The URI path.
@@ -223,6 +223,8 @@ pub struct MemoryContext {
     status: Option<u16>,
     upstream_status: Option<u16>,
     headers: Vec<(String, Vec<u8>)>,
+    /// Names removed by a plugin before the upstream response arrived.
+    removed: Vec<String>,
     body: Option<Vec<u8>>,
     current_chunk: Vec<u8>,
     streamed: Vec<Vec<u8>>,
@@ -262,6 +264,7 @@ impl MemoryContext {
             status: None,
             upstream_status: None,
             headers: Vec::new(),
+            removed: Vec::new(),
             body: None,
             current_chunk: Vec::new(),
             streamed: Vec::new(),
@@ -280,7 +283,10 @@ impl MemoryContext {
         self.upstream_status = Some(status);
         let mut merged: Vec<(String, Vec<u8>)> = headers
             .iter()
-            .filter(|(n, _)| !self.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)))
+            .filter(|(n, _)| {
+                !self.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n))
+                    && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(n))
+            })
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone().into_bytes()))
             .collect();
         merged.append(&mut self.headers);
@@ -432,6 +438,7 @@ impl HttpContext for MemoryContext {
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
+        self.removed.retain(|r| !r.eq_ignore_ascii_case(name));
         match self
             .headers
             .iter()
@@ -456,6 +463,11 @@ impl HttpContext for MemoryContext {
 
     fn remove_response_header(&mut self, name: &str) {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if self.upstream_status.is_none()
+            && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(name))
+        {
+            self.removed.push(name.to_string());
+        }
     }
 
     fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
@@ -583,5 +595,52 @@ impl HttpContext for MemoryContext {
                 data: b.to_vec(),
             },
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_before_upstream_survives_the_merge_and_a_later_set_wins() {
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        ctx.remove_response_header("Server");
+        ctx.remove_response_header("x-a");
+        ctx.set_response_header("X-A", "plugin");
+        ctx.apply_upstream(
+            200,
+            &[
+                ("server".into(), "up".into()),
+                ("x-a".into(), "up".into()),
+                ("x-b".into(), "up".into()),
+            ],
+        );
+        let names: Vec<_> = ctx
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(names, [("x-b", &b"up"[..]), ("x-a", &b"plugin"[..])]);
+    }
+
+    #[test]
+    fn set_header_replaces_every_value_case_insensitively() {
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        ctx.apply_upstream(
+            200,
+            &[
+                ("A".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("a".into(), "3".into()),
+            ],
+        );
+        ctx.set_response_header("a", "x");
+        let hs: Vec<_> = ctx
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(hs, [("a", &b"x"[..]), ("b", &b"2"[..])]);
     }
 }

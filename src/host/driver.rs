@@ -193,7 +193,7 @@ pub fn run_request<T: Transport>(
         }
     }
 
-    let trace = options.trace.then(|| transport.trace(&session).to_vec());
+    let trace = options.trace.then(|| transport.take_trace(&mut session));
     transport.close(session);
 
     let (mut status, mut headers) = (

@@ -301,6 +301,9 @@ impl Transport for Baseline {
                         if let Some(out) = s.handle(msg, ctx, &mut reply) {
                             return out;
                         }
+                        // In WebSocket mode the timeout is an idle timeout,
+                        // re-armed by traffic in either direction.
+                        deadline = Instant::now() + timeout;
                         continue;
                     }
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
@@ -317,6 +320,12 @@ impl Transport for Baseline {
                         continue;
                     }
                     WsRecv::Closed => {
+                        // Commands the plugin queued before the close still apply.
+                        while let Ok(msg) = s.rx.try_recv() {
+                            if let Some(out) = s.handle(msg, ctx, &mut reply) {
+                                return out;
+                            }
+                        }
                         s.ws.closed = true;
                         s.send(Phase::Zero, Method::WebsocketOnClose as u32, &[]);
                         ctx.websocket_close();
@@ -355,8 +364,8 @@ impl Transport for Baseline {
         }
     }
 
-    fn trace<'s>(&self, s: &'s BaselineSession) -> &'s [TraceEntry] {
-        s.trace.as_deref().unwrap_or(&[])
+    fn take_trace(&self, s: &mut BaselineSession) -> Vec<TraceEntry> {
+        s.trace.take().unwrap_or_default()
     }
 }
 

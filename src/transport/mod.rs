@@ -15,8 +15,10 @@ use crate::host::dispatch::DispatchError;
 use crate::host::loader::LegacyPlugin;
 
 pub mod baseline;
+pub mod fast;
 
 pub use baseline::Baseline;
+pub use fast::{Fast, FastConfig, ReplyMode};
 
 /// How a phase ended, as the host reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub enum SessionError {
     Payload(PayloadError),
     /// The session was already closed (after an earlier timeout or error).
     Closed,
+    /// A bounded queue of the session overflowed (a flooding plugin).
+    QueueFull,
 }
 
 impl fmt::Display for SessionError {
@@ -64,6 +68,9 @@ impl fmt::Display for SessionError {
             Self::Dispatch(e) => e.fmt(f),
             Self::Payload(e) => write!(f, "bad message: {e}"),
             Self::Closed => f.write_str("session is closed"),
+            Self::QueueFull => {
+                f.write_str("session queue is full: the plugin sends faster than the host applies")
+            }
         }
     }
 }
@@ -76,12 +83,15 @@ impl std::error::Error for SessionError {}
 pub enum OpenError {
     /// `register_session_stream` returned false: the plugin has no such entry.
     Rejected(String),
+    /// Every session slot is in use.
+    TooManySessions,
 }
 
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Rejected(e) => write!(f, "plugin refused to open a session for entry `{e}`"),
+            Self::TooManySessions => f.write_str("too many open sessions"),
         }
     }
 }
@@ -153,6 +163,6 @@ pub trait Transport: Send + Sync {
     /// Closes the session (`close_session_stream`) and forgets it.
     fn close(&self, session: Self::Session);
 
-    /// The messages recorded so far, if the session traces.
-    fn trace<'s>(&self, session: &'s Self::Session) -> &'s [TraceEntry];
+    /// Takes the messages recorded so far, if the session traces.
+    fn take_trace(&self, session: &mut Self::Session) -> Vec<TraceEntry>;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nylon_transport::host::{inspect, LegacyPlugin, LoadError, RequestSpec};
 
-use super::common::{c_library, run_with};
+use super::common::{c_library, run_with, Kind, KINDS};
 
 fn c_plugin() -> Arc<LegacyPlugin> {
     static P: OnceLock<Arc<LegacyPlugin>> = OnceLock::new();
@@ -19,11 +19,13 @@ fn c_plugin() -> Arc<LegacyPlugin> {
 }
 
 fn run_c(
+    kind: Kind,
     entry: &str,
     spec: RequestSpec,
     timeout_ms: u64,
 ) -> nylon_transport::host::driver::RequestReport {
     run_with(
+        kind,
         &c_plugin(),
         entry,
         spec,
@@ -34,54 +36,62 @@ fn run_c(
 
 #[test]
 fn c_plugin_reads_and_answers() {
-    let spec = RequestSpec {
-        path: "/c".into(),
-        headers: vec![("X-User".into(), "bob".into())],
-        ..Default::default()
-    };
-    let r = run_c("c_basic", spec, 10_000);
-    assert_eq!(
-        r.outcomes(),
-        ["end", "next", "next", "next"],
-        "{:?}",
-        r.phases
-    );
-    assert_eq!(r.response.status, 202);
-    assert_eq!(r.header("x-c-path"), Some("/c"));
-    assert_eq!(r.header("x-c-user"), Some("bob"));
-    assert_eq!(r.response.body, "from C");
+    for kind in KINDS {
+        let spec = RequestSpec {
+            path: "/c".into(),
+            headers: vec![("X-User".into(), "bob".into())],
+            ..Default::default()
+        };
+        let r = run_c(kind, "c_basic", spec, 10_000);
+        assert_eq!(
+            r.outcomes(),
+            ["end", "next", "next", "next"],
+            "{:?}",
+            r.phases
+        );
+        assert_eq!(r.response.status, 202);
+        assert_eq!(r.header("x-c-path"), Some("/c"));
+        assert_eq!(r.header("x-c-user"), Some("bob"));
+        assert_eq!(r.response.body, "from C");
+    }
 }
 
 #[test]
 fn c_plugin_absent_header_gets_an_empty_reply() {
-    let r = run_c("c_basic", RequestSpec::default(), 10_000);
-    assert_eq!(r.outcomes()[0], "end", "no hang on an absent header");
-    assert_eq!(r.header("x-c-user"), Some(""));
+    for kind in KINDS {
+        let r = run_c(kind, "c_basic", RequestSpec::default(), 10_000);
+        assert_eq!(r.outcomes()[0], "end", "no hang on an absent header");
+        assert_eq!(r.header("x-c-user"), Some(""));
+    }
 }
 
 #[test]
 fn c_plugin_threads_call_back_concurrently() {
-    let r = run_c("c_threads", RequestSpec::default(), 10_000);
-    assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
-    for t in 0..4 {
-        assert_eq!(r.header(&format!("x-t{t}")), Some("99"));
+    for kind in KINDS {
+        let r = run_c(kind, "c_threads", RequestSpec::default(), 10_000);
+        assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
+        for t in 0..4 {
+            assert_eq!(r.header(&format!("x-t{t}")), Some("99"));
+        }
     }
 }
 
 #[test]
 fn c_plugin_hostile_entries_fail_their_session_only() {
-    assert_eq!(
-        run_c("c_silent", RequestSpec::default(), 100).outcomes(),
-        ["timeout"]
-    );
-    let r = run_c("c_unknown", RequestSpec::default(), 5_000);
-    assert_eq!(r.phases[0].message.as_deref(), Some("unknown method 4242"));
-    let r = run_c("c_malformed", RequestSpec::default(), 5_000);
-    assert_eq!(r.outcomes(), ["error"]);
-    assert_eq!(
-        run_c("c_next", RequestSpec::default(), 5_000).outcomes(),
-        ["next"; 4]
-    );
+    for kind in KINDS {
+        assert_eq!(
+            run_c(kind, "c_silent", RequestSpec::default(), 100).outcomes(),
+            ["timeout"]
+        );
+        let r = run_c(kind, "c_unknown", RequestSpec::default(), 5_000);
+        assert_eq!(r.phases[0].message.as_deref(), Some("unknown method 4242"));
+        let r = run_c(kind, "c_malformed", RequestSpec::default(), 5_000);
+        assert_eq!(r.outcomes(), ["error"]);
+        assert_eq!(
+            run_c(kind, "c_next", RequestSpec::default(), 5_000).outcomes(),
+            ["next"; 4]
+        );
+    }
 }
 
 #[test]

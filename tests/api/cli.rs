@@ -116,7 +116,16 @@ fn inspect_reports_the_abi_and_problems() {
 #[test]
 fn errors_are_one_clear_line_never_a_panic() {
     let lib = c_library("missing_symbol");
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 6] = [
+        &[
+            "run",
+            "--plugin",
+            "/no/such.so",
+            "--entry",
+            "x",
+            "--transport",
+            "slow",
+        ],
         &["run", "--plugin", "/no/such.so", "--entry", "x"],
         &["run", "--plugin", lib.to_str().unwrap(), "--entry", "x"],
         &[

@@ -7,7 +7,38 @@ use std::time::Duration;
 
 use nylon_transport::host::driver::{run_request, RequestReport, RunOptions};
 use nylon_transport::host::{LegacyPlugin, MemoryContext, RequestSpec};
-use nylon_transport::transport::Baseline;
+use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode, Transport};
+
+/// Every transport the conformance suite runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Today's design.
+    Baseline,
+    /// The fast transport, replies inline.
+    Fast,
+    /// The fast transport, replies from the driver thread.
+    FastDeferred,
+}
+
+/// All of them, in the order tests run them.
+pub(crate) const KINDS: [Kind; 3] = [Kind::Baseline, Kind::Fast, Kind::FastDeferred];
+
+impl Kind {
+    /// Messages the transport dropped for unknown or closed sessions, so far.
+    pub(crate) fn dropped(self) -> u64 {
+        match self {
+            Kind::Baseline => nylon_transport::transport::baseline::dropped_messages(),
+            Kind::Fast | Kind::FastDeferred => nylon_transport::transport::fast::dropped_messages(),
+        }
+    }
+}
+
+fn fast(mode: ReplyMode) -> Fast {
+    Fast::new(FastConfig {
+        reply_mode: mode,
+        ..FastConfig::default()
+    })
+}
 
 /// `target/<profile>/`, derived from this test binary's own path.
 pub(crate) fn profile_dir() -> PathBuf {
@@ -93,9 +124,15 @@ pub(crate) fn full_request() -> RequestSpec {
     .expect("valid request spec")
 }
 
-/// Runs one request through the Rust example plugin on the baseline transport.
-pub(crate) fn run(entry: &str, spec: RequestSpec, payload: Option<&[u8]>) -> RequestReport {
+/// Runs one request through the Rust example plugin on `kind`.
+pub(crate) fn run(
+    kind: Kind,
+    entry: &str,
+    spec: RequestSpec,
+    payload: Option<&[u8]>,
+) -> RequestReport {
     run_with(
+        kind,
         &rust_plugin(),
         entry,
         spec,
@@ -104,8 +141,38 @@ pub(crate) fn run(entry: &str, spec: RequestSpec, payload: Option<&[u8]>) -> Req
     )
 }
 
-/// Runs one request through `plugin` on the baseline transport, tracing.
+/// Runs one request through `plugin` on `kind`, tracing.
 pub(crate) fn run_with(
+    kind: Kind,
+    plugin: &Arc<LegacyPlugin>,
+    entry: &str,
+    spec: RequestSpec,
+    payload: Option<&[u8]>,
+    timeout: Duration,
+) -> RequestReport {
+    match kind {
+        Kind::Baseline => run_on(&Baseline::new(), plugin, entry, spec, payload, timeout),
+        Kind::Fast => run_on(
+            &fast(ReplyMode::Inline),
+            plugin,
+            entry,
+            spec,
+            payload,
+            timeout,
+        ),
+        Kind::FastDeferred => run_on(
+            &fast(ReplyMode::Deferred),
+            plugin,
+            entry,
+            spec,
+            payload,
+            timeout,
+        ),
+    }
+}
+
+fn run_on<T: Transport>(
+    transport: &T,
     plugin: &Arc<LegacyPlugin>,
     entry: &str,
     spec: RequestSpec,
@@ -115,7 +182,7 @@ pub(crate) fn run_with(
     let upstream = spec.upstream.clone();
     let mut ctx = MemoryContext::new(spec, payload.map(<[u8]>::to_vec));
     run_request(
-        &Baseline::new(),
+        transport,
         plugin,
         entry,
         &mut ctx,

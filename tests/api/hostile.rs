@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use nylon_transport::abi::legacy::{Method, Phase};
 use nylon_transport::host::{MemoryContext, RequestSpec};
-use nylon_transport::transport::baseline::dropped_messages;
 use nylon_transport::transport::{Baseline, PhaseOutcome, SessionError, SessionOptions, Transport};
 
-use super::common::{full_request, run, run_with, rust_plugin};
+use super::common::{full_request, run, run_with, rust_plugin, Kind, KINDS};
 
-fn error_message(entry: &str) -> String {
-    let r = run(entry, RequestSpec::default(), None);
+fn error_message(kind: Kind, entry: &str) -> String {
+    let r = run(kind, entry, RequestSpec::default(), None);
     assert_eq!(r.outcomes(), ["error"], "{entry}: {:?}", r.phases);
     assert_eq!(r.response.status, 500);
     r.phases[0].message.clone().unwrap()
@@ -19,148 +18,169 @@ fn error_message(entry: &str) -> String {
 
 #[test]
 fn a_plugin_that_never_answers_times_out_and_is_closed() {
-    let plugin = rust_plugin();
-    let r = run_with(
-        &plugin,
-        "silent",
-        RequestSpec::default(),
-        None,
-        Duration::from_millis(100),
-    );
-    assert_eq!(r.outcomes(), ["timeout"]);
-    assert_eq!(r.response.status, 504);
-    assert!(r.phases[0].message.as_ref().unwrap().contains("100 ms"));
+    for kind in KINDS {
+        let plugin = rust_plugin();
+        let r = run_with(
+            kind,
+            &plugin,
+            "silent",
+            RequestSpec::default(),
+            None,
+            Duration::from_millis(100),
+        );
+        assert_eq!(r.outcomes(), ["timeout"]);
+        assert_eq!(r.response.status, 504);
+        assert!(r.phases[0].message.as_ref().unwrap().contains("100 ms"));
 
-    // The session is closed after the timeout: later phases refuse at once.
-    let t = Baseline::new();
-    let mut s = t
-        .open(&plugin, "silent", SessionOptions::default())
-        .unwrap();
-    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
-    let first = t.run_phase(
-        &mut s,
-        Phase::RequestFilter,
-        &mut ctx,
-        Duration::from_millis(50),
-    );
-    assert_eq!(first, PhaseOutcome::Timeout);
-    let again = t.run_phase(&mut s, Phase::Logging, &mut ctx, Duration::from_millis(50));
-    assert_eq!(again, PhaseOutcome::Error(SessionError::Closed));
-    t.close(s);
+        // The session is closed after the timeout: later phases refuse at once.
+        let t = Baseline::new();
+        let mut s = t
+            .open(&plugin, "silent", SessionOptions::default())
+            .unwrap();
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        let first = t.run_phase(
+            &mut s,
+            Phase::RequestFilter,
+            &mut ctx,
+            Duration::from_millis(50),
+        );
+        assert_eq!(first, PhaseOutcome::Timeout);
+        let again = t.run_phase(&mut s, Phase::Logging, &mut ctx, Duration::from_millis(50));
+        assert_eq!(again, PhaseOutcome::Error(SessionError::Closed));
+        t.close(s);
+    }
 }
 
 #[test]
 fn unknown_method_is_an_error_for_the_session() {
-    assert_eq!(error_message("unknown_method"), "unknown method 999");
+    for kind in KINDS {
+        assert_eq!(error_message(kind, "unknown_method"), "unknown method 999");
+    }
 }
 
 #[test]
 fn malformed_flatbuffer_is_an_error_for_the_session() {
-    let m = error_message("malformed");
-    assert!(m.starts_with("malformed payload for method 100"), "{m}");
+    for kind in KINDS {
+        let m = error_message(kind, "malformed");
+        assert!(m.starts_with("malformed payload for method 100"), "{m}");
+    }
 }
 
 #[test]
 fn a_null_payload_with_a_length_is_an_error_not_a_read() {
-    assert_eq!(
-        error_message("bad_length"),
-        "bad message: null payload pointer with length 16"
-    );
+    for kind in KINDS {
+        assert_eq!(
+            error_message(kind, "bad_length"),
+            "bad message: null payload pointer with length 16"
+        );
+    }
 }
 
 #[test]
 fn an_event_id_sent_to_the_host_is_an_error() {
-    assert_eq!(
-        error_message("event_to_host"),
-        "method 350 is a host-to-plugin event"
-    );
+    for kind in KINDS {
+        assert_eq!(
+            error_message(kind, "event_to_host"),
+            "method 350 is a host-to-plugin event"
+        );
+    }
 }
 
 #[test]
 fn handler_errors_and_panics_are_contained() {
-    assert_eq!(error_message("error"), "plugin error: database unavailable");
-    assert_eq!(
-        error_message("panic"),
-        "plugin error: handler panicked: boom"
-    );
-    // The plugin still serves new sessions after a panic.
-    assert_eq!(
-        run("end", RequestSpec::default(), None).response.status,
-        403
-    );
+    for kind in KINDS {
+        assert_eq!(
+            error_message(kind, "error"),
+            "plugin error: database unavailable"
+        );
+        assert_eq!(
+            error_message(kind, "panic"),
+            "plugin error: handler panicked: boom"
+        );
+        // The plugin still serves new sessions after a panic.
+        assert_eq!(
+            run(kind, "end", RequestSpec::default(), None)
+                .response
+                .status,
+            403
+        );
+    }
 }
 
 #[test]
 fn a_flood_of_commands_is_applied_in_order_last_value_wins() {
-    let r = run("flood", RequestSpec::default(), None);
-    assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
-    assert_eq!(r.header("x-flood"), Some("9999"));
-    for d in 0..10 {
-        assert_eq!(
-            r.header(&format!("x-flood-{d}")),
-            Some(format!("999{d}").as_str())
-        );
+    for kind in KINDS {
+        let r = run(kind, "flood", RequestSpec::default(), None);
+        assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
+        assert_eq!(r.header("x-flood"), Some("9999"));
+        for d in 0..10 {
+            assert_eq!(
+                r.header(&format!("x-flood-{d}")),
+                Some(format!("999{d}").as_str())
+            );
+        }
+        let sets = r
+            .trace
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|t| t.method == Method::SetResponseHeader as u32)
+            .count();
+        assert_eq!(sets, 20_000, "every command applied");
     }
-    let sets = r
-        .trace
-        .as_ref()
-        .unwrap()
-        .iter()
-        .filter(|t| t.method == Method::SetResponseHeader as u32)
-        .count();
-    assert_eq!(sets, 20_000, "every command applied");
 }
 
 #[test]
 fn callbacks_from_several_foreign_threads_at_once() {
-    let spec = RequestSpec {
-        path: "/threads".into(),
-        ..Default::default()
-    };
-    let r = run("threads", spec, None);
-    assert_eq!(
-        r.outcomes(),
-        ["next", "next", "next", "next"],
-        "{:?}",
-        r.phases
-    );
-    for t in 0..8 {
-        assert_eq!(r.header(&format!("x-thread-{t}")), Some("199"));
+    for kind in KINDS {
+        let spec = RequestSpec {
+            path: "/threads".into(),
+            ..Default::default()
+        };
+        let r = run(kind, "threads", spec, None);
+        assert_eq!(
+            r.outcomes(),
+            ["next", "next", "next", "next"],
+            "{:?}",
+            r.phases
+        );
+        for t in 0..8 {
+            assert_eq!(r.header(&format!("x-thread-{t}")), Some("199"));
+        }
+        // Eight concurrent reads, eight replies, each to its own request.
+        let replies = r
+            .trace
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                t.method == Method::ReadRequestPath as u32 && t.phase == 0 && !t.payload.is_empty()
+            })
+            .count();
+        assert_eq!(replies, 8);
     }
-    // Eight concurrent reads, eight replies, each to its own request.
-    let replies = r
-        .trace
-        .as_ref()
-        .unwrap()
-        .iter()
-        .filter(|t| {
-            t.method == Method::ReadRequestPath as u32 && t.phase == 0 && !t.payload.is_empty()
-        })
-        .count();
-    assert_eq!(replies, 8);
 }
 
 #[test]
 fn messages_for_a_closed_session_are_dropped() {
-    let victim = run("victim", RequestSpec::default(), None);
-    assert_eq!(victim.outcomes(), ["next", "next", "next", "next"]);
-    let before = dropped_messages();
-    let r = run("stale", RequestSpec::default(), None);
-    assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
-    assert_ne!(
-        r.header("x-victim"),
-        Some("0"),
-        "a victim session was closed first"
-    );
-    assert_eq!(
-        r.header("x-stale"),
-        None,
-        "nothing leaked into this session"
-    );
-    assert!(
-        dropped_messages() >= before + 2,
-        "both stale messages dropped"
-    );
+    for kind in KINDS {
+        let victim = run(kind, "victim", RequestSpec::default(), None);
+        assert_eq!(victim.outcomes(), ["next", "next", "next", "next"]);
+        let before = kind.dropped();
+        let r = run(kind, "stale", RequestSpec::default(), None);
+        assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
+        assert_ne!(
+            r.header("x-victim"),
+            Some("0"),
+            "a victim session was closed first"
+        );
+        assert_eq!(
+            r.header("x-stale"),
+            None,
+            "nothing leaked into this session"
+        );
+        assert!(kind.dropped() >= before + 2, "both stale messages dropped");
+    }
 }
 
 #[test]
@@ -177,49 +197,53 @@ fn an_unknown_entry_is_refused_at_open() {
 
 #[test]
 fn hostile_sessions_do_not_disturb_healthy_ones() {
-    let hostile = [
-        "silent",
-        "unknown_method",
-        "malformed",
-        "panic",
-        "flood",
-        "threads",
-        "bad_length",
-    ];
-    std::thread::scope(|s| {
-        for entry in hostile {
-            s.spawn(move || {
-                let spec = RequestSpec {
-                    path: "/threads".into(),
-                    ..Default::default()
-                };
-                run_with(
-                    &rust_plugin(),
-                    entry,
-                    spec,
-                    None,
-                    Duration::from_millis(300),
-                )
-            });
-        }
-        let healthy: Vec<_> = (0..6)
-            .map(|_| {
-                s.spawn(|| {
+    for kind in KINDS {
+        let hostile = [
+            "silent",
+            "unknown_method",
+            "malformed",
+            "panic",
+            "flood",
+            "threads",
+            "bad_length",
+        ];
+        std::thread::scope(|s| {
+            for entry in hostile {
+                s.spawn(move || {
+                    let spec = RequestSpec {
+                        path: "/threads".into(),
+                        ..Default::default()
+                    };
                     run_with(
+                        kind,
                         &rust_plugin(),
-                        "all_methods",
-                        full_request(),
-                        Some(br#"{"key":"ok"}"#),
-                        Duration::from_secs(10),
+                        entry,
+                        spec,
+                        None,
+                        Duration::from_millis(300),
                     )
+                });
+            }
+            let healthy: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        run_with(
+                            kind,
+                            &rust_plugin(),
+                            "all_methods",
+                            full_request(),
+                            Some(br#"{"key":"ok"}"#),
+                            Duration::from_secs(10),
+                        )
+                    })
                 })
-            })
-            .collect();
-        for h in healthy {
-            let r = h.join().unwrap();
-            assert_eq!(r.outcomes(), ["next", "next", "next", "next", "next"]);
-            assert_eq!(r.header("x-payload-key"), Some("ok"));
-            assert_eq!(r.header("x-path"), Some("/users/7"));
-        }
-    });
+                .collect();
+            for h in healthy {
+                let r = h.join().unwrap();
+                assert_eq!(r.outcomes(), ["next", "next", "next", "next", "next"]);
+                assert_eq!(r.header("x-payload-key"), Some("ok"));
+                assert_eq!(r.header("x-path"), Some("/users/7"));
+            }
+        });
+    }
 }

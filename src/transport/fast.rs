@@ -1,0 +1,771 @@
+//! The fast transport for legacy plugins: what the host side can give every
+//! existing plugin without changing its ABI.
+//!
+//! - **No global lock per message.** Sessions live in a fixed table; a session
+//!   id encodes its slot and a generation, so the callback finds its session
+//!   with one atomic load and locks only that session.
+//! - **Inline replies.** A read is answered inside the callback, on the
+//!   plugin's own thread, with no queue and no hand-off. A command is applied
+//!   in place. Nothing is copied: the payload is borrowed for the callback.
+//! - **Inline phase starts.** The host calls `event_stream` on its own thread;
+//!   a plugin that finishes the phase inside that call costs no thread hand-off
+//!   at all, and one that finishes later (a Go goroutine) is waited for by
+//!   spinning briefly, then parking on that session's own condvar.
+//! - **Cached encodings.** A reused FlatBuffers builder per session, the
+//!   request headers encoded once per session, `itoa` decimals.
+//! - **Bounded memory.** Messages that arrive between phases wait in a bounded
+//!   backlog; in deferred mode reads wait in a bounded queue. Overflow is an
+//!   error for that session, never growth.
+//!
+//! [`ReplyMode::Deferred`] keeps the original host's behaviour for plugins that
+//! hold their own lock across the callback (an inline reply re-enters the
+//! plugin on the thread inside its callback): phase starts go to a worker pool
+//! and reads are answered from the driver thread.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use super::{
+    Direction, OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport,
+};
+use crate::abi::legacy::{EventStreamFn, FfiBuffer, Method, MethodKind, PayloadError, Phase};
+use crate::codec::fast::{write_i64, write_params, write_u64, HeaderEncoder};
+use crate::host::context::{HttpContext, WsRecv};
+use crate::host::dispatch::{dispatch, DispatchError, PhaseEnd, ReplyEncoding, Step, WsState};
+use crate::host::loader::LegacyPlugin;
+use crate::spawn::Spawner;
+use crate::transport::baseline::MAX_PAYLOAD;
+
+/// Number of session slots (concurrently open fast sessions, all plugins).
+pub const SLOTS: usize = 1 << SLOT_BITS;
+const SLOT_BITS: u32 = 14;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+
+/// Messages kept for a session between two phases, at most.
+pub const BACKLOG_MESSAGES: usize = 1024;
+/// Payload bytes kept for a session between two phases, at most.
+pub const BACKLOG_BYTES: usize = 1 << 20;
+/// Reads waiting for the driver in deferred mode, at most.
+pub const DEFERRED_READS: usize = 64;
+
+/// How the host answers a plugin's reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// Inside the callback, on the plugin's thread (the fast default).
+    #[default]
+    Inline,
+    /// From the driver thread, as the original host does; phase starts run on
+    /// a worker pool. For plugins that hold a lock across the callback.
+    Deferred,
+}
+
+/// Settings of the [`Fast`] transport.
+#[derive(Clone, Copy, Debug)]
+pub struct FastConfig {
+    /// How reads are answered.
+    pub reply_mode: ReplyMode,
+    /// How long the driver spins for a phase that ends on another thread
+    /// before it parks (an idle wait then costs no CPU).
+    pub spin: Duration,
+}
+
+impl Default for FastConfig {
+    fn default() -> Self {
+        Self {
+            reply_mode: ReplyMode::Inline,
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// A context pointer lent to the callbacks while a phase runs.
+///
+/// Only dereferenced under the slot's mutex, and revoked under it before
+/// `run_phase` returns, so it never outlives the `&mut` it came from.
+#[derive(Clone, Copy)]
+struct LentContext {
+    ctx: *mut (dyn HttpContext + 'static),
+}
+
+// SAFETY: the pointee is `HttpContext: Send`, and the pointer is only used
+// under the slot mutex while the lending `run_phase` call is blocked.
+unsafe impl Send for LentContext {}
+
+enum Queued {
+    Data(u32, Vec<u8>),
+    Bad(PayloadError),
+}
+
+struct Inner {
+    sid: u32,
+    event_stream: Option<EventStreamFn>,
+    mode: ReplyMode,
+    lent: Option<LentContext>,
+    outcome: Option<PhaseOutcome>,
+    parked: bool,
+    ws: WsState,
+    /// Messages processed in WebSocket mode; the driver re-arms its idle
+    /// deadline when this moves.
+    ws_traffic: u64,
+    /// The open event (350) has been delivered: the driver may now feed
+    /// client messages.
+    ws_ready: bool,
+    enc: FastEncoding,
+    backlog: VecDeque<Queued>,
+    backlog_bytes: usize,
+    overflowed: bool,
+    reads: VecDeque<(u32, Vec<u8>)>,
+    trace: Option<Vec<TraceEntry>>,
+}
+
+struct Slot {
+    sid: AtomicU32,
+    generation: AtomicU32,
+    /// Set when the driver has something to look at (outcome, deferred read).
+    signal: AtomicBool,
+    inner: Mutex<Inner>,
+    wake: Condvar,
+}
+
+struct Table {
+    slots: Box<[Slot]>,
+    free: ArrayQueue<u32>,
+}
+
+static TABLE: LazyLock<Table> = LazyLock::new(|| {
+    let slots: Box<[Slot]> = (0..SLOTS)
+        .map(|_| Slot {
+            sid: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
+            signal: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                sid: 0,
+                event_stream: None,
+                mode: ReplyMode::Inline,
+                lent: None,
+                outcome: None,
+                parked: false,
+                ws: WsState::default(),
+                ws_traffic: 0,
+                ws_ready: false,
+                enc: FastEncoding::default(),
+                backlog: VecDeque::new(),
+                backlog_bytes: 0,
+                overflowed: false,
+                reads: VecDeque::new(),
+                trace: None,
+            }),
+            wake: Condvar::new(),
+        })
+        .collect();
+    let free = ArrayQueue::new(SLOTS);
+    for i in 0..SLOTS as u32 {
+        // Capacity is SLOTS, so every push fits.
+        let _ = free.push(i);
+    }
+    Table { slots, free }
+});
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Messages the fast host dropped because their session was unknown or
+/// closed (process-wide).
+pub fn dropped_messages() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+fn lock(slot: &Slot) -> MutexGuard<'_, Inner> {
+    slot.inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn slot_of(sid: u32) -> &'static Slot {
+    &TABLE.slots[(sid & SLOT_MASK) as usize]
+}
+
+thread_local! {
+    /// Reply buffers of this thread; a stack, because a reply can re-enter the
+    /// plugin, which can call back and need a second buffer meanwhile.
+    static REPLY_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut buf = REPLY_BUFS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(256));
+    buf.clear();
+    let r = f(&mut buf);
+    REPLY_BUFS.with(|b| b.borrow_mut().push(buf));
+    r
+}
+
+impl Inner {
+    fn record(&mut self, direction: Direction, phase: u8, method: u32, payload: &[u8]) {
+        if let Some(t) = &mut self.trace {
+            t.push(TraceEntry {
+                direction,
+                phase,
+                method,
+                payload: payload.to_vec(),
+            });
+        }
+    }
+
+    /// Ends the phase with `outcome`; the caller wakes the driver if parked.
+    fn finish(&mut self, slot: &Slot, outcome: PhaseOutcome) -> bool {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+        self.lent = None;
+        slot.signal.store(true, Ordering::Release);
+        self.parked
+    }
+}
+
+/// What to send back to the plugin after the lock is released.
+enum After {
+    Nothing,
+    Reply(u32),
+    /// Reply, and wake the driver: it has a new duty (the WebSocket client).
+    ReplyWake(u32),
+    Wake,
+}
+
+/// Processes one message under the slot lock. A reply is left in `reply`.
+fn process(slot: &Slot, g: &mut Inner, method: u32, payload: &[u8], reply: &mut Vec<u8>) -> After {
+    let Some(lent) = g.lent else {
+        return After::Nothing;
+    };
+    g.record(Direction::ToHost, 0, method, payload);
+    if g.ws.active() {
+        g.ws_traffic += 1;
+    }
+    // SAFETY: `lent` is only set while the lending run_phase call is blocked
+    // and revoked under this same lock before it returns; we hold the lock.
+    let ctx = unsafe { &mut *lent.ctx };
+    let Inner { ws, enc, .. } = g;
+    match dispatch(method, payload, ctx, ws, enc, reply) {
+        Ok(Step::Continue) => After::Nothing,
+        Ok(Step::Reply) => {
+            g.record(Direction::ToPlugin, 0, method, reply);
+            After::Reply(method)
+        }
+        Ok(Step::Upgraded) => {
+            reply.clear();
+            g.record(Direction::ToPlugin, 0, Method::WebsocketOnOpen as u32, &[]);
+            After::ReplyWake(Method::WebsocketOnOpen as u32)
+        }
+        Ok(Step::End(end)) => {
+            let o = match end {
+                PhaseEnd::Next => PhaseOutcome::Next,
+                PhaseEnd::End => PhaseOutcome::End,
+                PhaseEnd::StreamEnd => PhaseOutcome::StreamEnd,
+            };
+            if g.finish(slot, o) {
+                After::Wake
+            } else {
+                After::Nothing
+            }
+        }
+        Err(DispatchError::Downstream { reason, .. }) if g.ws.active() => {
+            reply.clear();
+            reply.extend_from_slice(reason.as_bytes());
+            g.record(
+                Direction::ToPlugin,
+                0,
+                Method::WebsocketOnError as u32,
+                reply,
+            );
+            After::Reply(Method::WebsocketOnError as u32)
+        }
+        Err(e) => {
+            if g.finish(slot, PhaseOutcome::Error(SessionError::Dispatch(e))) {
+                After::Wake
+            } else {
+                After::Nothing
+            }
+        }
+    }
+}
+
+/// Sends what `process` asked for, with the lock released.
+fn complete(slot: &Slot, sid: u32, es: Option<EventStreamFn>, after: After, reply: &[u8]) {
+    match after {
+        After::Nothing => {}
+        After::Wake => slot.wake.notify_all(),
+        After::ReplyWake(method) => {
+            // The event first: the driver must not deliver client messages
+            // before the plugin has seen the open event.
+            complete(slot, sid, es, After::Reply(method), reply);
+            let mut g = lock(slot);
+            if g.sid == sid {
+                g.ws_ready = true;
+            }
+            drop(g);
+            slot.signal.store(true, Ordering::Release);
+            slot.wake.notify_all();
+        }
+        After::Reply(method) => {
+            if let Some(es) = es {
+                let buf = FfiBuffer::new(sid, Phase::Zero, method, reply);
+                // SAFETY: `es` is the plugin's event_stream, valid while the
+                // session is open (its plugin Arc is held by the session);
+                // buf and reply live across the call.
+                unsafe { es(&buf) };
+            }
+        }
+    }
+}
+
+/// The host callback of every fast session.
+///
+/// # Safety
+///
+/// - `buf` is NULL or points to a valid `FfiBuffer` whose payload (when
+///   `len > 0`) is `len` readable bytes, both valid for the call (ABI rule).
+unsafe extern "C" fn fast_callback(buf: *const FfiBuffer) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if buf.is_null() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // SAFETY: non-null and valid for the call, by the caller's contract.
+        let buf = unsafe { *buf };
+        let slot = slot_of(buf.sid);
+        if buf.sid == 0 || slot.sid.load(Ordering::Acquire) != buf.sid {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = if buf.len > MAX_PAYLOAD {
+            Err(PayloadError::TooLong(buf.len))
+        } else {
+            // SAFETY: the plugin guarantees ptr/len for the duration of the call.
+            unsafe { buf.payload() }
+        };
+        let mut g = lock(slot);
+        if g.sid != buf.sid {
+            // Closed (and maybe reused) between the check and the lock.
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => {
+                let wake = if g.lent.is_some() {
+                    g.finish(slot, PhaseOutcome::Error(SessionError::Payload(e)))
+                } else {
+                    push_backlog(&mut g, Queued::Bad(e));
+                    false
+                };
+                drop(g);
+                if wake {
+                    slot.wake.notify_all();
+                }
+                return;
+            }
+        };
+        if g.lent.is_none() {
+            // Between phases: kept, bounded, for the next phase.
+            push_backlog(&mut g, Queued::Data(buf.method, payload.to_vec()));
+            return;
+        }
+        let is_read = Method::from_u32(buf.method).is_some_and(|m| m.kind() == MethodKind::Read);
+        if g.mode == ReplyMode::Deferred && is_read {
+            let wake = if g.reads.len() >= DEFERRED_READS {
+                g.finish(slot, PhaseOutcome::Error(SessionError::QueueFull))
+            } else {
+                g.reads.push_back((buf.method, payload.to_vec()));
+                slot.signal.store(true, Ordering::Release);
+                g.parked
+            };
+            drop(g);
+            if wake {
+                slot.wake.notify_all();
+            }
+            return;
+        }
+        let es = g.event_stream;
+        with_reply_buf(|reply| {
+            let after = process(slot, &mut g, buf.method, payload, reply);
+            drop(g);
+            complete(slot, buf.sid, es, after, reply);
+        });
+    }));
+}
+
+fn push_backlog(g: &mut Inner, q: Queued) {
+    let len = match &q {
+        Queued::Data(_, d) => d.len(),
+        Queued::Bad(_) => 0,
+    };
+    if g.overflowed {
+        return;
+    }
+    if g.backlog.len() >= BACKLOG_MESSAGES || g.backlog_bytes + len > BACKLOG_BYTES {
+        // Overflow: the next phase fails with QueueFull instead of growing.
+        g.backlog.clear();
+        g.backlog_bytes = 0;
+        g.overflowed = true;
+        return;
+    }
+    g.backlog_bytes += len;
+    g.backlog.push_back(q);
+}
+
+/// The fast transport. See the [module docs](self).
+#[derive(Debug)]
+pub struct Fast {
+    config: FastConfig,
+    spawner: Option<Spawner>,
+}
+
+impl Default for Fast {
+    fn default() -> Self {
+        Self::new(FastConfig::default())
+    }
+}
+
+impl Fast {
+    /// Creates the transport.
+    #[must_use]
+    pub fn new(config: FastConfig) -> Self {
+        let spawner =
+            (config.reply_mode == ReplyMode::Deferred).then(|| Spawner::new("nylon-fast-phase"));
+        Self { config, spawner }
+    }
+}
+
+/// A session of the [`Fast`] transport.
+#[derive(Debug)]
+pub struct FastSession {
+    sid: u32,
+    plugin: Arc<LegacyPlugin>,
+    closed: bool,
+}
+
+impl FastSession {
+    /// The session id.
+    pub fn sid(&self) -> u32 {
+        self.sid
+    }
+}
+
+impl Fast {
+    fn release(&self, s: &mut FastSession) {
+        if s.closed {
+            return;
+        }
+        s.closed = true;
+        let slot = slot_of(s.sid);
+        {
+            let mut g = lock(slot);
+            slot.sid.store(0, Ordering::Release);
+            g.sid = 0;
+            g.lent = None;
+            g.event_stream = None;
+            g.backlog.clear();
+            g.backlog_bytes = 0;
+            g.reads.clear();
+        }
+        s.plugin.close_session(s.sid);
+        // The slot is free again once the plugin has been told.
+        let _ = TABLE.free.push(s.sid & SLOT_MASK);
+    }
+
+    /// Waits until the phase ends or the deadline passes; services the
+    /// WebSocket client and deferred reads meanwhile.
+    fn wait(&self, s: &FastSession, slot: &Slot, timeout: Duration) -> Option<PhaseOutcome> {
+        let mut deadline = Instant::now() + timeout;
+        let spin_until = Instant::now() + self.config.spin;
+        let mut g = lock(slot);
+        let mut traffic = g.ws_traffic;
+        loop {
+            slot.signal.store(false, Ordering::Relaxed);
+            if g.ws_traffic != traffic {
+                // In WebSocket mode the timeout is an idle timeout, re-armed
+                // by traffic in either direction.
+                traffic = g.ws_traffic;
+                deadline = Instant::now() + timeout;
+            }
+            if let Some(o) = g.outcome.take() {
+                return Some(o);
+            }
+            // Deferred reads, answered from this thread.
+            if let Some((method, payload)) = g.reads.pop_front() {
+                let es = g.event_stream;
+                with_reply_buf(|reply| {
+                    let after = process(slot, &mut g, method, &payload, reply);
+                    drop(g);
+                    complete(slot, s.sid, es, after, reply);
+                });
+                g = lock(slot);
+                continue;
+            }
+            if g.ws.active() && g.ws_ready {
+                if let Some(event) = self.poll_client(slot, &mut g) {
+                    let es = g.event_stream;
+                    drop(g);
+                    complete(slot, s.sid, es, After::Reply(event.0), &event.1);
+                    deadline = Instant::now() + timeout;
+                    g = lock(slot);
+                    continue;
+                }
+                if g.outcome.is_some() {
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            if now < spin_until && !g.ws.active() {
+                // Spin without the lock: a plugin thread that is about to end
+                // the phase must not wait for us, and a wake-up costs far more.
+                drop(g);
+                'spin: while Instant::now() < spin_until {
+                    for _ in 0..64 {
+                        if slot.signal.load(Ordering::Acquire) {
+                            break 'spin;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+                g = lock(slot);
+                continue;
+            }
+            // Park on this session's own condvar; the callback wakes us.
+            let wait = if g.ws.active() {
+                Duration::from_millis(1).min(deadline - now)
+            } else {
+                deadline - now
+            };
+            g.parked = true;
+            g = slot
+                .wake
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            g.parked = false;
+        }
+    }
+
+    /// Takes the next client WebSocket message, if any, as the event to send.
+    /// On client close, ends the phase and returns the close event (353).
+    fn poll_client(&self, slot: &Slot, g: &mut MutexGuard<'_, Inner>) -> Option<(u32, Vec<u8>)> {
+        let lent = g.lent?;
+        // SAFETY: as in `process`: lent by our own caller, used under the lock.
+        let ctx = unsafe { &mut *lent.ctx };
+        let (method, data) = match ctx.websocket_recv(Duration::ZERO) {
+            WsRecv::Text(t) => (Method::WebsocketOnMessageText, t),
+            WsRecv::Binary(b) => (Method::WebsocketOnMessageBinary, b),
+            WsRecv::Idle => return None,
+            WsRecv::Closed => {
+                g.ws.closed = true;
+                ctx.websocket_close();
+                g.finish(slot, PhaseOutcome::StreamEnd);
+                // The caller sends the close event once the lock is released;
+                // the plugin may call back from inside it.
+                (Method::WebsocketOnClose, Vec::new())
+            }
+        };
+        g.record(Direction::ToPlugin, 0, method as u32, &data);
+        Some((method as u32, data))
+    }
+}
+
+impl Transport for Fast {
+    type Session = FastSession;
+
+    fn name(&self) -> &'static str {
+        "fast"
+    }
+
+    fn open(
+        &self,
+        plugin: &Arc<LegacyPlugin>,
+        entry: &str,
+        options: SessionOptions,
+    ) -> Result<FastSession, OpenError> {
+        let idx = TABLE.free.pop().ok_or(OpenError::TooManySessions)?;
+        let slot = &TABLE.slots[idx as usize];
+        let generation = slot
+            .generation
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        // Generation in the high bits; never 0 because the generation part is
+        // forced non-zero.
+        let high = (generation << SLOT_BITS) | (1 << SLOT_BITS);
+        let sid = high | idx;
+        {
+            let mut g = lock(slot);
+            g.sid = sid;
+            g.event_stream = Some(plugin.symbols().event_stream);
+            g.mode = self.config.reply_mode;
+            g.lent = None;
+            g.outcome = None;
+            g.parked = false;
+            g.ws = WsState::default();
+            g.ws_traffic = 0;
+            g.ws_ready = false;
+            g.enc.request_headers_cached = false;
+            g.backlog.clear();
+            g.backlog_bytes = 0;
+            g.overflowed = false;
+            g.reads.clear();
+            g.trace = options.trace.then(Vec::new);
+            slot.sid.store(sid, Ordering::Release);
+        }
+        let mut session = FastSession {
+            sid,
+            plugin: Arc::clone(plugin),
+            closed: false,
+        };
+        if !plugin.register_session(sid, entry, fast_callback) {
+            self.release(&mut session);
+            return Err(OpenError::Rejected(entry.to_string()));
+        }
+        Ok(session)
+    }
+
+    fn run_phase(
+        &self,
+        s: &mut FastSession,
+        phase: Phase,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+    ) -> PhaseOutcome {
+        if s.closed {
+            return PhaseOutcome::Error(SessionError::Closed);
+        }
+        let slot = slot_of(s.sid);
+        // SAFETY: lifetime erasure only; the pointer is revoked below, under
+        // the slot lock, before this function returns, and only dereferenced
+        // under that lock, so it never outlives `ctx`.
+        let erased: *mut (dyn HttpContext + 'static) = unsafe {
+            std::mem::transmute::<*mut (dyn HttpContext + '_), *mut (dyn HttpContext + 'static)>(
+                ctx,
+            )
+        };
+        {
+            let mut g = lock(slot);
+            if g.overflowed {
+                drop(g);
+                self.release(s);
+                return PhaseOutcome::Error(SessionError::QueueFull);
+            }
+            g.outcome = None;
+            slot.signal.store(false, Ordering::Relaxed);
+            g.lent = Some(LentContext { ctx: erased });
+            g.record(Direction::ToPlugin, phase as u8, Method::PHASE_START, &[]);
+        }
+        // Leftovers from between phases, in arrival order.
+        loop {
+            let mut g = lock(slot);
+            let Some(q) = g.backlog.pop_front() else {
+                break;
+            };
+            let (method, data) = match q {
+                Queued::Data(m, d) => {
+                    g.backlog_bytes -= d.len();
+                    (m, d)
+                }
+                Queued::Bad(e) => {
+                    g.finish(slot, PhaseOutcome::Error(SessionError::Payload(e)));
+                    break;
+                }
+            };
+            let es = g.event_stream;
+            with_reply_buf(|reply| {
+                let after = process(slot, &mut g, method, &data, reply);
+                drop(g);
+                complete(slot, s.sid, es, after, reply);
+            });
+        }
+        if lock(slot).outcome.is_none() {
+            let start = FfiBuffer::new(s.sid, phase, Method::PHASE_START, &[]);
+            match &self.spawner {
+                None => s.plugin.event_stream(&start),
+                Some(spawner) => {
+                    let plugin = Arc::clone(&s.plugin);
+                    let sid = s.sid;
+                    spawner.spawn(Box::new(move || {
+                        plugin.event_stream(&FfiBuffer::new(sid, phase, Method::PHASE_START, &[]));
+                    }));
+                }
+            }
+        }
+        let outcome = self.wait(s, slot, timeout);
+        {
+            let mut g = lock(slot);
+            g.lent = None;
+            slot.signal.store(false, Ordering::Relaxed);
+        }
+        match outcome {
+            Some(o @ (PhaseOutcome::Next | PhaseOutcome::End | PhaseOutcome::StreamEnd)) => o,
+            Some(o) => {
+                self.release(s);
+                o
+            }
+            None => {
+                self.release(s);
+                PhaseOutcome::Timeout
+            }
+        }
+    }
+
+    fn close(&self, mut s: FastSession) {
+        self.release(&mut s);
+    }
+
+    fn take_trace(&self, s: &mut FastSession) -> Vec<TraceEntry> {
+        if s.closed {
+            return Vec::new();
+        }
+        lock(slot_of(s.sid)).trace.take().unwrap_or_default()
+    }
+}
+
+/// The fast reply encodings: a reused builder, the request headers encoded
+/// once per session, `itoa` decimals, params written by hand.
+#[derive(Debug, Default)]
+pub struct FastEncoding {
+    headers: HeaderEncoder,
+    request_headers: Vec<u8>,
+    request_headers_cached: bool,
+}
+
+impl ReplyEncoding for FastEncoding {
+    fn headers(&mut self, ctx: &dyn HttpContext, response: bool, out: &mut Vec<u8>) {
+        if response {
+            self.headers
+                .encode(|f| ctx.for_each_response_header(f), out);
+            return;
+        }
+        if !self.request_headers_cached {
+            self.request_headers.clear();
+            self.headers.encode(
+                |f| ctx.for_each_request_header(f),
+                &mut self.request_headers,
+            );
+            self.request_headers_cached = true;
+        }
+        out.extend_from_slice(&self.request_headers);
+    }
+
+    fn decimal_u64(&mut self, v: u64, out: &mut Vec<u8>) {
+        write_u64(v, out);
+    }
+
+    fn decimal_i64(&mut self, v: i64, out: &mut Vec<u8>) {
+        write_i64(v, out);
+    }
+
+    fn params(&mut self, params: Option<&[(String, String)]>, out: &mut Vec<u8>) {
+        write_params(params, out);
+    }
+}
