@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nylon_transport::host::driver::{run_request, RunOptions};
 use nylon_transport::host::{inspect, LegacyPlugin, MemoryContext, RequestSpec};
-use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode};
+use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode, V2Plugin, V2};
 
 #[derive(Parser)]
 #[command(
@@ -134,24 +134,46 @@ fn execute(command: Command) -> Result<ExitCode> {
             if timeout_ms == 0 {
                 bail!("--timeout-ms must be at least 1");
             }
-            let lib = Arc::new(LegacyPlugin::load(&plugin)?);
-            lib.initialize(&config)?;
             let upstream = spec.upstream.clone();
             let mut ctx = MemoryContext::new(spec, payload);
             let options = RunOptions {
                 timeout: Duration::from_millis(timeout_ms),
                 trace,
             };
-            let report = match transport {
-                TransportArg::Baseline => run_request(
-                    &Baseline::new(),
-                    &lib,
-                    &entry,
-                    &mut ctx,
-                    upstream.as_ref(),
-                    options,
-                )?,
-                TransportArg::Fast => {
+            let abi = inspect(&plugin)?.abi;
+            let report = match (abi, transport) {
+                ("v2", TransportArg::Fast) => {
+                    let lib = Arc::new(V2Plugin::load(&plugin, &config)?);
+                    run_request(
+                        &V2::default(),
+                        &lib,
+                        &entry,
+                        &mut ctx,
+                        upstream.as_ref(),
+                        options,
+                    )?
+                }
+                ("v2", TransportArg::Baseline) => {
+                    bail!(
+                        "{} is a v2 plugin: it runs on --transport fast",
+                        plugin.display()
+                    )
+                }
+                (_, TransportArg::Baseline) => {
+                    let lib = Arc::new(LegacyPlugin::load(&plugin)?);
+                    lib.initialize(&config)?;
+                    run_request(
+                        &Baseline::new(),
+                        &lib,
+                        &entry,
+                        &mut ctx,
+                        upstream.as_ref(),
+                        options,
+                    )?
+                }
+                (_, TransportArg::Fast) => {
+                    let lib = Arc::new(LegacyPlugin::load(&plugin)?);
+                    lib.initialize(&config)?;
                     let fast = Fast::new(FastConfig {
                         reply_mode: if deferred_replies {
                             ReplyMode::Deferred

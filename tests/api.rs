@@ -7,4 +7,11 @@ mod api {
     mod cli;
     mod hostile;
     mod methods;
+    mod v2;
+
+    /// The v2 example plugin's code, linked in-process (its exported symbol is
+    /// unused here).
+    #[path = "../../examples/v2_plugin.rs"]
+    #[allow(dead_code, unreachable_pub)]
+    pub(crate) mod v2_example;
 }

@@ -5,3 +5,4 @@
 //! symbols, the 41 method ids and the phases.
 
 pub mod legacy;
+pub mod v2;

@@ -52,6 +52,10 @@ pub trait HttpContext: Send {
     /// The first value of a request header, `None` if absent.
     fn request_header(&self, name: &[u8]) -> Option<&[u8]>;
     /// Calls `f` for every request header, in order, repeated names repeated.
+    ///
+    /// The slices passed to `f` must stay valid and unchanged until the
+    /// context is next borrowed mutably: the v2 transport lends them to the
+    /// plugin for the whole phase. Do not pass temporaries.
     fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
     /// The whole request body (read on first use by a streaming host).
     fn request_body(&mut self) -> &[u8];
@@ -73,6 +77,8 @@ pub trait HttpContext: Send {
     /// Removes every value of a response header.
     fn remove_response_header(&mut self, name: &str);
     /// Calls `f` for every current response header, in order.
+    ///
+    /// The same lifetime rule as [`HttpContext::for_each_request_header`].
     fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
     /// Replaces the response body.
     fn set_response_body(&mut self, body: &[u8]);
@@ -242,7 +248,10 @@ impl MemoryContext {
     pub const WS_LINGER: Duration = Duration::from_millis(150);
 
     /// Creates a context for `spec`, with an optional middleware payload.
-    pub fn new(spec: RequestSpec, payload: Option<Vec<u8>>) -> Self {
+    pub fn new(mut spec: RequestSpec, payload: Option<Vec<u8>>) -> Self {
+        for (n, _) in &mut spec.headers {
+            n.make_ascii_lowercase();
+        }
         let params = spec.params.as_ref().map(|m| {
             m.iter()
                 .map(|(k, v)| match v {
@@ -400,8 +409,9 @@ impl HttpContext for MemoryContext {
     }
 
     fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        // Names were lower-cased once, in `new`: no temporaries here.
         for (n, v) in &self.spec.headers {
-            f(n.to_ascii_lowercase().as_bytes(), v.as_bytes());
+            f(n.as_bytes(), v.as_bytes());
         }
     }
 

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::abi::legacy::Phase;
 use crate::host::context::{MemoryContext, UpstreamSpec, WsEffect};
-use crate::host::loader::LegacyPlugin;
 use crate::transport::{OpenError, PhaseOutcome, SessionOptions, TraceEntry, Transport};
 
 /// Options of [`run_request`].
@@ -102,7 +101,7 @@ impl RequestReport {
 /// [`OpenError`] when the plugin refuses the entry.
 pub fn run_request<T: Transport>(
     transport: &T,
-    plugin: &Arc<LegacyPlugin>,
+    plugin: &Arc<T::Plugin>,
     entry: &str,
     ctx: &mut MemoryContext,
     upstream: Option<&UpstreamSpec>,

@@ -16,6 +16,7 @@ use crate::abi::legacy::{
     CloseSessionStreamFn, DataEventFn, EventStreamFn, FfiBuffer, InitializeFn, PluginFreeFn,
     RegisterSessionStreamFn, ShutdownFn, SYMBOLS,
 };
+use crate::abi::v2::{self, PluginTable};
 
 /// Why a plugin library could not be loaded.
 #[derive(Debug)]
@@ -36,6 +37,10 @@ pub enum LoadError {
     },
     /// The configuration is larger than the ABI's `u32` length.
     ConfigTooLarge(usize),
+    /// The v2 table failed its version or layout check.
+    V2(v2::TableError),
+    /// The v2 plugin's `init` failed.
+    Init(i32),
 }
 
 impl fmt::Display for LoadError {
@@ -49,6 +54,12 @@ impl fmt::Display for LoadError {
                 "symbol `{symbol}` resolves outside the plugin, in {object}: the plugin does not export it"
             ),
             Self::ConfigTooLarge(n) => write!(f, "plugin config of {n} bytes exceeds u32"),
+            Self::V2(e) => write!(f, "v2 plugin refused: {e}"),
+            Self::Init(s) => write!(
+                f,
+                "v2 plugin init failed with status {s} ({})",
+                v2::Status(*s).name()
+            ),
         }
     }
 }
@@ -216,13 +227,65 @@ impl Drop for LegacyPlugin {
     }
 }
 
+/// Opens a v2 plugin library and returns its checked table.
+///
+/// # Errors
+///
+/// [`LoadError`] when the library cannot be opened, lacks
+/// `nylon_v2_plugin`, returns NULL, or its table fails the version and layout
+/// checks.
+pub fn load_v2(path: impl AsRef<Path>) -> Result<(Library, &'static PluginTable), LoadError> {
+    let path = path
+        .as_ref()
+        .canonicalize()
+        .map_err(|e| LoadError::Path(path.as_ref().to_path_buf(), e))?;
+    // SAFETY: as in `LegacyPlugin::load`: runs the library's initialisers only.
+    let lib = unsafe { Library::new(&path) }.map_err(|e| LoadError::Open(path.clone(), e))?;
+    let table = v2_table(&lib, &path)?;
+    Ok((lib, table))
+}
+
+fn v2_table(lib: &Library, path: &Path) -> Result<&'static PluginTable, LoadError> {
+    let addr = symbol_address(lib, v2::PLUGIN_SYMBOL)
+        .ok_or(LoadError::MissingSymbol(v2::PLUGIN_SYMBOL))?;
+    match object_of(addr) {
+        Some(obj) if same_file(&obj, path) => {}
+        other => {
+            return Err(LoadError::ForeignSymbol {
+                symbol: v2::PLUGIN_SYMBOL,
+                object: other.unwrap_or_else(|| "an unknown object".into()),
+            })
+        }
+    }
+    // SAFETY: the symbol is the plugin's own `nylon_v2_plugin`, whose C
+    // signature is `const nylon_v2_plugin_t *(void)` by the v2 ABI.
+    let get = unsafe { std::mem::transmute::<*const c_void, v2::GetPluginFn>(addr) };
+    // SAFETY: a getter with no arguments, by the v2 ABI contract.
+    let table = unsafe { get() };
+    if table.is_null() {
+        return Err(LoadError::V2(v2::TableError::Entries));
+    }
+    // SAFETY: non-null; the table is static data of the plugin, which stays
+    // loaded as long as the returned Library does (the caller keeps both
+    // together). Only the fixed header is read before `check`.
+    let table: &'static PluginTable = unsafe { &*table };
+    table.check().map_err(LoadError::V2)?;
+    Ok(table)
+}
+
 /// What [`inspect`] found out about a library.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct InspectReport {
     /// The path as given.
     pub path: String,
-    /// `"legacy"` when all six legacy symbols are the plugin's own, else `"unknown"`.
+    /// `"v2"` for a checked v2 table, `"legacy"` when all six legacy symbols
+    /// are the plugin's own, else `"unknown"`.
     pub abi: &'static str,
+    /// The v2 plugin's name, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The v2 plugin's entries (legacy plugins do not list theirs).
+    pub entries: Vec<String>,
     /// One line per legacy symbol.
     pub symbols: Vec<SymbolReport>,
     /// Every problem found; empty when the plugin is loadable.
@@ -255,6 +318,9 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<InspectReport, LoadError> {
         .map_err(|e| LoadError::Path(given.to_path_buf(), e))?;
     // SAFETY: as in `LegacyPlugin::load`: runs the library's initialisers only.
     let lib = unsafe { Library::new(&canon) }.map_err(|e| LoadError::Open(canon.clone(), e))?;
+    if symbol_address(&lib, v2::PLUGIN_SYMBOL).is_some() {
+        return Ok(inspect_v2(given, &lib, &canon));
+    }
     let mut symbols = Vec::new();
     let mut problems = Vec::new();
     for name in SYMBOLS {
@@ -286,9 +352,42 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<InspectReport, LoadError> {
     Ok(InspectReport {
         path: given.display().to_string(),
         abi,
+        name: None,
+        entries: Vec::new(),
         symbols,
         problems,
     })
+}
+
+fn inspect_v2(given: &Path, lib: &Library, canon: &Path) -> InspectReport {
+    let addr = symbol_address(lib, v2::PLUGIN_SYMBOL);
+    let object = addr.and_then(object_of);
+    let in_library = object.as_deref().is_some_and(|o| same_file(o, canon));
+    let mut report = InspectReport {
+        path: given.display().to_string(),
+        abi: "unknown",
+        name: None,
+        entries: Vec::new(),
+        symbols: vec![SymbolReport {
+            name: v2::PLUGIN_SYMBOL,
+            present: true,
+            object,
+            in_library,
+        }],
+        problems: Vec::new(),
+    };
+    match v2_table(lib, canon) {
+        Ok(table) => {
+            report.abi = "v2";
+            // SAFETY: the table passed `check`; names are static plugin data.
+            let name = unsafe { table.name.as_bytes() };
+            report.name = Some(String::from_utf8_lossy(name).into_owned());
+            // SAFETY: as above.
+            report.entries = unsafe { table.entry_names() };
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    report
 }
 
 fn symbol_address(lib: &Library, name: &str) -> Option<*const c_void> {

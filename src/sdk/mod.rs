@@ -39,6 +39,7 @@
 use std::fmt;
 
 pub mod legacy;
+pub mod v2;
 
 pub use legacy::{PhaseCx, WsCx};
 

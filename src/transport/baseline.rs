@@ -239,6 +239,7 @@ impl BaselineSession {
 }
 
 impl Transport for Baseline {
+    type Plugin = LegacyPlugin;
     type Session = BaselineSession;
 
     fn name(&self) -> &'static str {

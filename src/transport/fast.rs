@@ -579,6 +579,7 @@ impl Fast {
 }
 
 impl Transport for Fast {
+    type Plugin = LegacyPlugin;
     type Session = FastSession;
 
     fn name(&self) -> &'static str {

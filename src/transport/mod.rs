@@ -12,13 +12,14 @@ use serde::Serialize;
 use crate::abi::legacy::{PayloadError, Phase};
 use crate::host::context::HttpContext;
 use crate::host::dispatch::DispatchError;
-use crate::host::loader::LegacyPlugin;
 
 pub mod baseline;
 pub mod fast;
+pub mod v2;
 
 pub use baseline::Baseline;
 pub use fast::{Fast, FastConfig, ReplyMode};
+pub use v2::{V2Plugin, V2};
 
 /// How a phase ended, as the host reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub enum SessionError {
     Closed,
     /// A bounded queue of the session overflowed (a flooding plugin).
     QueueFull,
+    /// A v2 plugin returned an error status or reported an error.
+    Plugin(String),
 }
 
 impl fmt::Display for SessionError {
@@ -68,6 +71,7 @@ impl fmt::Display for SessionError {
             Self::Dispatch(e) => e.fmt(f),
             Self::Payload(e) => write!(f, "bad message: {e}"),
             Self::Closed => f.write_str("session is closed"),
+            Self::Plugin(m) => write!(f, "plugin error: {m}"),
             Self::QueueFull => {
                 f.write_str("session queue is full: the plugin sends faster than the host applies")
             }
@@ -130,6 +134,8 @@ pub struct SessionOptions {
 
 /// A way to carry the legacy protocol between the host and a plugin.
 pub trait Transport: Send + Sync {
+    /// The kind of plugin it drives.
+    type Plugin;
     /// One open session.
     type Session: Send;
 
@@ -143,7 +149,7 @@ pub trait Transport: Send + Sync {
     /// [`OpenError::Rejected`] when the plugin refuses the entry.
     fn open(
         &self,
-        plugin: &Arc<LegacyPlugin>,
+        plugin: &Arc<Self::Plugin>,
         entry: &str,
         options: SessionOptions,
     ) -> Result<Self::Session, OpenError>;

@@ -175,3 +175,27 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn run_drives_a_v2_plugin_on_the_fast_transport() {
+    let plugin = super::common::example_path("v2_plugin");
+    let p = plugin.to_str().unwrap();
+    let v = json(&cli(&[
+        "run",
+        "--plugin",
+        p,
+        "--entry",
+        "end",
+        "--transport",
+        "fast",
+    ]));
+    assert_eq!(v["transport"], "fast-v2");
+    assert_eq!(v["response"]["status"], 403);
+    let out = cli(&["run", "--plugin", p, "--entry", "end"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("is a v2 plugin: it runs on --transport fast"));
+    let out = cli(&["inspect", p]);
+    assert!(out.status.success());
+    assert_eq!(json(&out)["abi"], "v2");
+}

@@ -50,23 +50,30 @@ pub(crate) fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The Rust example plugin; `cargo test` builds it, and we build it if not.
+/// An example plugin `.so`; `cargo test` builds the examples, and we build
+/// the one asked for if it is missing (e.g. under `cargo test --test api`).
+pub(crate) fn example_path(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = profile_dir().join("examples").join(format!("lib{name}.so"));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --example");
+        assert!(
+            status.success(),
+            "building the example plugin {name} failed"
+        );
+    }
+    path
+}
+
+/// The Rust legacy example plugin.
 pub(crate) fn rust_plugin_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = profile_dir().join("examples").join("librust_plugin.so");
-        if !path.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--example", "rust_plugin"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build --example rust_plugin");
-            assert!(status.success(), "building the example plugin failed");
-        }
-        path
-    })
-    .clone()
+    example_path("rust_plugin")
 }
 
 /// The Rust example plugin, loaded and initialised once per test process (the
@@ -171,7 +178,7 @@ pub(crate) fn run_with(
     }
 }
 
-fn run_on<T: Transport>(
+fn run_on<T: Transport<Plugin = LegacyPlugin>>(
     transport: &T,
     plugin: &Arc<LegacyPlugin>,
     entry: &str,

@@ -1,0 +1,273 @@
+//! An example v2-ABI plugin written with the Rust SDK. The tests and the
+//! benchmarks load it as a real `.so`; the allocation test links the same
+//! code in-process.
+//!
+//! Entries:
+//! - `scenario`: the brief's request scenario (see `benches/README.md`).
+//! - `all`: every read, reported back as response headers.
+//! - `end`, `stream`, `ws`: answering, streaming, WebSocket echo with rooms.
+//! - `async`: finishes request filter on another thread (detach/complete).
+//! - `error`, `panic`, `silent_async`, `flood`: failures the host must contain.
+
+use nylon_transport::abi::v2::Str;
+use nylon_transport::sdk::v2::{Call, Handler, Plugin};
+use nylon_transport::sdk::{Flow, SdkError, WsEvent};
+
+/// The example plugin.
+pub struct Example;
+
+impl Plugin for Example {
+    const NAME: &'static str = "example-v2";
+    const ENTRIES: &'static [Str] = nylon_transport::entries![
+        "scenario",
+        "all",
+        "end",
+        "stream",
+        "ws",
+        "async",
+        "error",
+        "panic",
+        "silent_async",
+        "flood",
+    ];
+
+    fn initialize(_config: &[u8]) -> Result<Self, String> {
+        Ok(Example)
+    }
+
+    fn open(&self, entry: u32) -> Option<Box<dyn Handler>> {
+        Some(match entry {
+            0 => Box::new(Scenario),
+            1 => Box::new(All),
+            2 => Box::new(End),
+            3 => Box::new(Stream),
+            4 => Box::new(Ws),
+            5 => Box::new(Async),
+            6 => Box::new(Fails),
+            7 => Box::new(Panics),
+            8 => Box::new(SilentAsync(None)),
+            9 => Box::new(Flood),
+            _ => return None,
+        })
+    }
+}
+
+/// The request scenario: the same work as the legacy `scenario` entry.
+pub struct Scenario;
+
+impl Handler for Scenario {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let payload = cx.payload();
+        let user =
+            sonic_rs::get(payload, &["user"]).map_err(|e| SdkError::Decode(e.to_string()))?;
+        let limit =
+            sonic_rs::get(payload, &["limit"]).map_err(|e| SdkError::Decode(e.to_string()))?;
+        let path = cx.path();
+        let agent = cx.header("user-agent").unwrap_or_default();
+        let count = cx.headers().count();
+        if path.is_empty()
+            || agent.is_empty()
+            || count != 8
+            || user.as_raw_str().is_empty()
+            || limit.as_raw_str().is_empty()
+        {
+            return Err(SdkError::Handler("scenario request is incomplete".into()));
+        }
+        cx.set_header("x-scenario", "1");
+        cx.set_header("x-user", "alice");
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let status = cx.status();
+        cx.set_header("x-status-class", if status < 400 { "ok" } else { "error" });
+        Ok(Flow::Next)
+    }
+
+    fn logging(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let _ = cx.duration_ms();
+        let _ = cx.client_ip();
+        Ok(Flow::Next)
+    }
+}
+
+struct All;
+
+impl Handler for All {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        cx.set_header("x-method", cx.method());
+        cx.set_header("x-path", cx.path());
+        cx.set_header("x-query", cx.query());
+        cx.set_header("x-host", cx.host());
+        cx.set_header("x-client-ip", cx.client_ip());
+        cx.set_header("x-url", cx.url());
+        cx.set_header("x-request-body", &lossy(cx.request_body()));
+        cx.set_header("x-payload", &lossy(cx.payload()));
+        cx.set_header("x-params", &lossy(cx.params_json()));
+        cx.set_header("x-error", cx.error());
+        cx.set_header("x-user", &lossy(cx.header("X-User").unwrap_or(b"-")));
+        cx.set_header(
+            "x-absent",
+            if cx.header("x-absent").is_none() {
+                "none"
+            } else {
+                "some"
+            },
+        );
+        let hs: Vec<String> = cx
+            .headers()
+            .map(|(n, v)| format!("{}={}", lossy(n), lossy(v)))
+            .collect();
+        cx.set_header("x-headers", &hs.join(";"));
+        cx.set_header("x-bytes", &cx.request_bytes().to_string());
+        cx.set_header("x-ts-positive", &(cx.timestamp_ms() > 0).to_string());
+        cx.set_header("x-remove-me", "1");
+        cx.remove_header("x-remove-me");
+        cx.set_status(201);
+        // Commands apply at phase end: reads still see the state at phase start.
+        cx.set_header("x-status-seen", &cx.status().to_string());
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.set_header("x-upstream-status", &cx.status().to_string());
+        let names: Vec<String> = cx
+            .response_headers()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        cx.set_header("x-response-headers", &names.join(";"));
+        Ok(Flow::Next)
+    }
+
+    fn response_body_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let chunk = String::from_utf8_lossy(cx.response_body()).into_owned();
+        cx.set_header(
+            &format!("x-chunk-{chunk}"),
+            &cx.response_bytes().to_string(),
+        );
+        Ok(Flow::Next)
+    }
+
+    fn logging(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.set_header("x-duration-read", &(cx.duration_ms() < 60_000).to_string());
+        Ok(Flow::Next)
+    }
+}
+
+struct End;
+
+impl Handler for End {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.set_status(403);
+        cx.set_header("content-type", "text/plain");
+        cx.set_body(b"denied by v2");
+        Ok(Flow::End)
+    }
+}
+
+struct Stream;
+
+impl Handler for Stream {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.stream_header();
+        cx.stream_write(b"one");
+        cx.stream_write(b"two");
+        Ok(Flow::StreamEnd)
+    }
+}
+
+struct Ws;
+
+impl Handler for Ws {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, cx: &mut Call<'_>) {
+        match event {
+            WsEvent::Open => cx.join_room("lobby"),
+            WsEvent::Text(b"bye") => {
+                cx.leave_room("lobby");
+                cx.ws_close();
+            }
+            WsEvent::Text(t) => {
+                cx.ws_send_text(t);
+                cx.broadcast_text("lobby", t);
+            }
+            WsEvent::Binary(b) => {
+                cx.ws_send_binary(b);
+                cx.broadcast_binary("lobby", b);
+            }
+            WsEvent::Close | WsEvent::Error(_) => {}
+        }
+    }
+}
+
+struct Async;
+
+impl Handler for Async {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let detached = cx.detach();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let path = detached.path().to_string();
+            detached.set_header("x-async-path", &path);
+            let _ = detached.complete(Ok(Flow::Next));
+        });
+        Ok(Flow::Next)
+    }
+}
+
+struct Fails;
+
+impl Handler for Fails {
+    fn request_filter(&mut self, _cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        Err(SdkError::Handler("database unavailable".into()))
+    }
+}
+
+struct Panics;
+
+impl Handler for Panics {
+    fn request_filter(&mut self, _cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        panic!("boom")
+    }
+}
+
+/// Detaches and keeps the phase forever (until the session is dropped).
+struct SilentAsync(Option<nylon_transport::sdk::v2::Detached>);
+
+impl Handler for SilentAsync {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        // Keep the handle: the host must time out and refuse its later use.
+        let d = cx.detach();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // After the host's timeout: a late read and completion.
+            let late = d.path().to_string();
+            assert!(late.is_empty(), "a late read sees nothing");
+            assert!(
+                d.complete(Ok(Flow::Next)).is_err(),
+                "late completion is refused"
+            );
+        });
+        self.0 = None;
+        Ok(Flow::Next)
+    }
+}
+
+struct Flood;
+
+impl Handler for Flood {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let big = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            cx.set_body(&big);
+        }
+        Ok(Flow::Next)
+    }
+}
+
+nylon_transport::export_v2_plugin!(Example);

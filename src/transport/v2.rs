@@ -1,0 +1,1132 @@
+//! The host side of the v2 ABI: direct calls, zero-copy reads, batched
+//! commands (see [`crate::abi::v2`]).
+//!
+//! A phase is one call into the plugin. Reads during the call go straight to
+//! the [`HttpContext`] through [`HOST_TABLE`] and return borrowed slices.
+//! Commands are appended to the session's [`Commands`] buffer (bounded, its
+//! memory reused across phases) and applied in order when the phase returns.
+//! An asynchronous plugin detaches the call, returns `PENDING`, and completes
+//! it from its own thread with `complete`; the driver spins briefly, then
+//! parks on its own thread (no condvar shared between sessions).
+
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use libloading::Library;
+
+use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport};
+use crate::abi::legacy::Phase;
+use crate::abi::v2::{self, field, number, CallHandle, Flow, HostTable, PluginTable, Status, Str};
+use crate::codec::fast::write_params;
+use crate::host::context::{HttpContext, WsMessage, WsRecv};
+use crate::host::loader::{load_v2, LoadError};
+
+/// Command bytes one phase may buffer, at most (16 MiB); past it commands
+/// return `FULL` and the phase fails with `QueueFull`.
+pub const MAX_COMMAND_BYTES: usize = 16 << 20;
+/// Commands one phase may buffer, at most.
+pub const MAX_COMMANDS: usize = 1 << 16;
+
+/// A loaded (or in-process) v2 plugin with its instance.
+pub struct V2Plugin {
+    table: &'static PluginTable,
+    instance: *mut c_void,
+    entries: Vec<String>,
+    /// Call states of sessions that failed while a detached call may still
+    /// be in the plugin's hands; freed at shutdown, never reused. Boxed: the
+    /// plugin holds their addresses, which must not move.
+    #[allow(clippy::vec_box)]
+    graveyard: Mutex<Vec<Box<CallState>>>,
+    _lib: Option<Library>,
+}
+
+// SAFETY: the instance pointer is owned by the plugin, which the v2 ABI
+// requires to be usable from any thread (entries are called concurrently).
+unsafe impl Send for V2Plugin {}
+// SAFETY: as above; the host only passes the pointer back to the plugin.
+unsafe impl Sync for V2Plugin {}
+
+impl fmt::Debug for V2Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V2Plugin")
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl V2Plugin {
+    /// Loads a v2 plugin library and initialises it with `config` (JSON text).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`] for a missing symbol, a version or layout mismatch, or a
+    /// failed `init`.
+    pub fn load(path: impl AsRef<Path>, config: &[u8]) -> Result<Self, LoadError> {
+        let (lib, table) = load_v2(path)?;
+        Self::init(table, config, Some(lib))
+    }
+
+    /// Uses a plugin table linked into this process (no `dlopen`).
+    ///
+    /// # Errors
+    ///
+    /// As [`V2Plugin::load`], minus the loading.
+    pub fn from_static(table: &'static PluginTable, config: &[u8]) -> Result<Self, LoadError> {
+        table.check().map_err(LoadError::V2)?;
+        Self::init(table, config, None)
+    }
+
+    fn init(
+        table: &'static PluginTable,
+        config: &[u8],
+        lib: Option<Library>,
+    ) -> Result<Self, LoadError> {
+        // SAFETY: the table passed `check`; entry names are static plugin data.
+        let entries = unsafe { table.entry_names() };
+        let mut instance = std::ptr::null_mut();
+        // SAFETY: HOST_TABLE is static; config outlives the call; out is valid.
+        let st = unsafe { (table.init)(&HOST_TABLE, Str::from_bytes(config), &mut instance) };
+        if st != Status::OK.0 {
+            return Err(LoadError::Init(st));
+        }
+        Ok(Self {
+            table,
+            instance,
+            entries,
+            graveyard: Mutex::new(Vec::new()),
+            _lib: lib,
+        })
+    }
+
+    /// The entry names; an entry's id is its index.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
+    }
+
+    /// Resolves an entry name to its id, once, at configuration time.
+    pub fn entry_id(&self, name: &str) -> Option<EntryId> {
+        self.entries
+            .iter()
+            .position(|e| e == name)
+            .map(|i| EntryId(i as u32))
+    }
+}
+
+impl Drop for V2Plugin {
+    fn drop(&mut self) {
+        // SAFETY: called once; every session holds an Arc to the plugin, so
+        // none is open any more.
+        unsafe { (self.table.shutdown)(self.instance) };
+        self.graveyard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// A resolved entry of a [`V2Plugin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntryId(pub u32);
+
+/// One buffered command. Ranges index the command byte buffer.
+#[derive(Clone, Copy, Debug)]
+enum Cmd {
+    SetHeader(u32, u32, u32),
+    Remove(u32, u32),
+    Status(u16),
+    Body(u32, u32),
+    StreamHeader,
+    StreamWrite(u32, u32),
+    WsUpgrade,
+    WsSend(u32, u32, u32),
+    WsClose,
+    WsRoom(u32, u32, bool),
+    WsBroadcast(u32, u32, u32, u32),
+}
+
+/// The per-session command buffer: bytes and operations, reused every phase.
+#[derive(Debug, Default)]
+pub struct Commands {
+    bytes: Vec<u8>,
+    ops: Vec<Cmd>,
+    overflowed: bool,
+}
+
+impl Commands {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ops.clear();
+        self.overflowed = false;
+    }
+
+    /// Copies `s` into the buffer; `None` when the bound would be passed.
+    #[inline]
+    fn put(&mut self, s: &[u8]) -> Option<u32> {
+        if self.bytes.len() + s.len() > MAX_COMMAND_BYTES {
+            self.overflowed = true;
+            return None;
+        }
+        let at = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(s);
+        Some(at)
+    }
+
+    #[inline]
+    fn push(&mut self, cmd: Cmd) -> i32 {
+        if self.ops.len() >= MAX_COMMANDS {
+            self.overflowed = true;
+            return Status::FULL.0;
+        }
+        self.ops.push(cmd);
+        Status::OK.0
+    }
+
+    fn slice(&self, at: u32, len: u32) -> &[u8] {
+        &self.bytes[at as usize..(at + len) as usize]
+    }
+}
+
+/// Atomics of a call, shared with a plugin thread after `detach`.
+#[derive(Debug, Default)]
+struct CallSync {
+    /// The plugin handed the call to another thread (complete via `complete`).
+    shared: AtomicBool,
+    /// Spin lock held by host functions on a shared call, and by the driver
+    /// when it revokes the context.
+    busy: AtomicBool,
+    done: AtomicBool,
+    status: AtomicI32,
+    flow: AtomicU32,
+}
+
+struct CallInner {
+    ctx: Option<*mut (dyn HttpContext + 'static)>,
+    cmds: Commands,
+    url: Vec<u8>,
+    params: Vec<u8>,
+    error: Vec<u8>,
+    driver: Option<Thread>,
+}
+
+/// The state behind a [`CallHandle`]: one per session, reused every phase.
+pub struct CallState {
+    sync: CallSync,
+    inner: UnsafeCell<CallInner>,
+}
+
+impl fmt::Debug for CallState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallState").finish_non_exhaustive()
+    }
+}
+
+// SAFETY: `inner` is only touched by the one thread that owns the call at a
+// time: the driver between phases, the plugin's thread inside a phase call, or
+// (after detach) whoever holds `busy`.
+unsafe impl Sync for CallState {}
+// SAFETY: as above.
+unsafe impl Send for CallState {}
+
+impl CallState {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            sync: CallSync::default(),
+            inner: UnsafeCell::new(CallInner {
+                ctx: None,
+                cmds: Commands {
+                    bytes: Vec::with_capacity(1024),
+                    ops: Vec::with_capacity(32),
+                    overflowed: false,
+                },
+                url: Vec::with_capacity(128),
+                params: Vec::with_capacity(64),
+                error: Vec::new(),
+                driver: None,
+            }),
+        })
+    }
+
+    fn handle(&self) -> *mut CallHandle {
+        (self as *const Self).cast_mut().cast()
+    }
+
+    /// The inner state, for the driver while no phase call is running.
+    ///
+    /// # Safety
+    ///
+    /// - No phase call is in progress and the call is not detached-and-live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn owner(&self) -> &mut CallInner {
+        // SAFETY: delegated to the caller.
+        unsafe { &mut *self.inner.get() }
+    }
+}
+
+/// Exclusive access to a call from a host function; releases `busy` on drop.
+struct Enter<'a> {
+    call: &'a CallState,
+    locked: bool,
+}
+
+impl<'a> Enter<'a> {
+    /// # Safety
+    ///
+    /// - `call` is a handle the host gave to the plugin for a phase that is
+    ///   running, or a detached call whose state the host keeps alive.
+    #[inline]
+    unsafe fn new(call: *mut CallHandle) -> Option<(Self, &'a mut CallInner)> {
+        if call.is_null() {
+            return None;
+        }
+        // SAFETY: the handle points to a live CallState, by the caller's contract.
+        let state: &'a CallState = unsafe { &*call.cast::<CallState>() };
+        let locked = state.sync.shared.load(Ordering::Acquire);
+        if locked {
+            while state
+                .sync
+                .busy
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                std::hint::spin_loop();
+            }
+        }
+        let guard = Enter {
+            call: state,
+            locked,
+        };
+        // SAFETY: exclusive: either we are the thread inside the sync phase
+        // call, or we hold `busy` on a detached call.
+        let inner = unsafe { &mut *state.inner.get() };
+        // A revoked call (after the phase, or a timed-out detached call).
+        inner.ctx?;
+        Some((guard, inner))
+    }
+}
+
+impl Drop for Enter<'_> {
+    fn drop(&mut self) {
+        if self.locked {
+            // SYNC POINT: releases the call to the driver or another plugin thread.
+            self.call.sync.busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+macro_rules! host_fn {
+    ($call:ident, |$inner:ident| $body:expr) => {
+        match catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: the plugin passes back the handle it was given (v2 ABI).
+            let Some((_guard, $inner)) = (unsafe { Enter::new($call) }) else {
+                return Status::CLOSED.0;
+            };
+            $body
+        })) {
+            Ok(st) => st,
+            Err(_) => Status::PANIC.0,
+        }
+    };
+}
+
+/// The context of a call.
+///
+/// # Safety
+///
+/// - `lent` is Some (checked by `Enter::new`) and lent by a blocked driver,
+///   and no other reference to the context is live.
+#[inline]
+unsafe fn ctx<'a>(lent: Option<*mut (dyn HttpContext + 'static)>) -> &'a mut dyn HttpContext {
+    debug_assert!(lent.is_some());
+    // SAFETY: Enter::new checked Some; the driver lent it and is blocked.
+    unsafe { &mut *lent.unwrap_unchecked() }
+}
+
+/// Writes `bytes` to `out` (a plugin pointer), or reports INVALID.
+///
+/// # Safety
+///
+/// - `out` is NULL or valid for a write.
+#[inline]
+unsafe fn give(out: *mut Str, bytes: &[u8]) -> i32 {
+    if out.is_null() {
+        return Status::INVALID.0;
+    }
+    // SAFETY: non-null and writable by the caller's contract.
+    unsafe { out.write(Str::from_bytes(bytes)) };
+    Status::OK.0
+}
+
+unsafe extern "C" fn h_read(call: *mut CallHandle, which: u32, out: *mut Str) -> i32 {
+    host_fn!(call, |inner| {
+        // SAFETY: inside Enter (see `ctx`).
+        let c = unsafe { ctx(inner.ctx) };
+        let bytes: &[u8] = match which {
+            field::METHOD => c.request_method().as_bytes(),
+            field::PATH => c.request_path().as_bytes(),
+            field::QUERY => c.request_query().as_bytes(),
+            field::HOST => c.request_host().as_bytes(),
+            field::CLIENT_IP => c.client_ip().as_bytes(),
+            field::URL => {
+                inner.url.clear();
+                c.request_url(&mut inner.url);
+                &inner.url
+            }
+            field::REQUEST_BODY => c.request_body(),
+            field::PAYLOAD => c.payload().unwrap_or(&[]),
+            field::PARAMS => {
+                inner.params.clear();
+                write_params(c.request_params(), &mut inner.params);
+                &inner.params
+            }
+            field::RESPONSE_BODY => c.response_body(),
+            field::ERROR => c.response_error().as_bytes(),
+            _ => return Status::INVALID.0,
+        };
+        // SAFETY: out is the plugin's out-pointer.
+        unsafe { give(out, bytes) }
+    })
+}
+
+unsafe extern "C" fn h_header(call: *mut CallHandle, name: Str, out: *mut Str) -> i32 {
+    host_fn!(call, |inner| {
+        // SAFETY: the plugin's name is valid for the call (v2 ABI).
+        let name = unsafe { name.as_bytes() };
+        // SAFETY: inside Enter.
+        match unsafe { ctx(inner.ctx) }.request_header(name) {
+            // SAFETY: out is the plugin's out-pointer.
+            Some(v) => unsafe { give(out, v) },
+            None => Status::NOT_FOUND.0,
+        }
+    })
+}
+
+fn nth_header(
+    each: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])),
+    index: usize,
+    name: *mut Str,
+    value: *mut Str,
+) -> i32 {
+    let mut found = None;
+    let mut i = 0;
+    each(&mut |n, v| {
+        if i == index {
+            found = Some((Str::from_bytes(n), Str::from_bytes(v)));
+        }
+        i += 1;
+    });
+    match found {
+        None => Status::NOT_FOUND.0,
+        Some(_) if name.is_null() || value.is_null() => Status::INVALID.0,
+        Some((n, v)) => {
+            // SAFETY: non-null out-pointers of the plugin. The slices point
+            // into the context, which does not change during the phase.
+            unsafe {
+                name.write(n);
+                value.write(v);
+            }
+            Status::OK.0
+        }
+    }
+}
+
+unsafe extern "C" fn h_header_at(
+    call: *mut CallHandle,
+    index: usize,
+    name: *mut Str,
+    value: *mut Str,
+) -> i32 {
+    host_fn!(call, |inner| {
+        // SAFETY: inside Enter.
+        let c = unsafe { ctx(inner.ctx) };
+        nth_header(|f| c.for_each_request_header(f), index, name, value)
+    })
+}
+
+unsafe extern "C" fn h_response_header_at(
+    call: *mut CallHandle,
+    index: usize,
+    name: *mut Str,
+    value: *mut Str,
+) -> i32 {
+    host_fn!(call, |inner| {
+        // SAFETY: inside Enter.
+        let c = unsafe { ctx(inner.ctx) };
+        nth_header(|f| c.for_each_response_header(f), index, name, value)
+    })
+}
+
+unsafe extern "C" fn h_number(call: *mut CallHandle, which: u32, out: *mut u64) -> i32 {
+    host_fn!(call, |inner| {
+        // SAFETY: inside Enter.
+        let c = unsafe { ctx(inner.ctx) };
+        let v = match which {
+            number::RESPONSE_STATUS => u64::from(c.response_status()),
+            number::REQUEST_BYTES => c.request_content_length().max(0) as u64,
+            number::REQUEST_TIMESTAMP_MS => c.request_timestamp_ms(),
+            number::RESPONSE_DURATION_MS => c.response_duration_ms(),
+            number::RESPONSE_BYTES => c.response_body().len() as u64,
+            _ => return Status::INVALID.0,
+        };
+        if out.is_null() {
+            return Status::INVALID.0;
+        }
+        // SAFETY: non-null out-pointer of the plugin.
+        unsafe { out.write(v) };
+        Status::OK.0
+    })
+}
+
+macro_rules! put {
+    ($cmds:expr, $s:expr) => {
+        // SAFETY: the plugin's argument is valid for the call (v2 ABI).
+        match $cmds.put(unsafe { $s.as_bytes() }) {
+            Some(at) => (at, $s.len as u32),
+            None => return Status::FULL.0,
+        }
+    };
+}
+
+unsafe extern "C" fn h_set_header(call: *mut CallHandle, name: Str, value: Str) -> i32 {
+    host_fn!(call, |inner| {
+        let c = &mut inner.cmds;
+        let (n, nl) = put!(c, name);
+        let (v, vl) = put!(c, value);
+        debug_assert_eq!(v, n + nl);
+        c.push(Cmd::SetHeader(n, nl, vl))
+    })
+}
+
+unsafe extern "C" fn h_remove_header(call: *mut CallHandle, name: Str) -> i32 {
+    host_fn!(call, |inner| {
+        let c = &mut inner.cmds;
+        let (n, nl) = put!(c, name);
+        c.push(Cmd::Remove(n, nl))
+    })
+}
+
+unsafe extern "C" fn h_set_status(call: *mut CallHandle, status: u16) -> i32 {
+    host_fn!(call, |inner| inner.cmds.push(Cmd::Status(status)))
+}
+
+unsafe extern "C" fn h_set_body(call: *mut CallHandle, body: Str) -> i32 {
+    host_fn!(call, |inner| {
+        let c = &mut inner.cmds;
+        let (b, bl) = put!(c, body);
+        c.push(Cmd::Body(b, bl))
+    })
+}
+
+unsafe extern "C" fn h_stream_header(call: *mut CallHandle) -> i32 {
+    host_fn!(call, |inner| inner.cmds.push(Cmd::StreamHeader))
+}
+
+unsafe extern "C" fn h_stream_write(call: *mut CallHandle, data: Str) -> i32 {
+    host_fn!(call, |inner| {
+        let c = &mut inner.cmds;
+        let (d, dl) = put!(c, data);
+        c.push(Cmd::StreamWrite(d, dl))
+    })
+}
+
+unsafe extern "C" fn h_ws_upgrade(call: *mut CallHandle) -> i32 {
+    host_fn!(call, |inner| inner.cmds.push(Cmd::WsUpgrade))
+}
+
+unsafe extern "C" fn h_ws_send(call: *mut CallHandle, kind: u32, data: Str) -> i32 {
+    host_fn!(call, |inner| {
+        if kind != v2::ws::TEXT && kind != v2::ws::BINARY {
+            return Status::INVALID.0;
+        }
+        let c = &mut inner.cmds;
+        let (d, dl) = put!(c, data);
+        c.push(Cmd::WsSend(kind, d, dl))
+    })
+}
+
+unsafe extern "C" fn h_ws_close(call: *mut CallHandle) -> i32 {
+    host_fn!(call, |inner| inner.cmds.push(Cmd::WsClose))
+}
+
+unsafe extern "C" fn h_ws_room(call: *mut CallHandle, room: Str, join: u32) -> i32 {
+    host_fn!(call, |inner| {
+        let c = &mut inner.cmds;
+        let (r, rl) = put!(c, room);
+        c.push(Cmd::WsRoom(r, rl, join != 0))
+    })
+}
+
+unsafe extern "C" fn h_ws_broadcast(call: *mut CallHandle, room: Str, kind: u32, data: Str) -> i32 {
+    host_fn!(call, |inner| {
+        if kind != v2::ws::TEXT && kind != v2::ws::BINARY {
+            return Status::INVALID.0;
+        }
+        let c = &mut inner.cmds;
+        let (r, rl) = put!(c, room);
+        let (_, dl) = put!(c, data);
+        c.push(Cmd::WsBroadcast(r, rl, kind, dl))
+    })
+}
+
+unsafe extern "C" fn h_error(call: *mut CallHandle, message: Str) -> i32 {
+    host_fn!(call, |inner| {
+        inner.error.clear();
+        // SAFETY: the plugin's message is valid for the call.
+        let m = unsafe { message.as_bytes() };
+        inner.error.extend_from_slice(&m[..m.len().min(4096)]);
+        Status::OK.0
+    })
+}
+
+unsafe extern "C" fn h_detach(call: *mut CallHandle) -> i32 {
+    if call.is_null() {
+        return Status::INVALID.0;
+    }
+    // SAFETY: the plugin passes the handle of the phase call in progress on
+    // this thread (v2 ABI: detach before returning PENDING).
+    let state: &CallState = unsafe { &*call.cast::<CallState>() };
+    // SYNC POINT: published before the plugin hands the pointer to its thread.
+    state.sync.shared.store(true, Ordering::Release);
+    Status::OK.0
+}
+
+unsafe extern "C" fn h_complete(call: *mut CallHandle, status: i32, flow: u32) -> i32 {
+    if call.is_null() {
+        return Status::INVALID.0;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the plugin passes back the handle it was given.
+        let state: &CallState = unsafe { &*call.cast::<CallState>() };
+        if !state.sync.shared.load(Ordering::Acquire) {
+            return Status::INVALID.0;
+        }
+        while state
+            .sync
+            .busy
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        // SAFETY: we hold `busy`.
+        let inner = unsafe { &mut *state.inner.get() };
+        let st = if inner.ctx.is_none() || state.sync.done.load(Ordering::Relaxed) {
+            // Too late (timed out) or twice: refused.
+            Status::CLOSED.0
+        } else {
+            state.sync.status.store(status, Ordering::Relaxed);
+            state.sync.flow.store(flow, Ordering::Relaxed);
+            // SYNC POINT: the plugin's commands and result become visible to
+            // the driver, which acquires `done`.
+            state.sync.done.store(true, Ordering::Release);
+            if let Some(t) = &inner.driver {
+                t.unpark();
+            }
+            Status::OK.0
+        };
+        // SYNC POINT: releases the call.
+        state.sync.busy.store(false, Ordering::Release);
+        st
+    }));
+    r.unwrap_or(Status::PANIC.0)
+}
+
+/// The host table every v2 plugin gets.
+pub static HOST_TABLE: HostTable = HostTable {
+    abi_version: v2::ABI_VERSION,
+    size: std::mem::size_of::<HostTable>() as u32,
+    read: h_read,
+    header: h_header,
+    header_at: h_header_at,
+    response_header_at: h_response_header_at,
+    number: h_number,
+    set_header: h_set_header,
+    remove_header: h_remove_header,
+    set_status: h_set_status,
+    set_body: h_set_body,
+    stream_header: h_stream_header,
+    stream_write: h_stream_write,
+    ws_upgrade: h_ws_upgrade,
+    ws_send: h_ws_send,
+    ws_close: h_ws_close,
+    ws_room: h_ws_room,
+    ws_broadcast: h_ws_broadcast,
+    error: h_error,
+    detach: h_detach,
+    complete: h_complete,
+};
+
+/// The v2 transport. See the [module docs](self).
+#[derive(Debug)]
+pub struct V2 {
+    spin: Duration,
+}
+
+impl Default for V2 {
+    fn default() -> Self {
+        Self {
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A session of the [`V2`] transport.
+pub struct V2Session {
+    plugin: Arc<V2Plugin>,
+    state: *mut c_void,
+    call: Option<Box<CallState>>,
+    closed: bool,
+    ws_open: bool,
+    ws_closed: bool,
+}
+
+// SAFETY: the plugin state pointer is the plugin's, which the v2 ABI requires
+// to be usable from the thread that drives the session, whichever it is.
+unsafe impl Send for V2Session {}
+
+impl fmt::Debug for V2Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V2Session")
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl V2 {
+    /// Opens a session of an entry resolved beforehand (no string compare).
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::Rejected`] if the plugin refuses.
+    pub fn open_entry(
+        &self,
+        plugin: &Arc<V2Plugin>,
+        entry: EntryId,
+    ) -> Result<V2Session, OpenError> {
+        let mut state = std::ptr::null_mut();
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: instance came from init; out is valid.
+        let st = unsafe { (plugin.table.open)(plugin.instance, entry.0, session, &mut state) };
+        if st != Status::OK.0 {
+            let name = plugin
+                .entries
+                .get(entry.0 as usize)
+                .cloned()
+                .unwrap_or_default();
+            return Err(OpenError::Rejected(name));
+        }
+        Ok(V2Session {
+            plugin: Arc::clone(plugin),
+            state,
+            call: Some(CallState::new()),
+            closed: false,
+            ws_open: false,
+            ws_closed: false,
+        })
+    }
+
+    /// Reopens `session` for a new request of the same entry, keeping its
+    /// buffers (what a host with a session pool does).
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::Rejected`] if the plugin refuses.
+    pub fn reopen(&self, session: &mut V2Session, entry: EntryId) -> Result<(), OpenError> {
+        self.release(session);
+        let mut state = std::ptr::null_mut();
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let plugin = &session.plugin;
+        // SAFETY: as in open_entry.
+        let st = unsafe { (plugin.table.open)(plugin.instance, entry.0, id, &mut state) };
+        if st != Status::OK.0 {
+            return Err(OpenError::Rejected(String::new()));
+        }
+        if session.call.is_none() {
+            session.call = Some(CallState::new());
+        }
+        session.state = state;
+        session.closed = false;
+        session.ws_open = false;
+        session.ws_closed = false;
+        Ok(())
+    }
+
+    fn release(&self, s: &mut V2Session) {
+        if s.closed {
+            return;
+        }
+        s.closed = true;
+        // SAFETY: state came from open and is not used after close.
+        unsafe { (s.plugin.table.close)(s.state) };
+    }
+
+    /// Fails the session; a detached call may still be in the plugin's hands,
+    /// so its state goes to the plugin's graveyard instead of being reused.
+    fn fail(&self, s: &mut V2Session, outcome: PhaseOutcome, detached: bool) -> PhaseOutcome {
+        if detached {
+            if let Some(call) = s.call.take() {
+                s.plugin
+                    .graveyard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(call);
+            }
+        }
+        self.release(s);
+        outcome
+    }
+
+    /// Runs the plugin's `phase` (or `ws_event`) call and waits for it.
+    fn call_plugin(
+        &self,
+        s: &mut V2Session,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+        invoke: impl FnOnce(*mut c_void, *mut CallHandle, &mut u32) -> i32,
+    ) -> Result<u32, PhaseOutcome> {
+        let Some(call) = s.call.as_deref() else {
+            return Err(PhaseOutcome::Error(SessionError::Closed));
+        };
+        // SAFETY: lifetime erasure only; revoked below before returning, and
+        // only used while this function is blocked.
+        let erased: *mut (dyn HttpContext + 'static) = unsafe {
+            std::mem::transmute::<*mut (dyn HttpContext + '_), *mut (dyn HttpContext + 'static)>(
+                ctx,
+            )
+        };
+        {
+            // SAFETY: no phase call is running on this call.
+            let inner = unsafe { call.owner() };
+            inner.ctx = Some(erased);
+            inner.cmds.clear();
+            inner.error.clear();
+        }
+        call.sync.shared.store(false, Ordering::Relaxed);
+        call.sync.done.store(false, Ordering::Relaxed);
+        let mut flow = 0u32;
+        let st = invoke(s.state, call.handle(), &mut flow);
+        let detached = call.sync.shared.load(Ordering::Acquire);
+        let (st, flow) = if st == Status::PENDING.0 && detached {
+            match self.wait(call, timeout) {
+                Some(done) => done,
+                None => {
+                    revoke(call);
+                    return Err(self.fail(s, PhaseOutcome::Timeout, true));
+                }
+            }
+        } else {
+            (st, flow)
+        };
+        revoke(call);
+        // SAFETY: the call is revoked; nobody else touches it now.
+        let inner = unsafe { call.owner() };
+        if st != Status::OK.0 {
+            let msg = if inner.error.is_empty() {
+                format!("plugin returned status {st} ({})", Status(st).name())
+            } else {
+                String::from_utf8_lossy(&inner.error).into_owned()
+            };
+            let e = PhaseOutcome::Error(SessionError::Plugin(msg));
+            return Err(self.fail(s, e, detached));
+        }
+        if inner.cmds.overflowed {
+            return Err(self.fail(s, PhaseOutcome::Error(SessionError::QueueFull), detached));
+        }
+        Ok(flow)
+    }
+
+    fn wait(&self, call: &CallState, timeout: Duration) -> Option<(i32, u32)> {
+        let deadline = Instant::now() + timeout;
+        let spin_until = Instant::now() + self.spin;
+        // Register this thread for unpark before checking `done`.
+        {
+            while call
+                .sync
+                .busy
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                std::hint::spin_loop();
+            }
+            // SAFETY: we hold `busy`.
+            unsafe { &mut *call.inner.get() }.driver = Some(std::thread::current());
+            call.sync.busy.store(false, Ordering::Release);
+        }
+        loop {
+            // SYNC POINT: acquires the plugin's commands and result.
+            if call.sync.done.load(Ordering::Acquire) {
+                return Some((
+                    call.sync.status.load(Ordering::Relaxed),
+                    call.sync.flow.load(Ordering::Relaxed),
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            if now < spin_until {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::park_timeout(deadline - now);
+            }
+        }
+    }
+
+    /// Applies the buffered commands in order; `Err` for a downstream failure.
+    fn apply(
+        &self,
+        s: &mut V2Session,
+        ctx: &mut dyn HttpContext,
+    ) -> Result<Option<PhaseOutcome>, SessionError> {
+        let Some(call) = s.call.as_deref() else {
+            return Err(SessionError::Closed);
+        };
+        // SAFETY: the call is revoked; only this thread uses it.
+        let inner = unsafe { call.owner() };
+        let c = &inner.cmds;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut end = None;
+        for op in &c.ops {
+            match *op {
+                Cmd::SetHeader(n, nl, vl) => {
+                    let name = c.slice(n, nl);
+                    let value = c.slice(n + nl, vl);
+                    match (std::str::from_utf8(name), std::str::from_utf8(value)) {
+                        (Ok(n), Ok(v)) => ctx.set_response_header(n, v),
+                        _ => {
+                            return Err(SessionError::Plugin(
+                                "header name or value is not UTF-8".into(),
+                            ))
+                        }
+                    }
+                }
+                Cmd::Remove(n, nl) => match std::str::from_utf8(c.slice(n, nl)) {
+                    Ok(n) => ctx.remove_response_header(n),
+                    Err(_) => return Err(SessionError::Plugin("header name is not UTF-8".into())),
+                },
+                Cmd::Status(st) => ctx.set_response_status(st),
+                Cmd::Body(b, bl) => ctx.set_response_body(c.slice(b, bl)),
+                Cmd::StreamHeader => ctx.response_stream_header().map_err(SessionError::Plugin)?,
+                Cmd::StreamWrite(d, dl) => ctx
+                    .response_stream_data(c.slice(d, dl))
+                    .map_err(SessionError::Plugin)?,
+                Cmd::WsUpgrade => {
+                    if !s.ws_open {
+                        match ctx.websocket_upgrade() {
+                            Ok(()) => s.ws_open = true,
+                            Err(_) => end = Some(PhaseOutcome::End),
+                        }
+                    }
+                }
+                Cmd::WsSend(kind, d, dl) => {
+                    if s.ws_open && !s.ws_closed {
+                        let data = c.slice(d, dl);
+                        let msg = if kind == v2::ws::TEXT {
+                            WsMessage::Text(data)
+                        } else {
+                            WsMessage::Binary(data)
+                        };
+                        ctx.websocket_send(msg).map_err(SessionError::Plugin)?;
+                    }
+                }
+                Cmd::WsClose => {
+                    if s.ws_open && !s.ws_closed {
+                        s.ws_closed = true;
+                        ctx.websocket_close();
+                        end = Some(PhaseOutcome::StreamEnd);
+                    }
+                }
+                Cmd::WsRoom(r, rl, join) => {
+                    if s.ws_open && !s.ws_closed && rl > 0 {
+                        let room = text(c.slice(r, rl));
+                        if join {
+                            ctx.websocket_join_room(&room);
+                        } else {
+                            ctx.websocket_leave_room(&room);
+                        }
+                    }
+                }
+                Cmd::WsBroadcast(r, rl, kind, dl) => {
+                    if s.ws_open && !s.ws_closed && rl > 0 {
+                        let room = text(c.slice(r, rl));
+                        let data = c.slice(r + rl, dl);
+                        let msg = if kind == v2::ws::TEXT {
+                            WsMessage::Text(data)
+                        } else {
+                            WsMessage::Binary(data)
+                        };
+                        ctx.websocket_broadcast(&room, msg);
+                    }
+                }
+            }
+        }
+        Ok(end)
+    }
+
+    fn ws_event(
+        &self,
+        s: &mut V2Session,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+        kind: u32,
+        data: &[u8],
+    ) -> Result<Option<PhaseOutcome>, PhaseOutcome> {
+        let table = s.plugin.table;
+        self.call_plugin(s, ctx, timeout, |state, call, _flow| {
+            // SAFETY: state is the session's; data outlives the call.
+            unsafe { (table.ws_event)(state, kind, Str::from_bytes(data), call) }
+        })?;
+        self.apply(s, ctx)
+            .map_err(|e| self.fail(s, PhaseOutcome::Error(e), false))
+    }
+
+    fn websocket(
+        &self,
+        s: &mut V2Session,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+    ) -> PhaseOutcome {
+        match self.ws_event(s, ctx, timeout, v2::ws::OPEN, &[]) {
+            Ok(Some(o)) => return o,
+            Ok(None) => {}
+            Err(o) => return o,
+        }
+        let mut idle_until = Instant::now() + timeout;
+        loop {
+            let (kind, data) = match ctx.websocket_recv(Duration::from_millis(1)) {
+                WsRecv::Text(t) => (v2::ws::TEXT, t),
+                WsRecv::Binary(b) => (v2::ws::BINARY, b),
+                WsRecv::Closed => {
+                    s.ws_closed = true;
+                    ctx.websocket_close();
+                    return match self.ws_event(s, ctx, timeout, v2::ws::CLOSE, &[]) {
+                        Err(o) => o,
+                        Ok(_) => PhaseOutcome::StreamEnd,
+                    };
+                }
+                WsRecv::Idle => {
+                    if Instant::now() >= idle_until {
+                        return self.fail(s, PhaseOutcome::Timeout, false);
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+            };
+            idle_until = Instant::now() + timeout;
+            match self.ws_event(s, ctx, timeout, kind, &data) {
+                Ok(Some(o)) => return o,
+                Ok(None) => {}
+                Err(o) => return o,
+            }
+        }
+    }
+}
+
+/// Takes the context back from a call, waiting out a plugin thread inside a
+/// host function.
+fn revoke(call: &CallState) {
+    while call
+        .sync
+        .busy
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+    // SAFETY: we hold `busy`; a sync phase call has returned.
+    let inner = unsafe { &mut *call.inner.get() };
+    inner.ctx = None;
+    inner.driver = None;
+    call.sync.busy.store(false, Ordering::Release);
+}
+
+impl Transport for V2 {
+    type Plugin = V2Plugin;
+    type Session = V2Session;
+
+    fn name(&self) -> &'static str {
+        "fast-v2"
+    }
+
+    fn open(
+        &self,
+        plugin: &Arc<V2Plugin>,
+        entry: &str,
+        _options: SessionOptions,
+    ) -> Result<V2Session, OpenError> {
+        let id = plugin
+            .entry_id(entry)
+            .ok_or_else(|| OpenError::Rejected(entry.to_string()))?;
+        self.open_entry(plugin, id)
+    }
+
+    fn run_phase(
+        &self,
+        s: &mut V2Session,
+        phase: Phase,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+    ) -> PhaseOutcome {
+        if s.closed {
+            return PhaseOutcome::Error(SessionError::Closed);
+        }
+        let table = s.plugin.table;
+        let flow = match self.call_plugin(s, ctx, timeout, |state, call, flow| {
+            // SAFETY: state is the session's; call and flow outlive the call.
+            unsafe { (table.phase)(state, phase as u32, call, flow) }
+        }) {
+            Ok(f) => f,
+            Err(o) => return o,
+        };
+        let Some(flow) = Flow::from_u32(flow) else {
+            let e = SessionError::Plugin(format!("invalid flow value {flow}"));
+            return self.fail(s, PhaseOutcome::Error(e), false);
+        };
+        match self.apply(s, ctx) {
+            Err(e) => return self.fail(s, PhaseOutcome::Error(e), false),
+            Ok(Some(o)) => return o,
+            Ok(None) => {}
+        }
+        match flow {
+            Flow::Next => PhaseOutcome::Next,
+            Flow::End => PhaseOutcome::End,
+            Flow::StreamEnd => match ctx.response_stream_end() {
+                Ok(()) => PhaseOutcome::StreamEnd,
+                Err(e) => self.fail(s, PhaseOutcome::Error(SessionError::Plugin(e)), false),
+            },
+            Flow::WebSocket if s.ws_open => self.websocket(s, ctx, timeout),
+            Flow::WebSocket => {
+                let e = SessionError::Plugin("WebSocket flow without an upgrade".into());
+                self.fail(s, PhaseOutcome::Error(e), false)
+            }
+        }
+    }
+
+    fn close(&self, mut s: V2Session) {
+        self.release(&mut s);
+    }
+
+    fn take_trace(&self, _s: &mut V2Session) -> Vec<TraceEntry> {
+        Vec::new()
+    }
+}
+
+impl Drop for V2Session {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            // SAFETY: state came from open and is not used after close.
+            unsafe { (self.plugin.table.close)(self.state) };
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The v2 ABI through the real example plugin (`examples/v2_plugin.rs`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nylon_transport::abi::v2::{self, PluginTable, Status, Str, TableError};
+use nylon_transport::host::driver::{run_request, RequestReport, RunOptions};
+use nylon_transport::host::{inspect, LoadError, MemoryContext, RequestSpec};
+use nylon_transport::transport::{Transport, V2Plugin, V2};
+
+use super::common::{example_path, full_request};
+
+fn plugin() -> Arc<V2Plugin> {
+    static P: OnceLock<Arc<V2Plugin>> = OnceLock::new();
+    P.get_or_init(|| {
+        Arc::new(V2Plugin::load(example_path("v2_plugin"), b"{}").expect("load v2 plugin"))
+    })
+    .clone()
+}
+
+fn run(entry: &str, spec: RequestSpec, payload: Option<&[u8]>, timeout_ms: u64) -> RequestReport {
+    let upstream = spec.upstream.clone();
+    let mut ctx = MemoryContext::new(spec, payload.map(<[u8]>::to_vec));
+    run_request(
+        &V2::default(),
+        &plugin(),
+        entry,
+        &mut ctx,
+        upstream.as_ref(),
+        RunOptions {
+            timeout: Duration::from_millis(timeout_ms),
+            trace: false,
+        },
+    )
+    .expect("session opens")
+}
+
+#[test]
+fn every_read_is_zero_copy_and_commands_apply_in_order() {
+    let r = run("all", full_request(), Some(br#"{"key":"v"}"#), 5_000);
+    assert_eq!(
+        r.outcomes(),
+        ["next", "next", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    let h = |n| r.header(n).unwrap_or_else(|| panic!("missing {n}"));
+    assert_eq!(h("x-method"), "POST");
+    assert_eq!(h("x-path"), "/users/7");
+    assert_eq!(h("x-query"), "a=1&b=2");
+    assert_eq!(h("x-host"), "example.com");
+    assert_eq!(h("x-client-ip"), "10.0.0.1");
+    assert_eq!(h("x-url"), "https://example.com:8080/users/7?a=1&b=2");
+    assert_eq!(h("x-request-body"), "hello");
+    assert_eq!(h("x-payload"), r#"{"key":"v"}"#);
+    assert_eq!(h("x-params"), r#"{"id":"7"}"#);
+    assert_eq!(h("x-error"), "upstream reset");
+    assert_eq!(h("x-user"), "alice");
+    assert_eq!(h("x-absent"), "none");
+    assert_eq!(
+        h("x-headers"),
+        "x-user=alice;content-length=5;accept=*/*;accept=text/html;x-bin=caf\u{e9}"
+    );
+    assert_eq!(h("x-bytes"), "5");
+    assert_eq!(h("x-ts-positive"), "true");
+    assert_eq!(r.header("x-remove-me"), None);
+    assert_eq!(h("x-status-seen"), "200", "reads see the phase-start state");
+    assert_eq!(r.response.status, 201);
+    assert_eq!(h("x-upstream-status"), "201");
+    assert!(h("x-response-headers").starts_with("content-type;x-up;x-method"));
+    assert_eq!(h("x-chunk-ab"), "2");
+    assert_eq!(h("x-chunk-cd"), "2");
+    assert_eq!(h("x-duration-read"), "true");
+    assert_eq!(r.response.body, "abcd");
+}
+
+#[test]
+fn the_scenario_entry_runs_all_four_phases() {
+    let spec: RequestSpec = serde_json::from_str(
+        r#"{"path":"/api/items","headers":[["host","a"],["user-agent","t"],["accept","*/*"],
+            ["a","1"],["b","2"],["c","3"],["d","4"],["e","5"]],"client_ip":"1.2.3.4"}"#,
+    )
+    .unwrap();
+    let r = run(
+        "scenario",
+        spec,
+        Some(br#"{"user":"alice","limit":10}"#),
+        5_000,
+    );
+    assert_eq!(
+        r.outcomes(),
+        ["next", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(r.header("x-scenario"), Some("1"));
+    assert_eq!(r.header("x-status-class"), Some("ok"));
+}
+
+#[test]
+fn end_stream_and_websocket() {
+    let r = run("end", RequestSpec::default(), None, 5_000);
+    assert_eq!(r.outcomes(), ["end", "next", "next", "next"]);
+    assert_eq!(
+        (r.response.status, r.response.body.as_str()),
+        (403, "denied by v2")
+    );
+
+    let r = run("stream", RequestSpec::default(), None, 5_000);
+    assert_eq!(r.outcomes(), ["stream_end", "next"]);
+    assert_eq!(r.response.streamed_chunks, ["one", "two"]);
+
+    use nylon_transport::host::context::WsEffect::*;
+    let spec: RequestSpec = serde_json::from_str(
+        r#"{"headers":[["Sec-WebSocket-Key","k"]],"websocket":[{"text":"hi"},{"binary":[1,2]},{"text":"bye"},{"text":"never"}]}"#,
+    )
+    .unwrap();
+    let r = run("ws", spec, None, 5_000);
+    assert_eq!(r.outcomes(), ["stream_end", "next"]);
+    assert_eq!(
+        r.response.websocket,
+        [
+            Join("lobby".into()),
+            Text("hi".into()),
+            BroadcastText {
+                room: "lobby".into(),
+                text: "hi".into()
+            },
+            Binary(vec![1, 2]),
+            BroadcastBinary {
+                room: "lobby".into(),
+                data: vec![1, 2]
+            },
+            Leave("lobby".into()),
+            Close,
+        ]
+    );
+    let r = run("ws", RequestSpec::default(), None, 5_000);
+    assert_eq!(r.outcomes(), ["end", "next", "next", "next"], "no key: 400");
+    assert_eq!(r.response.status, 400);
+}
+
+#[test]
+fn a_phase_completed_on_another_thread() {
+    let spec = RequestSpec {
+        path: "/later".into(),
+        ..Default::default()
+    };
+    let r = run("async", spec, None, 5_000);
+    assert_eq!(
+        r.outcomes(),
+        ["next", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(r.header("x-async-path"), Some("/later"));
+}
+
+#[test]
+fn errors_panics_timeouts_and_floods_are_contained() {
+    let r = run("error", RequestSpec::default(), None, 5_000);
+    assert_eq!(r.outcomes(), ["error"]);
+    assert_eq!(
+        r.phases[0].message.as_deref(),
+        Some("plugin error: database unavailable")
+    );
+    let r = run("panic", RequestSpec::default(), None, 5_000);
+    assert_eq!(
+        r.phases[0].message.as_deref(),
+        Some("plugin error: handler panicked: boom")
+    );
+    let r = run("silent_async", RequestSpec::default(), None, 100);
+    assert_eq!(r.outcomes(), ["timeout"]);
+    // The late thread's asserts run after the timeout: give it time, then
+    // check the plugin still serves.
+    std::thread::sleep(Duration::from_millis(400));
+    let r = run("flood", RequestSpec::default(), None, 5_000);
+    assert_eq!(r.outcomes(), ["error"]);
+    assert!(r.phases[0]
+        .message
+        .as_ref()
+        .unwrap()
+        .contains("queue is full"));
+    assert_eq!(
+        run("end", RequestSpec::default(), None, 5_000)
+            .response
+            .status,
+        403
+    );
+}
+
+#[test]
+fn unknown_entries_are_refused() {
+    let err = V2::default()
+        .open(&plugin(), "nope", Default::default())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plugin refused to open a session for entry `nope`"
+    );
+    assert_eq!(plugin().entry_id("scenario").map(|e| e.0), Some(0));
+}
+
+#[test]
+fn inspect_lists_the_v2_entries() {
+    let report = inspect(example_path("v2_plugin")).unwrap();
+    assert_eq!(report.abi, "v2");
+    assert_eq!(report.name.as_deref(), Some("example-v2"));
+    assert_eq!(report.entries[..3], ["scenario", "all", "end"]);
+    assert!(report.problems.is_empty());
+}
+
+unsafe extern "C" fn never_init(
+    _: *const v2::HostTable,
+    _: Str,
+    _: *mut *mut std::ffi::c_void,
+) -> i32 {
+    Status::ERROR.0
+}
+
+#[test]
+fn a_table_of_another_version_or_layout_is_refused() {
+    let good: PluginTable = *nylon_transport::sdk::v2::table::<super::v2_example::Example>();
+    let leak = |t: PluginTable| -> &'static PluginTable { Box::leak(Box::new(t)) };
+    let err = V2Plugin::from_static(
+        leak(PluginTable {
+            abi_version: 2,
+            ..good
+        }),
+        b"",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::V2(TableError::Version {
+                found: 2,
+                expected: 1
+            })
+        ),
+        "{err}"
+    );
+    let err = V2Plugin::from_static(leak(PluginTable { size: 64, ..good }), b"").unwrap_err();
+    assert!(
+        matches!(err, LoadError::V2(TableError::PluginLayout { .. })),
+        "{err}"
+    );
+    let err = V2Plugin::from_static(
+        leak(PluginTable {
+            host_size: 8,
+            ..good
+        }),
+        b"",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "v2 plugin refused: plugin was built against a 8-byte host table, this host has 160"
+    );
+    let err = V2Plugin::from_static(
+        leak(PluginTable {
+            init: never_init,
+            ..good
+        }),
+        b"",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "v2 plugin init failed with status -1 (error)"
+    );
+    // The genuine table works in-process too.
+    let p = Arc::new(V2Plugin::from_static(leak(good), b"").unwrap());
+    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+    let r = run_request(
+        &V2::default(),
+        &p,
+        "end",
+        &mut ctx,
+        None,
+        RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.response.status, 403);
+}
