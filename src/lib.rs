@@ -32,8 +32,11 @@
 )]
 
 pub mod abi;
+pub mod channel;
 pub mod codec;
 pub mod host;
+pub mod intern;
+pub mod pool;
 pub mod sdk;
 mod spawn;
 pub mod transport;
