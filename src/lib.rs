@@ -37,6 +37,7 @@ pub mod codec;
 pub mod host;
 pub mod intern;
 pub mod pool;
+pub mod ring;
 pub mod sdk;
 mod spawn;
 pub mod transport;
