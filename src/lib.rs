@@ -41,3 +41,4 @@ pub mod ring;
 pub mod sdk;
 mod spawn;
 pub mod transport;
+pub mod ws;

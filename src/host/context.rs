@@ -19,13 +19,14 @@ pub enum WsMessage<'a> {
     Binary(&'a [u8]),
 }
 
-/// What [`HttpContext::websocket_recv`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What [`HttpContext::websocket_recv`] found; the payload is in the
+/// caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WsRecv {
     /// A complete client text message.
-    Text(Vec<u8>),
+    Text,
     /// A complete client binary message.
-    Binary(Vec<u8>),
+    Binary,
     /// The client closed, hit EOF or a read error.
     Closed,
     /// Nothing arrived within the wait.
@@ -122,8 +123,9 @@ pub trait HttpContext: Send {
     fn websocket_send(&mut self, msg: WsMessage<'_>) -> Result<(), String>;
     /// Closes the WebSocket (close frame, then done).
     fn websocket_close(&mut self);
-    /// Waits up to `wait` for the next client message.
-    fn websocket_recv(&mut self, wait: Duration) -> WsRecv;
+    /// Waits up to `wait` for the next client message; its payload replaces
+    /// the contents of `buf` (whose memory the transport reuses).
+    fn websocket_recv(&mut self, wait: Duration, buf: &mut Vec<u8>) -> WsRecv;
     /// Joins a room.
     fn websocket_join_room(&mut self, room: &str);
     /// Leaves a room.
@@ -565,18 +567,21 @@ impl HttpContext for MemoryContext {
         }
     }
 
-    fn websocket_recv(&mut self, _wait: Duration) -> WsRecv {
+    fn websocket_recv(&mut self, _wait: Duration, buf: &mut Vec<u8>) -> WsRecv {
         if !self.ws_open {
             return WsRecv::Closed;
         }
+        buf.clear();
         match self.ws_inbound.pop_front() {
             Some(WsSpec::Text(t)) => {
                 self.ws_last_activity = std::time::Instant::now();
-                WsRecv::Text(t.into_bytes())
+                buf.extend_from_slice(t.as_bytes());
+                WsRecv::Text
             }
             Some(WsSpec::Binary(b)) => {
                 self.ws_last_activity = std::time::Instant::now();
-                WsRecv::Binary(b)
+                buf.extend_from_slice(&b);
+                WsRecv::Binary
             }
             // The scripted client stays connected until the plugin has been
             // quiet for a while, then closes, like a client that hangs up

@@ -309,14 +309,16 @@ impl Transport for Baseline {
                     }
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
                 }
-                match ctx.websocket_recv(Duration::from_millis(1)) {
-                    WsRecv::Text(t) => {
-                        s.send(Phase::Zero, Method::WebsocketOnMessageText as u32, &t);
+                // Today's host copies every client message into a new Vec.
+                let mut msg = Vec::new();
+                match ctx.websocket_recv(Duration::from_millis(1), &mut msg) {
+                    WsRecv::Text => {
+                        s.send(Phase::Zero, Method::WebsocketOnMessageText as u32, &msg);
                         deadline = Instant::now() + timeout;
                         continue;
                     }
-                    WsRecv::Binary(b) => {
-                        s.send(Phase::Zero, Method::WebsocketOnMessageBinary as u32, &b);
+                    WsRecv::Binary => {
+                        s.send(Phase::Zero, Method::WebsocketOnMessageBinary as u32, &msg);
                         deadline = Instant::now() + timeout;
                         continue;
                     }

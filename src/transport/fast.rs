@@ -560,9 +560,10 @@ impl Fast {
         let lent = g.lent?;
         // SAFETY: as in `process`: lent by our own caller, used under the lock.
         let ctx = unsafe { &mut *lent.ctx };
-        let (method, data) = match ctx.websocket_recv(Duration::ZERO) {
-            WsRecv::Text(t) => (Method::WebsocketOnMessageText, t),
-            WsRecv::Binary(b) => (Method::WebsocketOnMessageBinary, b),
+        let mut data = Vec::new();
+        let method = match ctx.websocket_recv(Duration::ZERO, &mut data) {
+            WsRecv::Text => Method::WebsocketOnMessageText,
+            WsRecv::Binary => Method::WebsocketOnMessageBinary,
             WsRecv::Idle => return None,
             WsRecv::Closed => {
                 g.ws.closed = true;
@@ -570,7 +571,8 @@ impl Fast {
                 g.finish(slot, PhaseOutcome::StreamEnd);
                 // The caller sends the close event once the lock is released;
                 // the plugin may call back from inside it.
-                (Method::WebsocketOnClose, Vec::new())
+                data.clear();
+                Method::WebsocketOnClose
             }
         };
         g.record(Direction::ToPlugin, 0, method as u32, &data);

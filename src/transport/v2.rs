@@ -686,6 +686,8 @@ pub struct V2Session {
     closed: bool,
     ws_open: bool,
     ws_closed: bool,
+    /// Client message buffer, reused.
+    ws_buf: Vec<u8>,
 }
 
 // SAFETY: the plugin state pointer is the plugin's, which the v2 ABI requires
@@ -730,6 +732,7 @@ impl V2 {
             closed: false,
             ws_open: false,
             ws_closed: false,
+            ws_buf: Vec::new(),
         })
     }
 
@@ -1002,21 +1005,22 @@ impl V2 {
             Err(o) => return o,
         }
         let mut idle_until = Instant::now() + timeout;
-        loop {
-            let (kind, data) = match ctx.websocket_recv(Duration::from_millis(1)) {
-                WsRecv::Text(t) => (v2::ws::TEXT, t),
-                WsRecv::Binary(b) => (v2::ws::BINARY, b),
+        let mut data = std::mem::take(&mut s.ws_buf);
+        let outcome = loop {
+            let kind = match ctx.websocket_recv(Duration::from_millis(1), &mut data) {
+                WsRecv::Text => v2::ws::TEXT,
+                WsRecv::Binary => v2::ws::BINARY,
                 WsRecv::Closed => {
                     s.ws_closed = true;
                     ctx.websocket_close();
-                    return match self.ws_event(s, ctx, timeout, v2::ws::CLOSE, &[]) {
+                    break match self.ws_event(s, ctx, timeout, v2::ws::CLOSE, &[]) {
                         Err(o) => o,
                         Ok(_) => PhaseOutcome::StreamEnd,
                     };
                 }
                 WsRecv::Idle => {
                     if Instant::now() >= idle_until {
-                        return self.fail(s, PhaseOutcome::Timeout, false);
+                        break self.fail(s, PhaseOutcome::Timeout, false);
                     }
                     std::thread::sleep(Duration::from_micros(200));
                     continue;
@@ -1024,11 +1028,13 @@ impl V2 {
             };
             idle_until = Instant::now() + timeout;
             match self.ws_event(s, ctx, timeout, kind, &data) {
-                Ok(Some(o)) => return o,
+                Ok(Some(o)) => break o,
                 Ok(None) => {}
-                Err(o) => return o,
+                Err(o) => break o,
             }
-        }
+        };
+        s.ws_buf = data;
+        outcome
     }
 }
 
