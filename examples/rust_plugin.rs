@@ -52,6 +52,10 @@ impl Plugin for Example {
             "threads" => Box::new(Threads),
             "victim" => Box::new(Victim(sid)),
             "stale" => Box::new(Stale),
+            "scenario" => Box::new(Scenario),
+            "ws_echo" => Box::new(WsEcho),
+            "reads" => Box::new(Reads),
+            "commands" => Box::new(Commands),
             _ => return None,
         })
     }
@@ -279,6 +283,85 @@ impl Session for Stale {
         cx.send_raw_as(victim, Method::SetResponseHeader as u32, &kv);
         cx.send_raw_as(victim, Method::Next as u32, &[]);
         cx.set_response_header("x-victim", &victim.to_string());
+        Ok(Flow::Next)
+    }
+}
+
+/// The brief's request scenario (see `benches/README.md`), on the legacy ABI.
+struct Scenario;
+
+impl Session for Scenario {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let payload = cx.payload_json()?;
+        let (user, limit) = (&payload["user"], &payload["limit"]);
+        let path = cx.request_path()?;
+        let agent = cx.request_header("user-agent")?;
+        let headers = cx.request_headers()?;
+        if path.is_empty()
+            || agent.is_empty()
+            || headers.len() != 8
+            || user.is_null()
+            || limit.is_null()
+        {
+            return Err(SdkError::Handler("scenario request is incomplete".into()));
+        }
+        cx.set_response_header("x-scenario", "1");
+        cx.set_response_header("x-user", "alice");
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let status = cx.response_status()?;
+        cx.set_response_header("x-status-class", if status < 400 { "ok" } else { "error" });
+        Ok(Flow::Next)
+    }
+
+    fn logging(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let _ = cx.response_duration_ms()?;
+        let _ = cx.client_ip()?;
+        Ok(Flow::Next)
+    }
+}
+
+/// Echoes every WebSocket text message.
+struct WsEcho;
+
+impl Session for WsEcho {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, ws: &mut WsCx<'_>) {
+        if let WsEvent::Text(t) = event {
+            ws.send_text(t);
+        }
+    }
+}
+
+/// How many reads or commands the `reads` and `commands` entries make.
+pub const CALLS_PER_PHASE: usize = 1000;
+
+/// Many synchronous reads in one phase (the per-call cost of a read).
+struct Reads;
+
+impl Session for Reads {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        for _ in 0..CALLS_PER_PHASE {
+            std::hint::black_box(cx.request_path()?);
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Many fire-and-forget commands in one phase.
+struct Commands;
+
+impl Session for Commands {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        for _ in 0..CALLS_PER_PHASE {
+            cx.set_response_status(200);
+        }
         Ok(Flow::Next)
     }
 }

@@ -29,6 +29,9 @@ impl Plugin for Example {
         "panic",
         "silent_async",
         "flood",
+        "ws_echo",
+        "reads",
+        "commands",
     ];
 
     fn initialize(_config: &[u8]) -> Result<Self, String> {
@@ -47,6 +50,9 @@ impl Plugin for Example {
             7 => Box::new(Panics),
             8 => Box::new(SilentAsync(None)),
             9 => Box::new(Flood),
+            10 => Box::new(WsEcho),
+            11 => Box::new(Reads),
+            12 => Box::new(Commands),
             _ => return None,
         })
     }
@@ -265,6 +271,49 @@ impl Handler for Flood {
         let big = vec![b'x'; 1 << 20];
         for _ in 0..64 {
             cx.set_body(&big);
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Echoes every WebSocket text message.
+struct WsEcho;
+
+impl Handler for WsEcho {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, cx: &mut Call<'_>) {
+        if let WsEvent::Text(t) = event {
+            cx.ws_send_text(t);
+        }
+    }
+}
+
+/// How many reads or commands the `reads` and `commands` entries make.
+pub const CALLS_PER_PHASE: usize = 1000;
+
+/// Many synchronous reads in one phase (the per-call cost of a read).
+struct Reads;
+
+impl Handler for Reads {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        for _ in 0..CALLS_PER_PHASE {
+            std::hint::black_box(cx.path());
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Many fire-and-forget commands in one phase.
+struct Commands;
+
+impl Handler for Commands {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        for _ in 0..CALLS_PER_PHASE {
+            cx.set_status(200);
         }
         Ok(Flow::Next)
     }

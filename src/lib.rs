@@ -32,6 +32,7 @@
 )]
 
 pub mod abi;
+pub mod bench;
 pub mod channel;
 pub mod codec;
 pub mod host;

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use nylon_transport::bench;
 use nylon_transport::host::driver::{run_request, RunOptions};
 use nylon_transport::host::{inspect, LegacyPlugin, MemoryContext, RequestSpec};
 use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode, V2Plugin, V2};
@@ -62,14 +63,18 @@ enum Command {
         /// The plugin shared library.
         file: PathBuf,
     },
-    /// Run the benchmark scenarios, baseline against fast.
+    /// Run the benchmark scenarios, baseline against fast, and print the
+    /// seed's before/after table next to ours.
     Bench {
-        /// A shorter run.
+        /// A shorter run (under two minutes on a 2-core machine).
         #[arg(long)]
         quick: bool,
-        /// Print JSON.
+        /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write `benchmarks.md` and `benchmarks.svg` into this directory.
+        #[arg(long, value_name = "DIR")]
+        docs: Option<PathBuf>,
     },
 }
 
@@ -197,8 +202,31 @@ fn execute(command: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Bench { .. } => {
-            bail!("the benchmark suite is not built yet (see the README)")
+        Command::Bench { quick, json, docs } => {
+            let settings = if quick {
+                bench::Settings::quick()
+            } else {
+                bench::Settings::careful()
+            };
+            let start = Instant::now();
+            let report = bench::run(settings, quick, |i, n, name| {
+                eprintln!("[{i}/{n}] {name} ({} elapsed)", bench::elapsed_since(start));
+            })
+            .map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::table(&report));
+            }
+            if let Some(dir) = docs {
+                std::fs::create_dir_all(&dir)?;
+                let md = dir.join("benchmarks.md");
+                let svg = dir.join("benchmarks.svg");
+                std::fs::write(&md, bench::render::markdown(&report, "benchmarks.svg"))?;
+                std::fs::write(&svg, bench::render::svg(&report))?;
+                eprintln!("wrote {} and {}", md.display(), svg.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

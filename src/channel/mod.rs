@@ -14,7 +14,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, TrySendError};
+use crossbeam_channel::{SendTimeoutError, TrySendError};
 
 /// What a full queue does to a sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,10 +167,7 @@ impl<T> Receiver<T> {
 
     /// Waits for one message until `deadline`; `None` on timeout or disconnect.
     pub fn recv_deadline(&self, deadline: Instant) -> Option<T> {
-        match self.rx.recv_deadline(deadline) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.rx.recv_deadline(deadline).ok()
     }
 
     /// Moves up to `max` queued messages into `out` without waiting; returns

@@ -206,7 +206,7 @@ impl<R: Region> fmt::Debug for Ring<R> {
 }
 
 fn check_region<R: Region>(region: &R) -> Result<(), RingError> {
-    if region.len() < HEADER + 64 || (region.as_ptr() as usize) % 64 != 0 {
+    if region.len() < HEADER + 64 || !(region.as_ptr() as usize).is_multiple_of(64) {
         return Err(RingError::BadRegion);
     }
     Ok(())
@@ -395,7 +395,7 @@ impl<R: Region> Producer<R> {
 
     /// Writes a frame header at data offset `pos`.
     fn write_header(&self, pos: u64, h: FrameHeader) {
-        debug_assert!(pos % 16 == 0 && pos + FRAME_HEADER as u64 <= self.shared.capacity);
+        debug_assert!(pos.is_multiple_of(16) && pos + FRAME_HEADER as u64 <= self.shared.capacity);
         // SAFETY: pos + 16 <= capacity (frames are 16-aligned and the
         // capacity a multiple of 16); the consumer does not read these bytes
         // until we publish the tail.
@@ -680,7 +680,7 @@ impl<R: Region> Consumer<R> {
             }
             let cap = self.shared.capacity;
             let pos = self.head % cap;
-            debug_assert!(pos % 16 == 0 && pos + FRAME_HEADER as u64 <= cap);
+            debug_assert!(pos.is_multiple_of(16) && pos + FRAME_HEADER as u64 <= cap);
             // SAFETY: pos is 16-aligned and below capacity, so the 16-byte
             // header is inside the data area; read once, then validated.
             let h = unsafe {

@@ -37,6 +37,8 @@ use std::marker::PhantomData;
 use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crossbeam_queue::ArrayQueue;
+
 use super::{Flow, SdkError, WsEvent};
 use crate::abi::v2::{self, field, number, CallHandle, HostTable, PluginTable, Status, Str};
 
@@ -157,14 +159,27 @@ pub fn table<P: Plugin>() -> &'static PluginTable {
     &Holder::<P>::TABLE
 }
 
+/// Closed session boxes an instance keeps for reuse, at most.
+const SPARE_SESSIONS: usize = 1024;
+
 struct Instance<P> {
     plugin: P,
     host: &'static HostTable,
+    /// Closed session boxes kept for reuse, so a steady stream of sessions
+    /// allocates nothing on the plugin side either.
+    spare: ArrayQueue<Box<SessionBox>>,
 }
+
+/// A handler that does nothing, parked in spare session boxes.
+struct Parked;
+
+impl Handler for Parked {}
 
 struct SessionBox {
     host: &'static HostTable,
     handler: Box<dyn Handler>,
+    /// The instance's spare queue (the instance outlives its sessions).
+    spare: *const ArrayQueue<Box<SessionBox>>,
 }
 
 unsafe extern "C" fn init<P: Plugin>(
@@ -185,7 +200,11 @@ unsafe extern "C" fn init<P: Plugin>(
         let cfg = unsafe { config.as_bytes() };
         match P::initialize(cfg) {
             Ok(plugin) => {
-                let inst = Box::new(Instance { plugin, host });
+                let inst = Box::new(Instance {
+                    plugin,
+                    host,
+                    spare: ArrayQueue::new(SPARE_SESSIONS),
+                });
                 // SAFETY: out is non-null and writable.
                 unsafe { out.write(Box::into_raw(inst).cast()) };
                 Status::OK.0
@@ -210,10 +229,17 @@ unsafe extern "C" fn open<P: Plugin>(
         let inst = unsafe { &*instance.cast::<Instance<P>>() };
         match inst.plugin.open(entry) {
             Some(handler) => {
-                let b = Box::new(SessionBox {
-                    host: inst.host,
-                    handler,
-                });
+                let b = match inst.spare.pop() {
+                    Some(mut b) => {
+                        b.handler = handler;
+                        b
+                    }
+                    None => Box::new(SessionBox {
+                        host: inst.host,
+                        handler,
+                        spare: &inst.spare,
+                    }),
+                };
                 // SAFETY: out is non-null and writable.
                 unsafe { out.write(Box::into_raw(b).cast()) };
                 Status::OK.0
@@ -336,7 +362,14 @@ unsafe extern "C" fn close(state: *mut c_void) {
     }
     let _ = catch_unwind(|| {
         // SAFETY: state came from open; the host closes it once.
-        drop(unsafe { Box::from_raw(state.cast::<SessionBox>()) });
+        let mut b = unsafe { Box::from_raw(state.cast::<SessionBox>()) };
+        // Dropping the user's handler may panic; it is caught above.
+        b.handler = Box::new(Parked);
+        // SAFETY: the instance (and its queue) outlives every session: the
+        // host shuts the instance down only after all sessions are closed.
+        let spare = unsafe { &*b.spare };
+        // A full queue drops the box instead.
+        let _ = spare.push(b);
     });
 }
 
