@@ -146,6 +146,9 @@ impl Flow {
 }
 
 /// Byte-string fields for [`HostTable::read`].
+///
+/// METHOD, PATH, QUERY, HOST, CLIENT_IP and ERROR are always valid UTF-8 (the
+/// host takes them from text values); the others are bytes.
 pub mod field {
     pub const METHOD: u32 = 1;
     pub const PATH: u32 = 2;

@@ -42,6 +42,9 @@ pub struct BenchContext {
     ws_remaining: u64,
     rx: Vec<u8>,
     tx: Vec<u8>,
+    /// Names this context interned lately, checked before the shared
+    /// interner (a hash lookup in a concurrent map).
+    recent: Vec<(&'static str, HeaderId)>,
     /// Frames written to the client (the last one is kept in `tx`).
     pub frames_out: u64,
 }
@@ -76,6 +79,7 @@ impl BenchContext {
             ws_remaining: 0,
             rx: Vec::with_capacity(256),
             tx: Vec::with_capacity(256),
+            recent: Vec::with_capacity(8),
             frames_out: 0,
         }
     }
@@ -166,10 +170,10 @@ impl HttpContext for BenchContext {
             .map(|(_, v)| v.as_bytes())
     }
 
-    fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        for (n, v) in &self.headers {
-            f(n.as_bytes(), v.as_bytes());
-        }
+    fn request_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
+        self.headers
+            .get(index)
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
     }
 
     fn request_body(&mut self) -> &[u8] {
@@ -201,10 +205,24 @@ impl HttpContext for BenchContext {
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
-        let Ok(id) = NAMES.intern(name) else {
-            // An invalid or overflowing name is dropped, as a proxy refusing
-            // a header would; the benchmark never sends one.
-            return;
+        let id = match self
+            .recent
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, id)) => *id,
+            None => {
+                let Ok(id) = NAMES.intern(name) else {
+                    // An invalid or overflowing name is dropped, as a proxy
+                    // refusing a header would; the benchmark never sends one.
+                    return;
+                };
+                if self.recent.len() == self.recent.capacity() {
+                    self.recent.remove(0);
+                }
+                self.recent.push((NAMES.resolve(id), id));
+                id
+            }
         };
         if let Some((_, v)) = self.response[..self.response_len]
             .iter_mut()
@@ -236,10 +254,10 @@ impl HttpContext for BenchContext {
         }
     }
 
-    fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        for (id, v) in &self.response[..self.response_len] {
-            f(NAMES.resolve(*id).as_bytes(), v);
-        }
+    fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
+        self.response[..self.response_len]
+            .get(index)
+            .map(|(id, v)| (NAMES.resolve(*id).as_bytes(), v.as_slice()))
     }
 
     fn set_response_body(&mut self, body: &[u8]) {

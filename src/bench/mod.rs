@@ -380,7 +380,8 @@ pub fn table(report: &Report) -> String {
 }
 
 /// Finds the example plugins next to the running binary, building them with
-/// cargo (same profile) when they are missing.
+/// cargo (same profile) first so they are never stale. Without cargo or the
+/// source tree, plugins already built are used as they are.
 ///
 /// # Errors
 ///
@@ -388,31 +389,32 @@ pub fn table(report: &Report) -> String {
 pub fn find_plugins() -> Result<(PathBuf, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut dir = exe.parent().ok_or("no binary directory")?.to_path_buf();
-    if dir.ends_with("deps") {
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
     let legacy = dir.join("examples").join("librust_plugin.so");
     let v2 = dir.join("examples").join("libv2_plugin.so");
-    if !legacy.exists() || !v2.exists() {
-        let release = dir.ends_with("release");
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let release = dir.ends_with("release");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    if manifest.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--examples", "--manifest-path"])
+        cmd.args(["build", "--quiet", "--examples", "--manifest-path"])
             .arg(&manifest);
         if release {
             cmd.arg("--release");
         }
-        let status = cmd
-            .status()
-            .map_err(|e| format!("cannot run cargo to build the example plugins: {e}"))?;
-        if !status.success() || !legacy.exists() || !v2.exists() {
-            return Err(format!(
-                "example plugins missing in {}; build them with `cargo build --examples{}`",
-                dir.join("examples").display(),
-                if release { " --release" } else { "" }
-            ));
+        let built = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if !built && !(legacy.exists() && v2.exists()) {
+            return Err("building the example plugins with cargo failed".into());
         }
+    }
+    if !legacy.exists() || !v2.exists() {
+        return Err(format!(
+            "example plugins missing in {}; build them with `cargo build --examples{}`",
+            dir.join("examples").display(),
+            if release { " --release" } else { "" }
+        ));
     }
     Ok((legacy, v2))
 }

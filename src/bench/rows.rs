@@ -360,28 +360,22 @@ fn echo<R: crate::ring::Region>(
 ) {
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::Acquire) {
-        if rx
-            .wait_deadline(Instant::now() + Duration::from_millis(50))
-            .is_err()
-        {
-            continue;
-        }
-        let (session, n) = match rx.try_pop() {
+        let got = match rx.try_pop() {
             Ok(Some(f)) => {
                 let n = f.payload().len().min(64);
                 buf[..n].copy_from_slice(&f.payload()[..n]);
-                (f.header().session, n)
+                Some((f.header().session, n))
             }
-            _ => continue,
+            Ok(None) => None,
+            Err(_) => return,
+        };
+        let Some((session, n)) = got else {
+            // Spin, then sleep; wake up now and then to see `stop`.
+            let _ = rx.wait_deadline(Instant::now() + Duration::from_millis(50));
+            continue;
         };
         if tx
-            .push_deadline(
-                session,
-                1,
-                0,
-                &buf[..n],
-                Instant::now() + Duration::from_secs(5),
-            )
+            .push_timeout(session, 1, 0, &buf[..n], Duration::from_secs(5))
             .is_err()
         {
             return;

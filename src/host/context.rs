@@ -52,12 +52,17 @@ pub trait HttpContext: Send {
     fn client_ip(&self) -> &str;
     /// The first value of a request header, `None` if absent.
     fn request_header(&self, name: &[u8]) -> Option<&[u8]>;
-    /// Calls `f` for every request header, in order, repeated names repeated.
-    ///
-    /// The slices passed to `f` must stay valid and unchanged until the
-    /// context is next borrowed mutably: the v2 transport lends them to the
-    /// plugin for the whole phase. Do not pass temporaries.
-    fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    /// The request header at `index`, in order, repeated names repeated;
+    /// `None` past the end. Names are lower-case.
+    fn request_header_at(&self, index: usize) -> Option<(&[u8], &[u8])>;
+    /// Calls `f` for every request header, in order.
+    fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        let mut i = 0;
+        while let Some((n, v)) = self.request_header_at(i) {
+            f(n, v);
+            i += 1;
+        }
+    }
     /// The whole request body (read on first use by a streaming host).
     fn request_body(&mut self) -> &[u8];
     /// Route params, `None` if never set.
@@ -77,10 +82,16 @@ pub trait HttpContext: Send {
     fn set_response_header(&mut self, name: &str, value: &str);
     /// Removes every value of a response header.
     fn remove_response_header(&mut self, name: &str);
+    /// The current response header at `index`, in order; `None` past the end.
+    fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])>;
     /// Calls `f` for every current response header, in order.
-    ///
-    /// The same lifetime rule as [`HttpContext::for_each_request_header`].
-    fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        let mut i = 0;
+        while let Some((n, v)) = self.response_header_at(i) {
+            f(n, v);
+            i += 1;
+        }
+    }
     /// Replaces the response body.
     fn set_response_body(&mut self, body: &[u8]);
     /// The response body as a plugin sees it: the body a plugin set, else the
@@ -410,11 +421,12 @@ impl HttpContext for MemoryContext {
             .map(|(_, v)| v.as_bytes())
     }
 
-    fn for_each_request_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        // Names were lower-cased once, in `new`: no temporaries here.
-        for (n, v) in &self.spec.headers {
-            f(n.as_bytes(), v.as_bytes());
-        }
+    fn request_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
+        // Names were lower-cased once, in `new`.
+        self.spec
+            .headers
+            .get(index)
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
     }
 
     fn request_body(&mut self) -> &[u8] {
@@ -482,10 +494,10 @@ impl HttpContext for MemoryContext {
         }
     }
 
-    fn for_each_response_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        for (n, v) in &self.headers {
-            f(n.as_bytes(), v);
-        }
+    fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
+        self.headers
+            .get(index)
+            .map(|(n, v)| (n.as_bytes(), v.as_slice()))
     }
 
     fn set_response_body(&mut self, body: &[u8]) {

@@ -434,11 +434,12 @@ impl<R: Region> Producer<R> {
         self.tail += frame_size(len) as u64;
         let h = self.shared.header();
         // SYNC POINT: the frame bytes become visible to the consumer, which
-        // acquires `tail`.
-        h.tail.0.store(self.tail, Ordering::Release);
-        // Pairs with the consumer's fence after it sets `consumer_sleeping`.
-        fence(Ordering::SeqCst);
-        if h.consumer_sleeping.0.load(Ordering::Relaxed) != 0 {
+        // acquires `tail`. A SeqCst swap (one locked instruction) instead of a
+        // store and a full fence: it orders the store before the load of
+        // `consumer_sleeping` below, pairing with the consumer's fence after
+        // it sets that flag, so a sleeping consumer is never missed.
+        h.tail.0.swap(self.tail, Ordering::SeqCst);
+        if h.consumer_sleeping.0.load(Ordering::SeqCst) != 0 {
             h.consumer_sleeping.0.store(0, Ordering::Relaxed);
             futex::wake(&h.consumer_sleeping.0);
         }
@@ -463,6 +464,28 @@ impl<R: Region> Producer<R> {
         Ok(())
     }
 
+    /// Appends one frame, waiting up to `timeout` for room (the clock is read
+    /// only if the ring is full).
+    ///
+    /// # Errors
+    ///
+    /// As [`Producer::push_deadline`].
+    pub fn push_timeout(
+        &mut self,
+        session: u32,
+        method: u32,
+        flags: u32,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(), RingError> {
+        match self.try_push(session, method, flags, payload) {
+            Err(RingError::Full) => {
+                self.push_deadline(session, method, flags, payload, Instant::now() + timeout)
+            }
+            other => other,
+        }
+    }
+
     /// Appends one frame, waiting (spin, then sleep) until `deadline` for room.
     ///
     /// # Errors
@@ -482,13 +505,16 @@ impl<R: Region> Producer<R> {
                 Err(RingError::Full) => {}
                 other => return other,
             }
-            if Instant::now() >= deadline {
+            spins += 1;
+            if spins % 64 == 0 && Instant::now() >= deadline {
                 return Err(RingError::Timeout);
             }
-            spins += 1;
-            if spins < 256 {
+            if spins < 1024 {
                 std::hint::spin_loop();
                 continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(RingError::Timeout);
             }
             self.shared
                 .header()
@@ -643,10 +669,10 @@ impl<R: Region> Consumer<R> {
     fn advance(&mut self, size: u64) {
         self.head += size;
         let h = self.shared.header();
-        // SYNC POINT: hands the consumed bytes back to the producer.
-        h.head.0.store(self.head, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if h.producer_sleeping.0.load(Ordering::Relaxed) != 0 {
+        // SYNC POINT: hands the consumed bytes back to the producer (SeqCst
+        // swap: see `publish`).
+        h.head.0.swap(self.head, Ordering::SeqCst);
+        if h.producer_sleeping.0.load(Ordering::SeqCst) != 0 {
             h.producer_sleeping.0.store(0, Ordering::Relaxed);
             futex::wake(&h.producer_sleeping.0);
         }
@@ -722,13 +748,17 @@ impl<R: Region> Consumer<R> {
             if self.tail_cache != self.head || self.refresh_tail()? > 0 {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            spins += 1;
+            // The clock costs more than a spin: read it every 64 spins.
+            if spins % 64 == 0 && Instant::now() >= deadline {
                 return Err(RingError::Timeout);
             }
-            spins += 1;
-            if spins < 1024 {
+            if spins < 4096 {
                 std::hint::spin_loop();
                 continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(RingError::Timeout);
             }
             self.shared
                 .header()
@@ -757,7 +787,9 @@ impl<R: Region> Consumer<R> {
     ///
     /// As [`Consumer::wait_deadline`].
     pub fn pop_timeout(&mut self, timeout: Duration) -> Result<Frame<'_, R>, RingError> {
-        self.wait_deadline(Instant::now() + timeout)?;
+        if self.tail_cache == self.head && self.refresh_tail()? == 0 {
+            self.wait_deadline(Instant::now() + timeout)?;
+        }
         match self.try_pop()? {
             Some(f) => Ok(f),
             // Only padding was published: treat as a spurious wake-up.

@@ -178,7 +178,7 @@ impl Commands {
         Some(at)
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, cmd: Cmd) -> i32 {
         if self.ops.len() >= MAX_COMMANDS {
             self.overflowed = true;
@@ -242,7 +242,7 @@ impl CallState {
                 ctx: None,
                 cmds: Commands {
                     bytes: Vec::with_capacity(1024),
-                    ops: Vec::with_capacity(32),
+                    ops: Vec::with_capacity(64),
                     overflowed: false,
                 },
                 url: Vec::with_capacity(128),
@@ -407,29 +407,21 @@ unsafe extern "C" fn h_header(call: *mut CallHandle, name: Str, out: *mut Str) -
     })
 }
 
-fn nth_header(
-    each: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])),
-    index: usize,
-    name: *mut Str,
-    value: *mut Str,
-) -> i32 {
-    let mut found = None;
-    let mut i = 0;
-    each(&mut |n, v| {
-        if i == index {
-            found = Some((Str::from_bytes(n), Str::from_bytes(v)));
-        }
-        i += 1;
-    });
-    match found {
+/// Writes a header pair to the plugin's out-pointers.
+///
+/// # Safety
+///
+/// - `name` and `value` are NULL or valid for a write.
+unsafe fn give_pair(pair: Option<(&[u8], &[u8])>, name: *mut Str, value: *mut Str) -> i32 {
+    match pair {
         None => Status::NOT_FOUND.0,
         Some(_) if name.is_null() || value.is_null() => Status::INVALID.0,
         Some((n, v)) => {
-            // SAFETY: non-null out-pointers of the plugin. The slices point
-            // into the context, which does not change during the phase.
+            // SAFETY: non-null out-pointers of the plugin; the slices are
+            // borrowed from the context, which does not change during the phase.
             unsafe {
-                name.write(n);
-                value.write(v);
+                name.write(Str::from_bytes(n));
+                value.write(Str::from_bytes(v));
             }
             Status::OK.0
         }
@@ -445,7 +437,8 @@ unsafe extern "C" fn h_header_at(
     host_fn!(call, |inner| {
         // SAFETY: inside Enter.
         let c = unsafe { ctx(inner.ctx) };
-        nth_header(|f| c.for_each_request_header(f), index, name, value)
+        // SAFETY: the plugin's out-pointers.
+        unsafe { give_pair(c.request_header_at(index), name, value) }
     })
 }
 
@@ -458,7 +451,8 @@ unsafe extern "C" fn h_response_header_at(
     host_fn!(call, |inner| {
         // SAFETY: inside Enter.
         let c = unsafe { ctx(inner.ctx) };
-        nth_header(|f| c.for_each_response_header(f), index, name, value)
+        // SAFETY: the plugin's out-pointers.
+        unsafe { give_pair(c.response_header_at(index), name, value) }
     })
 }
 
@@ -483,6 +477,19 @@ unsafe extern "C" fn h_number(call: *mut CallHandle, which: u32, out: *mut u64) 
     })
 }
 
+/// A host function that only appends to the command buffer. It cannot
+/// unwind (no indexing, no unwrap; allocation failure aborts), so it skips
+/// `catch_unwind`, which keeps the hot path of a command to a few instructions.
+macro_rules! cmd_fn {
+    ($call:ident, |$inner:ident| $body:expr) => {{
+        // SAFETY: the plugin passes back the handle it was given (v2 ABI).
+        let Some((_guard, $inner)) = (unsafe { Enter::new($call) }) else {
+            return Status::CLOSED.0;
+        };
+        $body
+    }};
+}
+
 macro_rules! put {
     ($cmds:expr, $s:expr) => {
         // SAFETY: the plugin's argument is valid for the call (v2 ABI).
@@ -494,7 +501,7 @@ macro_rules! put {
 }
 
 unsafe extern "C" fn h_set_header(call: *mut CallHandle, name: Str, value: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         let c = &mut inner.cmds;
         let (n, nl) = put!(c, name);
         let (v, vl) = put!(c, value);
@@ -504,7 +511,7 @@ unsafe extern "C" fn h_set_header(call: *mut CallHandle, name: Str, value: Str) 
 }
 
 unsafe extern "C" fn h_remove_header(call: *mut CallHandle, name: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         let c = &mut inner.cmds;
         let (n, nl) = put!(c, name);
         c.push(Cmd::Remove(n, nl))
@@ -512,11 +519,11 @@ unsafe extern "C" fn h_remove_header(call: *mut CallHandle, name: Str) -> i32 {
 }
 
 unsafe extern "C" fn h_set_status(call: *mut CallHandle, status: u16) -> i32 {
-    host_fn!(call, |inner| inner.cmds.push(Cmd::Status(status)))
+    cmd_fn!(call, |inner| inner.cmds.push(Cmd::Status(status)))
 }
 
 unsafe extern "C" fn h_set_body(call: *mut CallHandle, body: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         let c = &mut inner.cmds;
         let (b, bl) = put!(c, body);
         c.push(Cmd::Body(b, bl))
@@ -524,11 +531,11 @@ unsafe extern "C" fn h_set_body(call: *mut CallHandle, body: Str) -> i32 {
 }
 
 unsafe extern "C" fn h_stream_header(call: *mut CallHandle) -> i32 {
-    host_fn!(call, |inner| inner.cmds.push(Cmd::StreamHeader))
+    cmd_fn!(call, |inner| inner.cmds.push(Cmd::StreamHeader))
 }
 
 unsafe extern "C" fn h_stream_write(call: *mut CallHandle, data: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         let c = &mut inner.cmds;
         let (d, dl) = put!(c, data);
         c.push(Cmd::StreamWrite(d, dl))
@@ -536,11 +543,11 @@ unsafe extern "C" fn h_stream_write(call: *mut CallHandle, data: Str) -> i32 {
 }
 
 unsafe extern "C" fn h_ws_upgrade(call: *mut CallHandle) -> i32 {
-    host_fn!(call, |inner| inner.cmds.push(Cmd::WsUpgrade))
+    cmd_fn!(call, |inner| inner.cmds.push(Cmd::WsUpgrade))
 }
 
 unsafe extern "C" fn h_ws_send(call: *mut CallHandle, kind: u32, data: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         if kind != v2::ws::TEXT && kind != v2::ws::BINARY {
             return Status::INVALID.0;
         }
@@ -551,11 +558,11 @@ unsafe extern "C" fn h_ws_send(call: *mut CallHandle, kind: u32, data: Str) -> i
 }
 
 unsafe extern "C" fn h_ws_close(call: *mut CallHandle) -> i32 {
-    host_fn!(call, |inner| inner.cmds.push(Cmd::WsClose))
+    cmd_fn!(call, |inner| inner.cmds.push(Cmd::WsClose))
 }
 
 unsafe extern "C" fn h_ws_room(call: *mut CallHandle, room: Str, join: u32) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         let c = &mut inner.cmds;
         let (r, rl) = put!(c, room);
         c.push(Cmd::WsRoom(r, rl, join != 0))
@@ -563,7 +570,7 @@ unsafe extern "C" fn h_ws_room(call: *mut CallHandle, room: Str, join: u32) -> i
 }
 
 unsafe extern "C" fn h_ws_broadcast(call: *mut CallHandle, room: Str, kind: u32, data: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         if kind != v2::ws::TEXT && kind != v2::ws::BINARY {
             return Status::INVALID.0;
         }
@@ -575,7 +582,7 @@ unsafe extern "C" fn h_ws_broadcast(call: *mut CallHandle, room: Str, kind: u32,
 }
 
 unsafe extern "C" fn h_error(call: *mut CallHandle, message: Str) -> i32 {
-    host_fn!(call, |inner| {
+    cmd_fn!(call, |inner| {
         inner.error.clear();
         // SAFETY: the plugin's message is valid for the call.
         let m = unsafe { message.as_bytes() };
@@ -1041,6 +1048,14 @@ impl V2 {
 /// Takes the context back from a call, waiting out a plugin thread inside a
 /// host function.
 fn revoke(call: &CallState) {
+    if !call.sync.shared.load(Ordering::Acquire) {
+        // Never handed to another thread: the phase call has returned, so
+        // only this thread can touch the call.
+        // SAFETY: as above.
+        let inner = unsafe { &mut *call.inner.get() };
+        inner.ctx = None;
+        return;
+    }
     while call
         .sync
         .busy
