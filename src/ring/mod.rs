@@ -506,7 +506,7 @@ impl<R: Region> Producer<R> {
                 other => return other,
             }
             spins += 1;
-            if spins % 64 == 0 && Instant::now() >= deadline {
+            if spins.is_multiple_of(64) && Instant::now() >= deadline {
                 return Err(RingError::Timeout);
             }
             if spins < 1024 {
@@ -750,7 +750,7 @@ impl<R: Region> Consumer<R> {
             }
             spins += 1;
             // The clock costs more than a spin: read it every 64 spins.
-            if spins % 64 == 0 && Instant::now() >= deadline {
+            if spins.is_multiple_of(64) && Instant::now() >= deadline {
                 return Err(RingError::Timeout);
             }
             if spins < 4096 {
