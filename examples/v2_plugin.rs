@@ -10,6 +10,7 @@
 //! - `error`, `panic`, `silent_async`, `flood`: failures the host must contain.
 
 use nylon_transport::abi::v2::Str;
+use nylon_transport::codec::json;
 use nylon_transport::sdk::v2::{Call, Handler, Plugin};
 use nylon_transport::sdk::{Flow, SdkError, WsEvent};
 
@@ -64,18 +65,17 @@ pub struct Scenario;
 impl Handler for Scenario {
     fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
         let payload = cx.payload();
-        let user =
-            sonic_rs::get(payload, &["user"]).map_err(|e| SdkError::Decode(e.to_string()))?;
-        let limit =
-            sonic_rs::get(payload, &["limit"]).map_err(|e| SdkError::Decode(e.to_string()))?;
+        let decode = |e: json::JsonError| SdkError::Decode(e.to_string());
+        let user = json::lookup(payload, b"user")
+            .map_err(decode)?
+            .unwrap_or_default();
+        let limit = json::lookup(payload, b"limit")
+            .map_err(decode)?
+            .unwrap_or_default();
         let path = cx.path();
         let agent = cx.header("user-agent").unwrap_or_default();
         let count = cx.headers().count();
-        if path.is_empty()
-            || agent.is_empty()
-            || count != 8
-            || user.as_raw_str().is_empty()
-            || limit.as_raw_str().is_empty()
+        if path.is_empty() || agent.is_empty() || count != 8 || user.is_empty() || limit.is_empty()
         {
             return Err(SdkError::Handler("scenario request is incomplete".into()));
         }

@@ -124,7 +124,7 @@ pub fn note(name: &str) -> &'static str {
         "transfer_memory" => "moving a 256-byte payload: malloc+copy twice vs a pooled lease and one copy",
         "channel" => "a message to another thread and back: crossbeam unbounded (blocking) vs SPSC ring (heap)",
         "lock" => "finding a session from a callback: global RwLock<HashMap> + sender clone vs slot table + own lock",
-        "json_payload" => "reading two keys of a 110-byte JSON payload: serde_json Value vs sonic-rs lazy get",
+        "json_payload" => "reading two keys of a 110-byte JSON payload: serde_json Value vs an allocation-free top-level key scan (codec::json; sonic-rs lazy get allocates per call)",
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
         "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style vs in place, word-wise",
         "dispatch" => "from phase start to the handler: formatted key + string map vs entry id index",

@@ -15,6 +15,7 @@ use super::{Row, Variant};
 use crate::abi::legacy::Phase;
 use crate::codec::encode_headers;
 use crate::codec::fast::HeaderEncoder;
+use crate::codec::json::lookup;
 use crate::host::context::HttpContext;
 use crate::host::loader::LegacyPlugin;
 use crate::pool::Pool;
@@ -456,6 +457,20 @@ fn json_baseline() -> Variant {
 }
 
 fn json_fast() -> Variant {
+    Variant::new(1, |iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let p = black_box(PAYLOAD);
+            let user = lookup(p, b"user").map_err(|e| e.to_string())?;
+            let limit = lookup(p, b"limit").map_err(|e| e.to_string())?;
+            black_box((user, limit));
+        }
+        Ok(start.elapsed())
+    })
+}
+
+/// sonic-rs reading the same two keys (lazy `get`), for reference.
+pub fn json_sonic() -> Variant {
     Variant::new(1, |iters| {
         let start = Instant::now();
         for _ in 0..iters {
