@@ -6,7 +6,7 @@ fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "ffi_call".into());
     let iters: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let (l, v) = nylon_transport::bench::find_plugins()?;
+    let (l, v, _) = nylon_transport::bench::find_plugins()?;
     let plugins = nylon_transport::bench::load_plugins(l, v)?;
     let mut rows = nylon_transport::bench::rows::all(&plugins)?;
     let row = rows

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod anchor;
 pub mod context;
 pub mod render;
 pub mod rows;
@@ -386,7 +387,7 @@ pub fn table(report: &Report) -> String {
 /// # Errors
 ///
 /// A message when they cannot be found or built.
-pub fn find_plugins() -> Result<(PathBuf, PathBuf), String> {
+pub fn find_plugins() -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut dir = exe.parent().ok_or("no binary directory")?.to_path_buf();
     if dir.ends_with("deps") || dir.ends_with("examples") {
@@ -394,6 +395,7 @@ pub fn find_plugins() -> Result<(PathBuf, PathBuf), String> {
     }
     let legacy = dir.join("examples").join("librust_plugin.so");
     let v2 = dir.join("examples").join("libv2_plugin.so");
+    let anchor = dir.join("examples").join("libring_anchor_plugin.so");
     let release = dir.ends_with("release");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     if manifest.exists() {
@@ -405,18 +407,18 @@ pub fn find_plugins() -> Result<(PathBuf, PathBuf), String> {
             cmd.arg("--release");
         }
         let built = cmd.status().map(|s| s.success()).unwrap_or(false);
-        if !(built || legacy.exists() && v2.exists()) {
+        if !(built || legacy.exists() && v2.exists() && anchor.exists()) {
             return Err("building the example plugins with cargo failed".into());
         }
     }
-    if !legacy.exists() || !v2.exists() {
+    if !legacy.exists() || !v2.exists() || !anchor.exists() {
         return Err(format!(
             "example plugins missing in {}; build them with `cargo build --examples{}`",
             dir.join("examples").display(),
             if release { " --release" } else { "" }
         ));
     }
-    Ok((legacy, v2))
+    Ok((legacy, v2, anchor))
 }
 
 /// Loads the example plugins for the rows.
@@ -436,6 +438,27 @@ pub fn load_plugins(legacy_path: PathBuf, v2_path: PathBuf) -> Result<Plugins, S
     })
 }
 
+/// Puts nylon-ring's closest equivalents beside our rows: its synchronous
+/// call for `ffi_call`, fire-and-forget for `command`, its unary call (entry
+/// dispatch and a reply) for `dispatch`.
+pub fn attach_anchor(rows: &mut [Row], anchor: anchor::Anchor) {
+    let anchor::Anchor {
+        sync_call,
+        fire,
+        unary,
+    } = anchor;
+    let mut slots = [
+        ("ffi_call", Some(sync_call)),
+        ("command", Some(fire)),
+        ("dispatch", Some(unary)),
+    ];
+    for row in rows.iter_mut() {
+        if let Some((_, v)) = slots.iter_mut().find(|(n, _)| *n == row.name) {
+            row.anchor = v.take();
+        }
+    }
+}
+
 /// Runs the whole suite.
 ///
 /// # Errors
@@ -446,9 +469,10 @@ pub fn run(
     quick: bool,
     progress: impl FnMut(usize, usize, &str),
 ) -> Result<Report, String> {
-    let (l, v) = find_plugins()?;
+    let (l, v, a) = find_plugins()?;
     let plugins = load_plugins(l, v)?;
     let mut rows = rows::all(&plugins)?;
+    attach_anchor(&mut rows, anchor::load(&a)?);
     let machine = machine();
     let rows = measure(&mut rows, settings, progress)?;
     Ok(Report {
