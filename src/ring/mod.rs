@@ -781,6 +781,26 @@ impl<R: Region> Consumer<R> {
         }
     }
 
+    /// Overwrites bytes of the region, as a peer breaking the protocol would
+    /// (the fuzz target's door into the region).
+    #[doc(hidden)]
+    pub fn scribble_for_fuzzing(&mut self, offset: usize, bytes: &[u8]) {
+        let len = self.shared.region.len();
+        if offset >= len {
+            return;
+        }
+        let n = bytes.len().min(len - offset);
+        // SAFETY: in bounds (checked above); the producer half lives on this
+        // thread in the fuzz target, so nothing runs concurrently.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.shared.region.as_ptr().add(offset),
+                n,
+            )
+        };
+    }
+
     /// Waits up to `timeout` for a frame, then takes it.
     ///
     /// # Errors
