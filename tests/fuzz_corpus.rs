@@ -37,3 +37,26 @@ corpus!(
     ws_frame,
     v2_commands
 );
+
+/// Found by the `scalars` fuzzer: a decimal with leading zeros beyond 20
+/// digits was refused, though it is a valid number.
+#[test]
+fn regression_leading_zeros_are_accepted() {
+    assert_eq!(
+        nylon_transport::codec::scalar::parse_u64(b"00000000000000624493610080577060"),
+        Some(624_493_610_080_577_060)
+    );
+    nylon_transport::fuzzing::scalars(b"00000000000000624493610080577060");
+}
+
+/// Found by the `legacy_dispatch` fuzzer: the differential compared two
+/// contexts created at different milliseconds (timestamp reply 211).
+#[test]
+fn regression_dispatch_differential_uses_one_context_state() {
+    let mut input = vec![27u8]; // Method::ALL[27] is READ_REQUEST_TIMESTAMP
+    input.extend_from_slice(&[0; 4]);
+    assert_eq!(nylon_transport::abi::legacy::Method::ALL[27] as u32, 211);
+    for _ in 0..50 {
+        nylon_transport::fuzzing::legacy_dispatch(&input);
+    }
+}

@@ -21,7 +21,7 @@ pub fn encode_status(status: u16) -> [u8; 2] {
 
 /// Parses an unsigned ASCII decimal as the host sends it: digits only, no sign.
 pub fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() || bytes.len() > 20 {
+    if bytes.is_empty() {
         return None;
     }
     let mut v: u64 = 0;
