@@ -307,7 +307,7 @@ mod fuzz_plugin {
                         let _ = (cx.path(), cx.url(), cx.params_json(), cx.payload());
                     }
                     _ => {
-                        return Ok(if arg.len() % 2 == 0 {
+                        return Ok(if arg.len().is_multiple_of(2) {
                             Flow::Next
                         } else {
                             Flow::End
