@@ -53,6 +53,9 @@ impl Plugin for Example {
             "victim" => Box::new(Victim(sid)),
             "stale" => Box::new(Stale),
             "scenario" => Box::new(Scenario),
+            "late" => Box::new(Late),
+            "forge" => Box::new(Forge),
+            "slow" => Box::new(Slow),
             "ws_echo" => Box::new(WsEcho),
             "reads" => Box::new(Reads),
             "commands" => Box::new(Commands),
@@ -227,7 +230,8 @@ impl Session for BadLength {
             ptr: std::ptr::null(),
             len: 16,
         };
-        cx.send_raw_buffer(&buf);
+        // SAFETY: the pointer is NULL: the host refuses it before reading.
+        unsafe { cx.send_raw_buffer(&buf) };
         Ok(Flow::Hold)
     }
 }
@@ -283,6 +287,50 @@ impl Session for Stale {
         cx.send_raw_as(victim, Method::SetResponseHeader as u32, &kv);
         cx.send_raw_as(victim, Method::Next as u32, &[]);
         cx.set_response_header("x-victim", &victim.to_string());
+        Ok(Flow::Next)
+    }
+}
+
+/// Never ends the phase in time: a thread sends a command and NEXT 300 ms
+/// later, after the host's timeout closed the session.
+struct Late;
+
+impl Session for Late {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let sid = cx.sid();
+        let kv = nylon_transport::codec::encode_header_kv("x-late", "1");
+        let send = cx.raw_sender();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            send(sid, Method::SetResponseHeader as u32, &kv);
+            send(sid, Method::Next as u32, &[]);
+        });
+        Ok(Flow::Hold)
+    }
+}
+
+/// Sends a command under a forged session id: the same table slot as its
+/// own id (fast transport) but another generation.
+struct Forge;
+
+impl Session for Forge {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let forged = cx.sid() ^ (1 << 14);
+        let kv = nylon_transport::codec::encode_header_kv("x-forged", "1");
+        cx.send_raw_as(forged, Method::SetResponseHeader as u32, &kv);
+        cx.send_raw_as(forged, Method::End as u32, &[]);
+        cx.set_response_header("x-forged-sid", &forged.to_string());
+        Ok(Flow::Next)
+    }
+}
+
+/// Takes 200 ms over its request filter (for unload-in-flight tests).
+struct Slow;
+
+impl Session for Slow {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = cx.request_path();
         Ok(Flow::Next)
     }
 }

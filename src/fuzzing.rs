@@ -175,7 +175,8 @@ pub fn ring_region(data: &[u8]) {
     let offset = u32_at(data, 1) as usize % region_size(CAP);
     let garbage = data.get(5..).unwrap_or(&[]);
     let len = garbage.len().min(region_size(CAP) - offset);
-    c.scribble_for_fuzzing(offset, &garbage[..len]);
+    // SAFETY: both halves live on this thread; nothing runs concurrently.
+    unsafe { c.scribble_for_fuzzing(offset, &garbage[..len]) };
     for _ in 0..16 {
         match c.try_pop() {
             Ok(Some(f)) => {

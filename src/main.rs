@@ -145,7 +145,16 @@ fn execute(command: Command) -> Result<ExitCode> {
                 timeout: Duration::from_millis(timeout_ms),
                 trace,
             };
-            let abi = inspect(&plugin)?.abi;
+            let inspected = inspect(&plugin)?;
+            let abi = inspected.abi;
+            if abi != "v2"
+                && inspected
+                    .symbols
+                    .iter()
+                    .any(|s| s.name == nylon_transport::abi::v2::PLUGIN_SYMBOL)
+            {
+                bail!("{}: {}", plugin.display(), inspected.problems.join("; "));
+            }
             let report = match (abi, transport) {
                 ("v2", TransportArg::Fast) => {
                     let lib = Arc::new(V2Plugin::load(&plugin, &config)?);
@@ -190,12 +199,12 @@ fn execute(command: Command) -> Result<ExitCode> {
                     run_request(&fast, &lib, &entry, &mut ctx, upstream.as_ref(), options)?
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            out(&serde_json::to_string_pretty(&report)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { file } => {
             let report = inspect(&file)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            out(&serde_json::to_string_pretty(&report)?)?;
             Ok(if report.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -214,9 +223,9 @@ fn execute(command: Command) -> Result<ExitCode> {
             })
             .map_err(anyhow::Error::msg)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out(&serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", bench::table(&report));
+                out(bench::table(&report).trim_end())?;
             }
             if let Some(dir) = docs {
                 std::fs::create_dir_all(&dir)?;
@@ -228,6 +237,16 @@ fn execute(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Prints a line to stdout; a closed pipe (`| head`) is not an error.
+fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }
 

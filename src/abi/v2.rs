@@ -320,6 +320,8 @@ pub enum TableError {
     HostLayout { found: u32, expected: u32 },
     /// The entry list is not readable.
     Entries,
+    /// `nylon_v2_plugin()` returned NULL.
+    Null,
 }
 
 impl std::fmt::Display for TableError {
@@ -337,6 +339,7 @@ impl std::fmt::Display for TableError {
                 "plugin was built against a {found}-byte host table, this host has {expected}"
             ),
             Self::Entries => f.write_str("plugin entry list is missing"),
+            Self::Null => f.write_str("nylon_v2_plugin() returned NULL"),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod anchor;
 pub mod context;
 pub mod render;
 pub mod rows;
+pub mod soak;
 
 pub use rows::Plugins;
 

@@ -263,7 +263,7 @@ fn v2_table(lib: &Library, path: &Path) -> Result<&'static PluginTable, LoadErro
     // SAFETY: a getter with no arguments, by the v2 ABI contract.
     let table = unsafe { get() };
     if table.is_null() {
-        return Err(LoadError::V2(v2::TableError::Entries));
+        return Err(LoadError::V2(v2::TableError::Null));
     }
     // SAFETY: non-null; the table is static data of the plugin, which stays
     // loaded as long as the returned Library does (the caller keeps both
@@ -305,8 +305,10 @@ pub struct SymbolReport {
     pub in_library: bool,
 }
 
-/// Opens a library and reports which ABI it speaks and every problem, without
-/// calling any of its functions.
+/// Opens a library and reports which ABI it speaks and every problem. It
+/// calls no function of a legacy plugin; of a v2 plugin it calls only the
+/// table getter `nylon_v2_plugin()`, which the v2 ABI requires to be a pure
+/// getter.
 ///
 /// # Errors
 ///

@@ -783,15 +783,20 @@ impl<R: Region> Consumer<R> {
 
     /// Overwrites bytes of the region, as a peer breaking the protocol would
     /// (the fuzz target's door into the region).
+    ///
+    /// # Safety
+    ///
+    /// - No ring operation (of this consumer or its producer) runs
+    ///   concurrently on the region.
     #[doc(hidden)]
-    pub fn scribble_for_fuzzing(&mut self, offset: usize, bytes: &[u8]) {
+    pub unsafe fn scribble_for_fuzzing(&mut self, offset: usize, bytes: &[u8]) {
         let len = self.shared.region.len();
         if offset >= len {
             return;
         }
         let n = bytes.len().min(len - offset);
-        // SAFETY: in bounds (checked above); the producer half lives on this
-        // thread in the fuzz target, so nothing runs concurrently.
+        // SAFETY: in bounds (checked above); nothing runs concurrently, by the
+        // caller's contract.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),

@@ -523,12 +523,37 @@ impl PhaseCx<'_> {
         unsafe { (self.state.cb)(&buf) };
     }
 
+    /// A function that sends raw messages through this session's host
+    /// callback from any thread, even after the session closed (tests of late
+    /// and stray messages).
+    #[doc(hidden)]
+    pub fn raw_sender(&self) -> impl Fn(u32, u32, &[u8]) + Send + 'static {
+        let cb = self.state.cb;
+        move |sid, method, payload| {
+            let buf = FfiBuffer {
+                sid,
+                phase: 0,
+                method,
+                ptr: payload.as_ptr(),
+                len: payload.len() as u64,
+            };
+            // SAFETY: buf and payload are valid for the call; the host
+            // callback is a process-lifetime function.
+            unsafe { cb(&buf) };
+        }
+    }
+
     /// Hands an arbitrary buffer, possibly lying about its payload, to the host
     /// callback (hostile-plugin tests). The host must validate it.
+    ///
+    /// # Safety
+    ///
+    /// - If `buf.ptr` is non-NULL and `buf.len > 0`, it points to `len`
+    ///   readable bytes: the host checks NULL and lengths, but cannot check
+    ///   that a non-NULL pointer is valid.
     #[doc(hidden)]
-    pub fn send_raw_buffer(&self, buf: &FfiBuffer) {
-        // SAFETY: buf itself is valid for the call; its payload fields are what
-        // is under test, and the host checks them before reading.
+    pub unsafe fn send_raw_buffer(&self, buf: &FfiBuffer) {
+        // SAFETY: buf is valid for the call; its payload by the caller's contract.
         unsafe { (self.state.cb)(buf) };
     }
 }

@@ -348,6 +348,7 @@ unsafe extern "C" fn ws_event(
         _phase: PhantomData,
     };
     match catch_unwind(AssertUnwindSafe(|| s.handler.on_websocket(event, &mut cx))) {
+        Ok(()) if cx.detached => Status::PENDING.0,
         Ok(()) => Status::OK.0,
         Err(p) => {
             report(host, call, &panic_text(&*p));

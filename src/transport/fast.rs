@@ -596,14 +596,11 @@ impl Transport for Fast {
     ) -> Result<FastSession, OpenError> {
         let idx = TABLE.free.pop().ok_or(OpenError::TooManySessions)?;
         let slot = &TABLE.slots[idx as usize];
-        let generation = slot
-            .generation
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        // Generation in the high bits; never 0 because the generation part is
-        // forced non-zero.
-        let high = (generation << SLOT_BITS) | (1 << SLOT_BITS);
-        let sid = high | idx;
+        let generation = slot.generation.fetch_add(1, Ordering::Relaxed);
+        // The generation fills the high bits and cycles through 1..=MAX, so a
+        // sid is never 0 and consecutive uses of a slot never share a sid.
+        const GENERATIONS: u32 = (1 << (32 - SLOT_BITS)) - 1;
+        let sid = ((generation % GENERATIONS + 1) << SLOT_BITS) | idx;
         {
             let mut g = lock(slot);
             g.sid = sid;
@@ -733,25 +730,49 @@ impl Transport for Fast {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_uses_of_a_slot_get_distinct_nonzero_sids() {
+        const GENERATIONS: u32 = (1 << (32 - SLOT_BITS)) - 1;
+        let sid = |g: u32, idx: u32| ((g % GENERATIONS + 1) << SLOT_BITS) | idx;
+        let mut seen = std::collections::HashSet::new();
+        for g in 0..GENERATIONS {
+            let s = sid(g, 5);
+            assert_ne!(s, 0);
+            assert_eq!(s & SLOT_MASK, 5);
+            assert!(seen.insert(s), "generation {g} repeats a sid");
+        }
+        assert_eq!(
+            sid(GENERATIONS, 5),
+            sid(0, 5),
+            "the cycle closes after every generation"
+        );
+    }
+}
+
 /// The fast reply encodings: a reused builder, the request headers encoded
 /// once per session, `itoa` decimals, params written by hand.
 #[derive(Debug, Default)]
 pub struct FastEncoding {
-    headers: HeaderEncoder,
+    /// Built on first use, so idle session slots hold no encoder memory.
+    headers: Option<HeaderEncoder>,
     request_headers: Vec<u8>,
     request_headers_cached: bool,
 }
 
 impl ReplyEncoding for FastEncoding {
     fn headers(&mut self, ctx: &dyn HttpContext, response: bool, out: &mut Vec<u8>) {
+        let encoder = self.headers.get_or_insert_with(HeaderEncoder::new);
         if response {
-            self.headers
-                .encode(|f| ctx.for_each_response_header(f), out);
+            encoder.encode(|f| ctx.for_each_response_header(f), out);
             return;
         }
         if !self.request_headers_cached {
             self.request_headers.clear();
-            self.headers.encode(
+            encoder.encode(
                 |f| ctx.for_each_request_header(f),
                 &mut self.request_headers,
             );

@@ -373,16 +373,20 @@ unsafe extern "C" fn h_read(call: *mut CallHandle, which: u32, out: *mut Str) ->
             field::QUERY => c.request_query().as_bytes(),
             field::HOST => c.request_host().as_bytes(),
             field::CLIENT_IP => c.client_ip().as_bytes(),
+            // Computed once per phase: a second read returns the same bytes
+            // without rewriting a buffer the plugin may still be reading.
             field::URL => {
-                inner.url.clear();
-                c.request_url(&mut inner.url);
+                if inner.url.is_empty() {
+                    c.request_url(&mut inner.url);
+                }
                 &inner.url
             }
             field::REQUEST_BODY => c.request_body(),
             field::PAYLOAD => c.payload().unwrap_or(&[]),
             field::PARAMS => {
-                inner.params.clear();
-                write_params(c.request_params(), &mut inner.params);
+                if inner.params.is_empty() {
+                    write_params(c.request_params(), &mut inner.params);
+                }
                 &inner.params
             }
             field::RESPONSE_BODY => c.response_body(),
@@ -695,6 +699,8 @@ pub struct V2Session {
     ws_closed: bool,
     /// Client message buffer, reused.
     ws_buf: Vec<u8>,
+    /// A failed write to the client, to report as an ERROR event.
+    ws_error: Option<String>,
 }
 
 // SAFETY: the plugin state pointer is the plugin's, which the v2 ABI requires
@@ -740,6 +746,7 @@ impl V2 {
             ws_open: false,
             ws_closed: false,
             ws_buf: Vec::new(),
+            ws_error: None,
         })
     }
 
@@ -757,7 +764,12 @@ impl V2 {
         // SAFETY: as in open_entry.
         let st = unsafe { (plugin.table.open)(plugin.instance, entry.0, id, &mut state) };
         if st != Status::OK.0 {
-            return Err(OpenError::Rejected(String::new()));
+            let name = plugin
+                .entries
+                .get(entry.0 as usize)
+                .cloned()
+                .unwrap_or_default();
+            return Err(OpenError::Rejected(name));
         }
         if session.call.is_none() {
             session.call = Some(CallState::new());
@@ -783,6 +795,17 @@ impl V2 {
     fn fail(&self, s: &mut V2Session, outcome: PhaseOutcome, detached: bool) -> PhaseOutcome {
         if detached {
             if let Some(call) = s.call.take() {
+                // Revoked: host functions on it return CLOSED without touching
+                // its buffers, so they can be freed now; only the small state
+                // itself must stay at its address.
+                lock_busy(&call);
+                // SAFETY: we hold `busy`, and the context is revoked.
+                let inner = unsafe { &mut *call.inner.get() };
+                inner.cmds = Commands::default();
+                inner.url = Vec::new();
+                inner.params = Vec::new();
+                inner.error = Vec::new();
+                call.sync.busy.store(false, Ordering::Release);
                 s.plugin
                     .graveyard
                     .lock()
@@ -818,6 +841,8 @@ impl V2 {
             inner.ctx = Some(erased);
             inner.cmds.clear();
             inner.error.clear();
+            inner.url.clear();
+            inner.params.clear();
         }
         call.sync.shared.store(false, Ordering::Relaxed);
         call.sync.done.store(false, Ordering::Relaxed);
@@ -946,7 +971,11 @@ impl V2 {
                         } else {
                             WsMessage::Binary(data)
                         };
-                        ctx.websocket_send(msg).map_err(SessionError::Plugin)?;
+                        if let Err(e) = ctx.websocket_send(msg) {
+                            // The connection's problem, not the plugin's: it
+                            // hears of it as an ERROR event (the legacy 354).
+                            s.ws_error = Some(e);
+                        }
                     }
                 }
                 Cmd::WsClose => {
@@ -1042,6 +1071,18 @@ impl V2 {
         };
         s.ws_buf = data;
         outcome
+    }
+}
+
+/// Spins until this thread holds the call's `busy` lock.
+fn lock_busy(call: &CallState) {
+    while call
+        .sync
+        .busy
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
     }
 }
 

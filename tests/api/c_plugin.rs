@@ -131,3 +131,72 @@ fn a_file_that_is_not_a_library_is_an_error() {
     );
     assert!(LegacyPlugin::load("/no/such/plugin.so").is_err());
 }
+
+fn c_v2() -> Arc<nylon_transport::transport::V2Plugin> {
+    static P: OnceLock<Arc<nylon_transport::transport::V2Plugin>> = OnceLock::new();
+    P.get_or_init(|| {
+        Arc::new(
+            nylon_transport::transport::V2Plugin::load(c_library("v2_plugin"), b"")
+                .expect("load C v2 plugin"),
+        )
+    })
+    .clone()
+}
+
+fn run_c_v2(entry: &str, spec: RequestSpec) -> nylon_transport::host::driver::RequestReport {
+    let upstream = spec.upstream.clone();
+    let mut ctx = nylon_transport::host::MemoryContext::new(spec, None);
+    nylon_transport::host::driver::run_request(
+        &nylon_transport::transport::V2::default(),
+        &c_v2(),
+        entry,
+        &mut ctx,
+        upstream.as_ref(),
+        Default::default(),
+    )
+    .expect("session opens")
+}
+
+#[test]
+fn a_c_v2_plugin_answers_through_the_v2_header() {
+    let spec = RequestSpec {
+        path: "/hi".into(),
+        headers: vec![("X-User".into(), "bob".into())],
+        ..Default::default()
+    };
+    let r = run_c_v2("c_hello", spec.clone());
+    assert_eq!(
+        r.outcomes(),
+        ["end", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(r.response.status, 202);
+    assert_eq!(r.header("x-c-path"), Some("/hi"));
+    assert_eq!(r.header("x-c-user"), Some("bob"));
+    assert_eq!(r.response.body, "hello from C v2");
+    let r = run_c_v2("c_async", spec);
+    assert_eq!(
+        r.outcomes(),
+        ["next", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(r.header("x-c-async"), Some("/hi"));
+}
+
+#[test]
+fn a_c_v2_plugin_of_another_version_is_refused() {
+    let path = c_library("v2_bad_version");
+    let err = nylon_transport::transport::V2Plugin::load(&path, b"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "v2 plugin refused: plugin speaks v2 ABI version 2, this host speaks 1"
+    );
+    let report = inspect(&path).unwrap();
+    assert_eq!(report.abi, "unknown");
+    assert_eq!(
+        report.problems,
+        ["plugin speaks v2 ABI version 2, this host speaks 1"]
+    );
+}

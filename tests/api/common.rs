@@ -50,23 +50,26 @@ pub(crate) fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// An example plugin `.so`; `cargo test` builds the examples, and we build
-/// the one asked for if it is missing (e.g. under `cargo test --test api`).
+/// An example plugin `.so`, built (or found up to date) by cargo once per
+/// test process, so `cargo test --test api` never loads a stale plugin.
 pub(crate) fn example_path(name: &str) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let path = profile_dir().join("examples").join(format!("lib{name}.so"));
-    if !path.exists() {
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build --example");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --example");
         assert!(
             status.success(),
             "building the example plugin {name} failed"
         );
+        built.push(name.to_string());
     }
     path
 }

@@ -247,3 +247,89 @@ fn hostile_sessions_do_not_disturb_healthy_ones() {
         });
     }
 }
+
+#[test]
+fn a_late_reply_after_a_timeout_is_dropped() {
+    for kind in KINDS {
+        let before = kind.dropped();
+        let r = run_with(
+            kind,
+            &rust_plugin(),
+            "late",
+            RequestSpec::default(),
+            None,
+            Duration::from_millis(100),
+        );
+        assert_eq!(r.outcomes(), ["timeout"]);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            kind.dropped() >= before + 2,
+            "{kind:?}: the late messages were dropped"
+        );
+        // The host still serves.
+        assert_eq!(
+            run(kind, "end", RequestSpec::default(), None)
+                .response
+                .status,
+            403
+        );
+    }
+}
+
+#[test]
+fn a_forged_session_id_reaches_no_session() {
+    for kind in KINDS {
+        let before = kind.dropped();
+        let r = run(kind, "forge", RequestSpec::default(), None);
+        assert_eq!(r.outcomes(), ["next", "next", "next", "next"], "{kind:?}");
+        assert_eq!(r.header("x-forged"), None);
+        assert!(kind.dropped() >= before + 2, "{kind:?}");
+    }
+}
+
+#[test]
+fn shutting_a_plugin_down_with_a_phase_in_flight() {
+    // A private copy of the library: its SDK state is its own, so shutting it
+    // down does not touch the plugin the other tests share.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("unload");
+    std::fs::create_dir_all(&dir).unwrap();
+    for kind in KINDS {
+        let copy = dir.join(format!("libcopy-{kind:?}.so"));
+        std::fs::copy(super::common::rust_plugin_path(), &copy).unwrap();
+        let plugin = std::sync::Arc::new(nylon_transport::host::LegacyPlugin::load(&copy).unwrap());
+        plugin.initialize(b"{}").unwrap();
+        let p2 = std::sync::Arc::clone(&plugin);
+        let in_flight = std::thread::spawn(move || {
+            run_with(
+                kind,
+                &p2,
+                "slow",
+                RequestSpec::default(),
+                None,
+                Duration::from_millis(1000),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        plugin.shutdown();
+        let r = in_flight.join().expect("the host survives");
+        // The SDK closed the session under the handler: its read fails, the
+        // phase reports an error or times out; nothing crashes.
+        assert!(
+            matches!(r.outcomes()[0], "error" | "timeout" | "next"),
+            "{:?}",
+            r.phases
+        );
+        // After shutdown the plugin refuses new sessions.
+        let refused = std::panic::catch_unwind(|| {
+            run_with(
+                kind,
+                &plugin,
+                "end",
+                RequestSpec::default(),
+                None,
+                Duration::from_millis(200),
+            )
+        });
+        assert!(refused.is_err(), "open after shutdown is refused");
+    }
+}
