@@ -197,6 +197,6 @@ fn a_c_v2_plugin_of_another_version_is_refused() {
     assert_eq!(report.abi, "unknown");
     assert_eq!(
         report.problems,
-        ["plugin speaks v2 ABI version 2, this host speaks 1"]
+        ["v2 plugin refused: plugin speaks v2 ABI version 2, this host speaks 1"]
     );
 }
