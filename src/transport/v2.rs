@@ -289,14 +289,7 @@ impl<'a> Enter<'a> {
         let state: &'a CallState = unsafe { &*call.cast::<CallState>() };
         let locked = state.sync.shared.load(Ordering::Acquire);
         if locked {
-            while state
-                .sync
-                .busy
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                std::hint::spin_loop();
-            }
+            lock_busy(state);
         }
         let guard = Enter {
             call: state,
@@ -617,14 +610,7 @@ unsafe extern "C" fn h_complete(call: *mut CallHandle, status: i32, flow: u32) -
         if !state.sync.shared.load(Ordering::Acquire) {
             return Status::INVALID.0;
         }
-        while state
-            .sync
-            .busy
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
+        lock_busy(state);
         // SAFETY: we hold `busy`.
         let inner = unsafe { &mut *state.inner.get() };
         let st = if inner.ctx.is_none() || state.sync.done.load(Ordering::Relaxed) {
@@ -883,14 +869,7 @@ impl V2 {
         let spin_until = Instant::now() + self.spin;
         // Register this thread for unpark before checking `done`.
         {
-            while call
-                .sync
-                .busy
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                std::hint::spin_loop();
-            }
+            lock_busy(call);
             // SAFETY: we hold `busy`.
             unsafe { &mut *call.inner.get() }.driver = Some(std::thread::current());
             call.sync.busy.store(false, Ordering::Release);
@@ -1097,14 +1076,7 @@ fn revoke(call: &CallState) {
         inner.ctx = None;
         return;
     }
-    while call
-        .sync
-        .busy
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::hint::spin_loop();
-    }
+    lock_busy(call);
     // SAFETY: we hold `busy`; a sync phase call has returned.
     let inner = unsafe { &mut *call.inner.get() };
     inner.ctx = None;
