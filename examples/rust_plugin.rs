@@ -56,6 +56,7 @@ impl Plugin for Example {
             "late" => Box::new(Late),
             "forge" => Box::new(Forge),
             "slow" => Box::new(Slow),
+            "flood_after" => Box::new(FloodAfter),
             "ws_echo" => Box::new(WsEcho),
             "reads" => Box::new(Reads),
             "commands" => Box::new(Commands),
@@ -321,6 +322,20 @@ impl Session for Forge {
         cx.send_raw_as(forged, Method::End as u32, &[]);
         cx.set_response_header("x-forged-sid", &forged.to_string());
         Ok(Flow::Next)
+    }
+}
+
+/// Ends its phase with a raw NEXT, then keeps sending: 3000 commands land
+/// between two phases, where the fast host keeps at most a bounded backlog.
+struct FloodAfter;
+
+impl Session for FloodAfter {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.send_raw(Method::Next as u32, &[]);
+        for i in 0..3000 {
+            cx.set_response_header("x-after", &i.to_string());
+        }
+        Ok(Flow::Hold)
     }
 }
 

@@ -110,6 +110,13 @@ impl Handler for All {
         cx.set_header("x-url", cx.url());
         cx.set_header("x-request-body", &lossy(cx.request_body()));
         cx.set_header("x-payload", &lossy(cx.payload()));
+        let doc = cx.payload_value()?;
+        let key = sonic_rs::JsonValueTrait::as_str(&doc["key"])
+            .unwrap_or("-")
+            .to_string();
+        cx.set_header("x-payload-key", &key);
+        let raw = cx.payload_get("key")?.unwrap_or_default();
+        cx.set_header("x-payload-raw", &lossy(raw));
         cx.set_header("x-params", &lossy(cx.params_json()));
         cx.set_header("x-error", cx.error());
         cx.set_header("x-user", &lossy(cx.header("X-User").unwrap_or(b"-")));

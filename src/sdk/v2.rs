@@ -469,6 +469,23 @@ macro_rules! reads {
             self.read(field::PAYLOAD)
         }
 
+        /// One top-level key of the payload, as raw JSON bytes, without
+        /// parsing the rest or allocating ([`crate::codec::json::lookup`]).
+        pub fn payload_get(&self, key: &str) -> Result<Option<&$life [u8]>, SdkError> {
+            crate::codec::json::lookup(self.payload(), key.as_bytes())
+                .map_err(|e| SdkError::Decode(e.to_string()))
+        }
+
+        /// The whole payload parsed with sonic-rs (allocates; `Null` when no
+        /// payload is configured).
+        pub fn payload_value(&self) -> Result<sonic_rs::Value, SdkError> {
+            let raw = self.payload();
+            if raw.is_empty() {
+                return Ok(sonic_rs::Value::new());
+            }
+            sonic_rs::from_slice(raw).map_err(|e| SdkError::Decode(e.to_string()))
+        }
+
         /// Route params as JSON (`{...}` or `null`).
         pub fn params_json(&self) -> &$life [u8] {
             self.read(field::PARAMS)

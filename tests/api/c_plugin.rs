@@ -200,3 +200,43 @@ fn a_c_v2_plugin_of_another_version_is_refused() {
         ["v2 plugin refused: plugin speaks v2 ABI version 2, this host speaks 1"]
     );
 }
+
+#[test]
+fn the_registry_loads_each_file_once_and_knows_its_abi() {
+    use nylon_transport::host::registry::{Loaded, Registry, RegistryError};
+    let mut reg = Registry::new();
+    // A private copy: dropping the registry shuts the plugin down, which must
+    // not touch the library image the other tests share.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("registry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let legacy = dir.join("librust_copy.so");
+    std::fs::copy(super::common::rust_plugin_path(), &legacy).unwrap();
+    let a = reg.register("auth", &legacy, b"{}").unwrap();
+    let b = reg
+        .register("auth2", &legacy, br#"{"greeting":"hi from config"}"#)
+        .unwrap();
+    match (a, b) {
+        (Loaded::Legacy(a), Loaded::Legacy(b)) => assert!(Arc::ptr_eq(&a, &b), "one load per file"),
+        other => panic!("expected two legacy handles, got {other:?}"),
+    }
+    assert!(matches!(
+        reg.register("auth", &legacy, b""),
+        Err(RegistryError::Duplicate(_))
+    ));
+    let v2 = reg
+        .register("v2", super::common::example_path("v2_plugin"), b"")
+        .unwrap();
+    assert!(matches!(v2, Loaded::V2(_)));
+    let err = reg
+        .register("bad", c_library("missing_symbol"), b"")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("missing symbol `event_stream`"),
+        "{err}"
+    );
+    assert!(reg.remove("auth").is_some());
+    assert!(reg.get("auth2").is_some());
+    let mut names: Vec<_> = reg.names().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["auth2", "v2"]);
+}

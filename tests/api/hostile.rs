@@ -333,3 +333,41 @@ fn shutting_a_plugin_down_with_a_phase_in_flight() {
         assert!(refused.is_err(), "open after shutdown is refused");
     }
 }
+
+#[test]
+fn a_flood_between_phases_is_bounded_on_the_fast_host() {
+    use nylon_transport::transport::{Fast, FastConfig, ReplyMode};
+    for mode in [ReplyMode::Inline, ReplyMode::Deferred] {
+        let t = Fast::new(FastConfig {
+            reply_mode: mode,
+            ..FastConfig::default()
+        });
+        let plugin = rust_plugin();
+        let mut s = t
+            .open(&plugin, "flood_after", SessionOptions::default())
+            .unwrap();
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        let first = t.run_phase(
+            &mut s,
+            Phase::RequestFilter,
+            &mut ctx,
+            Duration::from_secs(5),
+        );
+        assert_eq!(first, PhaseOutcome::Next, "{mode:?}");
+        // No phase runs now: the 3000 commands sent after NEXT wait in the
+        // backlog, which holds at most 1024 messages.
+        std::thread::sleep(Duration::from_millis(300));
+        let second = t.run_phase(
+            &mut s,
+            Phase::ResponseFilter,
+            &mut ctx,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            second,
+            PhaseOutcome::Error(SessionError::QueueFull),
+            "{mode:?}"
+        );
+        t.close(s);
+    }
+}

@@ -53,6 +53,8 @@ fn every_read_is_zero_copy_and_commands_apply_in_order() {
     assert_eq!(h("x-url"), "https://example.com:8080/users/7?a=1&b=2");
     assert_eq!(h("x-request-body"), "hello");
     assert_eq!(h("x-payload"), r#"{"key":"v"}"#);
+    assert_eq!(h("x-payload-key"), "v", "sonic-rs parse");
+    assert_eq!(h("x-payload-raw"), r#""v""#, "zero-copy key lookup");
     assert_eq!(h("x-params"), r#"{"id":"7"}"#);
     assert_eq!(h("x-error"), "upstream reset");
     assert_eq!(h("x-user"), "alice");
