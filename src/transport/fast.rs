@@ -29,8 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
-
 use super::{
     Direction, OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport,
 };
@@ -135,7 +133,11 @@ struct Slot {
 
 struct Table {
     slots: Box<[Slot]>,
-    free: ArrayQueue<u32>,
+    /// Free slot indices, a stack: the slot freed last is reused first, so
+    /// the memory sessions touch stays proportional to how many run at once,
+    /// not to the table size. Locked on open and close only, never per
+    /// message.
+    free: Mutex<Vec<u32>>,
 }
 
 static TABLE: LazyLock<Table> = LazyLock::new(|| {
@@ -164,11 +166,7 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
             wake: Condvar::new(),
         })
         .collect();
-    let free = ArrayQueue::new(SLOTS);
-    for i in 0..SLOTS as u32 {
-        // Capacity is SLOTS, so every push fits.
-        let _ = free.push(i);
-    }
+    let free = Mutex::new((0..SLOTS as u32).rev().collect());
     Table { slots, free }
 });
 
@@ -474,7 +472,11 @@ impl Fast {
         }
         s.plugin.close_session(s.sid);
         // The slot is free again once the plugin has been told.
-        let _ = TABLE.free.push(s.sid & SLOT_MASK);
+        TABLE
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s.sid & SLOT_MASK);
     }
 
     /// Waits until the phase ends or the deadline passes; services the
@@ -594,7 +596,12 @@ impl Transport for Fast {
         entry: &str,
         options: SessionOptions,
     ) -> Result<FastSession, OpenError> {
-        let idx = TABLE.free.pop().ok_or(OpenError::TooManySessions)?;
+        let idx = TABLE
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or(OpenError::TooManySessions)?;
         let slot = &TABLE.slots[idx as usize];
         let generation = slot.generation.fetch_add(1, Ordering::Relaxed);
         // The generation fills the high bits and cycles through 1..=MAX, so a
