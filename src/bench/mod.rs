@@ -483,7 +483,7 @@ pub fn run(
     })
 }
 
-/// Just the row start time, for progress lines.
+/// Seconds since `start`, for progress lines.
 pub fn elapsed_since(start: Instant) -> String {
     format!("{:.0}s", start.elapsed().as_secs_f64())
 }
