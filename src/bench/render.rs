@@ -70,6 +70,17 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     s
 }
 
+/// A decade tick label: 1 ns, 10 ns, 100 ns, 1 µs, ...
+fn tick(ns: f64) -> String {
+    let units = [(1e6, "ms"), (1e3, "µs"), (1.0, "ns")];
+    for (scale, unit) in units {
+        if ns >= scale {
+            return format!("{:.0} {unit}", ns / scale);
+        }
+    }
+    format!("{ns} ns")
+}
+
 /// A horizontal bar chart, log scale, of baseline, fast and anchor per row.
 pub fn svg(report: &Report) -> String {
     let rows = &report.rows;
@@ -132,7 +143,7 @@ pub fn svg(report: &Report) -> String {
             r##"<line x1="{gx:.1}" y1="48" x2="{gx:.1}" y2="{:.1}" stroke="#ddd"/><text x="{gx:.1}" y="{:.1}" text-anchor="middle" fill="#666">{}</text>"##,
             height - 25.0,
             height - 12.0,
-            human(v)
+            tick(v)
         );
         decade += 1.0;
     }
