@@ -843,6 +843,14 @@ impl V2 {
                     return Err(self.fail(s, PhaseOutcome::Timeout, true));
                 }
             }
+        } else if detached {
+            // Detached, yet answered at once: another thread may still hold
+            // the handle, so the call cannot be reused. A protocol error.
+            revoke(call);
+            let e = SessionError::Plugin(format!(
+                "the plugin detached the call but returned status {st} instead of PENDING"
+            ));
+            return Err(self.fail(s, PhaseOutcome::Error(e), true));
         } else {
             (st, flow)
         };

@@ -285,3 +285,43 @@ fn a_table_of_another_version_or_layout_is_refused() {
     .unwrap();
     assert_eq!(r.response.status, 403);
 }
+
+unsafe extern "C" fn detach_then_ok(
+    _state: *mut std::ffi::c_void,
+    _phase: u32,
+    call: *mut v2::CallHandle,
+    flow: *mut u32,
+) -> i32 {
+    // SAFETY: the live handle of this phase call; flow is writable.
+    unsafe {
+        (nylon_transport::transport::v2::HOST_TABLE.detach)(call);
+        flow.write(v2::Flow::Next as u32);
+    }
+    Status::OK.0
+}
+
+#[test]
+fn a_detached_call_answered_at_once_is_a_protocol_error() {
+    let good: PluginTable = *nylon_transport::sdk::v2::table::<super::v2_example::Example>();
+    let table: &'static PluginTable = Box::leak(Box::new(PluginTable {
+        phase: detach_then_ok,
+        ..good
+    }));
+    let p = Arc::new(V2Plugin::from_static(table, b"").unwrap());
+    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+    let r = run_request(
+        &V2::default(),
+        &p,
+        "end",
+        &mut ctx,
+        None,
+        RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.outcomes(), ["error"]);
+    assert!(r.phases[0]
+        .message
+        .as_ref()
+        .unwrap()
+        .contains("instead of PENDING"));
+}
