@@ -65,6 +65,10 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     }
     let _ = writeln!(
         s,
+        "\nThe nylon-ring column is that crate's closest equivalent, measured in the same run with our own plugin built against it (`examples/ring_anchor_plugin.rs`, unpinned): its synchronous call beside `ffi_call`, fire-and-forget beside `command`, its unary call (entry dispatch and a reply) beside `dispatch`.\n\nThe baseline rows that cross threads (`request`, `ffi_call`, `channel`) are dominated by thread wake-ups, which cost tens of microseconds on this VM: today's design hands every read to another thread and back, and the figures show what that costs here, not what it costs on the seed's machine."
+    );
+    let _ = writeln!(
+        s,
         "\nThe `request` row's fast figure is the v2 plugin; `fast, legacy plugin` is the same legacy plugin as the baseline, on the fast host (what every existing Go plugin gets). The legacy Rust SDK used by that plugin reproduces today's SDK costs (a task spawned per phase, a malloc per message, mutex and condvar per read), which the host cannot remove."
     );
     s
