@@ -521,7 +521,8 @@ impl<R: Region> Producer<R> {
                 .producer_sleeping
                 .0
                 .store(1, Ordering::Relaxed);
-            // Pairs with the consumer's fence after it releases bytes.
+            // Pairs with the SeqCst swap of `head` in the consumer's
+            // `advance`: either it sees this flag, or we see its new head.
             fence(Ordering::SeqCst);
             let (size, pad) = self.room(payload.len())?;
             if self.has_room(size + pad)? {
@@ -765,7 +766,8 @@ impl<R: Region> Consumer<R> {
                 .consumer_sleeping
                 .0
                 .store(1, Ordering::Relaxed);
-            // Pairs with the producer's fence after it publishes `tail`.
+            // Pairs with the SeqCst swap of `tail` in the producer's
+            // `publish`: either it sees this flag, or we see its new tail.
             fence(Ordering::SeqCst);
             if self.refresh_tail()? > 0 {
                 self.shared
