@@ -343,6 +343,22 @@ pub fn human(ns: f64) -> String {
     }
 }
 
+/// One row's cells, in table order: name, seed before, seed target,
+/// baseline, fast, ratio, fast with the legacy plugin, nylon-ring.
+pub fn cells(r: &RowResult) -> [String; 8] {
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), human);
+    [
+        r.name.to_string(),
+        r.seed_before.to_string(),
+        r.seed_target.to_string(),
+        human(r.baseline_ns),
+        human(r.fast_ns),
+        format!("{:.1}x", r.ratio),
+        opt(r.fast_legacy_ns),
+        opt(r.anchor_ns),
+    ]
+}
+
 /// The before/after table as text.
 pub fn table(report: &Report) -> String {
     let mut s = String::new();
@@ -365,17 +381,10 @@ pub fn table(report: &Report) -> String {
         "nylon-ring"
     );
     for r in &report.rows {
+        let [name, before, target, base, fast, ratio, legacy, anchor] = cells(r);
         let _ = writeln!(
             s,
-            "{:<22} {:>12} {:>12} {:>12} {:>12} {:>8.1}x {:>14} {:>12}",
-            r.name,
-            r.seed_before,
-            r.seed_target,
-            human(r.baseline_ns),
-            human(r.fast_ns),
-            r.ratio,
-            r.fast_legacy_ns.map_or_else(|| "-".into(), human),
-            r.anchor_ns.map_or_else(|| "-".into(), human),
+            "{name:<22} {before:>12} {target:>12} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {anchor:>12}"
         );
     }
     s

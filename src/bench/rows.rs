@@ -58,21 +58,7 @@ fn legacy_request<T: Transport<Plugin = LegacyPlugin> + 'static>(
     plugin: Arc<LegacyPlugin>,
     entry: &'static str,
 ) -> Variant {
-    let mut ctx = BenchContext::scenario(WsCodec::Fast);
-    Variant::new(1, move |iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            ctx.reset();
-            let mut s = t
-                .open(&plugin, entry, SessionOptions::default())
-                .map_err(|e| e.to_string())?;
-            for phase in Phase::ALL {
-                expect_next(t.run_phase(&mut s, phase, &mut ctx, PHASE_TIMEOUT), entry)?;
-            }
-            t.close(s);
-        }
-        Ok(start.elapsed())
-    })
+    legacy_sessions(t, plugin, entry, WsCodec::Fast, &Phase::ALL, 1)
 }
 
 /// The scenario over the v2 ABI, with sessions reused as a host's pool would.
@@ -111,19 +97,32 @@ fn calls_legacy<T: Transport<Plugin = LegacyPlugin> + 'static>(
     codec: WsCodec,
     per_phase: u64,
 ) -> Variant {
+    legacy_sessions(t, plugin, entry, codec, &[Phase::RequestFilter], per_phase)
+}
+
+/// Per iteration: a session opened, `phases` run (each must end `next` or
+/// `stream_end`), the session closed; `ops` operations counted per iteration
+/// (and as many client WebSocket messages queued).
+fn legacy_sessions<T: Transport<Plugin = LegacyPlugin> + 'static>(
+    t: T,
+    plugin: Arc<LegacyPlugin>,
+    entry: &'static str,
+    codec: WsCodec,
+    phases: &'static [Phase],
+    ops: u64,
+) -> Variant {
     let mut ctx = BenchContext::scenario(codec);
-    Variant::new(per_phase, move |iters| {
+    Variant::new(ops, move |iters| {
         let start = Instant::now();
         for _ in 0..iters {
             ctx.reset();
-            ctx.queue_ws_messages(per_phase);
+            ctx.queue_ws_messages(ops);
             let mut s = t
                 .open(&plugin, entry, SessionOptions::default())
                 .map_err(|e| e.to_string())?;
-            expect_next(
-                t.run_phase(&mut s, Phase::RequestFilter, &mut ctx, PHASE_TIMEOUT),
-                entry,
-            )?;
+            for &phase in phases {
+                expect_next(t.run_phase(&mut s, phase, &mut ctx, PHASE_TIMEOUT), entry)?;
+            }
             t.close(s);
         }
         Ok(start.elapsed())

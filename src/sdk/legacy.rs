@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
-use super::{Flow, Plugin, SdkError, Session, WsEvent};
+use super::{panic_message, Flow, Plugin, SdkError, Session, WsEvent};
 use crate::abi::legacy::{DataEventFn, FfiBuffer, Method, Phase, SDK_ERROR_METHOD};
 use crate::codec::{self, scalar};
 use crate::spawn::Spawner;
@@ -208,15 +208,6 @@ impl SessionState {
         drop(h);
         self.drain_events();
     }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    let msg = p
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic payload");
-    format!("handler panicked: {msg}")
 }
 
 /// What a phase handler can do: reads that return values, commands that send.
@@ -512,15 +503,7 @@ impl PhaseCx<'_> {
     /// Sends a raw message on behalf of another session id (hostile-plugin tests).
     #[doc(hidden)]
     pub fn send_raw_as(&self, sid: u32, method: u32, payload: &[u8]) {
-        let buf = FfiBuffer {
-            sid,
-            phase: 0,
-            method,
-            ptr: payload.as_ptr(),
-            len: payload.len() as u64,
-        };
-        // SAFETY: buf and payload are valid for the whole call.
-        unsafe { (self.state.cb)(&buf) };
+        (self.raw_sender())(sid, method, payload);
     }
 
     /// A function that sends raw messages through this session's host
@@ -530,13 +513,7 @@ impl PhaseCx<'_> {
     pub fn raw_sender(&self) -> impl Fn(u32, u32, &[u8]) + Send + 'static {
         let cb = self.state.cb;
         move |sid, method, payload| {
-            let buf = FfiBuffer {
-                sid,
-                phase: 0,
-                method,
-                ptr: payload.as_ptr(),
-                len: payload.len() as u64,
-            };
+            let buf = FfiBuffer::new(sid, Phase::Zero, method, payload);
             // SAFETY: buf and payload are valid for the call; the host
             // callback is a process-lifetime function.
             unsafe { cb(&buf) };

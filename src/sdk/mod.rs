@@ -99,6 +99,16 @@ impl fmt::Display for SdkError {
 
 impl std::error::Error for SdkError {}
 
+/// The message a caught handler panic is reported with, by both SDKs.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload");
+    format!("handler panicked: {msg}")
+}
+
 /// A plugin: one instance per `initialize` call.
 pub trait Plugin: Send + Sync + 'static {
     /// Builds the plugin from its JSON config text (empty when none is configured).

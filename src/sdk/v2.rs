@@ -39,7 +39,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{Flow, SdkError, WsEvent};
+use super::{panic_message, Flow, SdkError, WsEvent};
 use crate::abi::v2::{self, field, number, CallHandle, HostTable, PluginTable, Status, Str};
 
 /// A v2 plugin: one instance per `init`.
@@ -255,15 +255,6 @@ fn report(host: &HostTable, call: *mut CallHandle, message: &str) {
     unsafe { (host.error)(call, Str::from_bytes(message.as_bytes())) };
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    let msg = p
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-string panic payload");
-    format!("handler panicked: {msg}")
-}
-
 unsafe extern "C" fn phase(
     state: *mut c_void,
     phase: u32,
@@ -304,7 +295,7 @@ unsafe extern "C" fn phase(
             Status::ERROR.0
         }
         Err(p) => {
-            report(host, call, &panic_text(&*p));
+            report(host, call, &panic_message(&*p));
             Status::PANIC.0
         }
     }
@@ -351,7 +342,7 @@ unsafe extern "C" fn ws_event(
         Ok(()) if cx.detached => Status::PENDING.0,
         Ok(()) => Status::OK.0,
         Err(p) => {
-            report(host, call, &panic_text(&*p));
+            report(host, call, &panic_message(&*p));
             Status::PANIC.0
         }
     }
