@@ -22,24 +22,15 @@ fn rows(c: &mut Criterion) {
     let (legacy, v2, anchor) = bench::find_plugins().expect("example plugins");
     let plugins = bench::load_plugins(legacy, v2).expect("load example plugins");
     let mut rows = bench::rows::all(&plugins).expect("benchmark rows");
-    bench::attach_anchor(
-        &mut rows,
-        bench::anchor::load(&anchor).expect("nylon-ring anchor"),
-    );
+    let anchor = bench::anchor::Anchor::load(&anchor).expect("nylon-ring anchor");
+    bench::attach_anchor(&mut rows, &anchor).expect("nylon-ring entries");
     for row in &mut rows {
         let mut group = c.benchmark_group(row.name);
-        if row.name == "plugin_load" {
-            group.sample_size(10);
-        }
-        group.bench_function("baseline", |b| {
-            b.iter_custom(|n| per_op(&mut row.baseline, n))
-        });
-        group.bench_function("fast", |b| b.iter_custom(|n| per_op(&mut row.fast, n)));
-        if let Some(v) = row.fast_legacy.as_mut() {
-            group.bench_function("fast_legacy_plugin", |b| b.iter_custom(|n| per_op(v, n)));
-        }
-        if let Some(v) = row.anchor.as_mut() {
-            group.bench_function("nylon_ring", |b| b.iter_custom(|n| per_op(v, n)));
+        for key in row.keys() {
+            let Some(v) = row.variant_mut(key) else {
+                continue;
+            };
+            group.bench_function(key, |b| b.iter_custom(|n| per_op(v, n)));
         }
         group.finish();
     }

@@ -60,6 +60,9 @@ impl Plugin for Example {
             "ws_echo" => Box::new(WsEcho),
             "reads" => Box::new(Reads),
             "commands" => Box::new(Commands),
+            "empty" => Box::new(Empty),
+            "read_command" => Box::new(ReadCommand),
+            "ws_sink" => Box::new(WsSink),
             _ => return None,
         })
     }
@@ -350,21 +353,41 @@ impl Session for Slow {
     }
 }
 
+/// The scenario's payload, parsed typed and borrowing (the v2 example
+/// plugin parses it the same way).
+#[derive(serde::Deserialize)]
+struct ScenarioPayload<'a> {
+    #[serde(borrow)]
+    user: std::borrow::Cow<'a, str>,
+    limit: u64,
+}
+
 /// The brief's request scenario (see `benches/README.md`), on the legacy ABI.
+/// Its logic is the v2 example's `scenario`, line for line; only the ABI
+/// differs (every read here is a copied reply).
 struct Scenario;
 
 impl Session for Scenario {
     fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
-        let payload = cx.payload_json()?;
-        let (user, limit) = (&payload["user"], &payload["limit"]);
+        let raw = cx.payload()?;
+        let payload: ScenarioPayload<'_> =
+            serde_json::from_slice(&raw).map_err(|e| SdkError::Decode(e.to_string()))?;
         let path = cx.request_path()?;
         let agent = cx.request_header("user-agent")?;
-        let headers = cx.request_headers()?;
+        let raw_headers = cx.request_headers_raw()?;
+        let headers = nylon_transport::codec::decode_headers(&raw_headers)
+            .map_err(|e| SdkError::Decode(e.to_string()))?;
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for (n, v) in headers {
+            count += 1;
+            bytes += n.len() + v.len();
+        }
         if path.is_empty()
             || agent.is_empty()
-            || headers.len() != 8
-            || user.is_null()
-            || limit.is_null()
+            || count != 8
+            || bytes == 0
+            || payload.user.is_empty()
+            || payload.limit == 0
         {
             return Err(SdkError::Handler("scenario request is incomplete".into()));
         }
@@ -380,9 +403,45 @@ impl Session for Scenario {
     }
 
     fn logging(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
-        let _ = cx.response_duration_ms()?;
-        let _ = cx.client_ip()?;
+        std::hint::black_box(cx.response_duration_ms()?);
+        std::hint::black_box(cx.client_ip()?);
         Ok(Flow::Next)
+    }
+}
+
+/// Does nothing: every phase says `next` (the anchor rows' empty call).
+struct Empty;
+
+impl Session for Empty {}
+
+/// One read and one command in request filter (the anchor rows' call with a
+/// reply).
+struct ReadCommand;
+
+impl Session for ReadCommand {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        if !cx.request_path()?.starts_with('/') {
+            return Err(SdkError::Handler("no path".into()));
+        }
+        cx.set_response_header("x-anchor", "1");
+        Ok(Flow::Next)
+    }
+}
+
+/// Upgrades to WebSocket and ignores every message (the anchor rows'
+/// fire-and-forget with a payload).
+struct WsSink;
+
+impl Session for WsSink {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, _ws: &mut WsCx<'_>) {
+        if let WsEvent::Text(t) = event {
+            std::hint::black_box(t.len());
+        }
     }
 }
 

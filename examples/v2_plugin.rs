@@ -10,7 +10,6 @@
 //! - `error`, `panic`, `silent_async`, `flood`: failures the host must contain.
 
 use nylon_transport::abi::v2::Str;
-use nylon_transport::codec::json;
 use nylon_transport::sdk::v2::{Call, Handler, Plugin};
 use nylon_transport::sdk::{Flow, SdkError, WsEvent};
 
@@ -33,6 +32,9 @@ impl Plugin for Example {
         "ws_echo",
         "reads",
         "commands",
+        "empty",
+        "read_command",
+        "ws_sink",
     ];
 
     fn initialize(_config: &[u8]) -> Result<Self, String> {
@@ -54,28 +56,45 @@ impl Plugin for Example {
             10 => Box::new(WsEcho),
             11 => Box::new(Reads),
             12 => Box::new(Commands),
+            13 => Box::new(Empty),
+            14 => Box::new(ReadCommand),
+            15 => Box::new(WsSink),
             _ => return None,
         })
     }
 }
 
-/// The request scenario: the same work as the legacy `scenario` entry.
+/// The scenario's payload, parsed typed and borrowing (the legacy example
+/// plugin parses it the same way).
+#[derive(serde::Deserialize)]
+struct ScenarioPayload<'a> {
+    #[serde(borrow)]
+    user: std::borrow::Cow<'a, str>,
+    limit: u64,
+}
+
+/// The request scenario: the legacy `scenario` entry's logic, line for line;
+/// only the ABI differs (reads here borrow host memory).
 pub struct Scenario;
 
 impl Handler for Scenario {
     fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
-        let payload = cx.payload();
-        let decode = |e: json::JsonError| SdkError::Decode(e.to_string());
-        let user = json::lookup(payload, b"user")
-            .map_err(decode)?
-            .unwrap_or_default();
-        let limit = json::lookup(payload, b"limit")
-            .map_err(decode)?
-            .unwrap_or_default();
+        let raw = cx.payload();
+        let payload: ScenarioPayload<'_> =
+            serde_json::from_slice(raw).map_err(|e| SdkError::Decode(e.to_string()))?;
         let path = cx.path();
         let agent = cx.header("user-agent").unwrap_or_default();
-        let count = cx.headers().count();
-        if path.is_empty() || agent.is_empty() || count != 8 || user.is_empty() || limit.is_empty()
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for (n, v) in cx.headers() {
+            count += 1;
+            bytes += n.len() + v.len();
+        }
+        if path.is_empty()
+            || agent.is_empty()
+            || count != 8
+            || bytes == 0
+            || payload.user.is_empty()
+            || payload.limit == 0
         {
             return Err(SdkError::Handler("scenario request is incomplete".into()));
         }
@@ -91,9 +110,45 @@ impl Handler for Scenario {
     }
 
     fn logging(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
-        let _ = cx.duration_ms();
-        let _ = cx.client_ip();
+        std::hint::black_box(cx.duration_ms());
+        std::hint::black_box(cx.client_ip());
         Ok(Flow::Next)
+    }
+}
+
+/// Does nothing: every phase says `next` (the anchor rows' empty call).
+struct Empty;
+
+impl Handler for Empty {}
+
+/// One read and one command in request filter (the anchor rows' call with a
+/// reply).
+struct ReadCommand;
+
+impl Handler for ReadCommand {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        if !cx.path().starts_with('/') {
+            return Err(SdkError::Handler("no path".into()));
+        }
+        cx.set_header("x-anchor", "1");
+        Ok(Flow::Next)
+    }
+}
+
+/// Upgrades to WebSocket and ignores every message (the anchor rows'
+/// fire-and-forget with a payload).
+struct WsSink;
+
+impl Handler for WsSink {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, _cx: &mut Call<'_>) {
+        if let WsEvent::Text(t) = event {
+            std::hint::black_box(t.len());
+        }
     }
 }
 

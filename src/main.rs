@@ -75,6 +75,9 @@ enum Command {
         /// Also write `benchmarks.md` and `benchmarks.svg` into this directory.
         #[arg(long, value_name = "DIR")]
         docs: Option<PathBuf>,
+        /// Run only these rows (comma-separated names).
+        #[arg(long, value_delimiter = ',', value_name = "ROWS")]
+        rows: Vec<String>,
     },
 }
 
@@ -211,14 +214,19 @@ fn execute(command: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Bench { quick, json, docs } => {
+        Command::Bench {
+            quick,
+            json,
+            docs,
+            rows,
+        } => {
             let settings = if quick {
                 bench::Settings::quick()
             } else {
                 bench::Settings::careful()
             };
             let start = Instant::now();
-            let report = bench::run(settings, quick, |i, n, name| {
+            let report = bench::run(settings, quick, &rows, |i, n, name| {
                 eprintln!("[{i}/{n}] {name} ({} elapsed)", bench::elapsed_since(start));
             })
             .map_err(anyhow::Error::msg)?;

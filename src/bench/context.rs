@@ -24,6 +24,10 @@ pub enum WsCodec {
     Baseline,
     /// Parse in place, word-wise unmasking, reused buffers.
     Fast,
+    /// No frame codec: each client message is the 13-byte text
+    /// `/api/v1/items` handed over as is, and sends are only counted (the
+    /// `event` row, which measures the transport alone).
+    Raw,
 }
 
 /// See the [module docs](self).
@@ -205,11 +209,12 @@ impl HttpContext for BenchContext {
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
-        let id = match self
-            .recent
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        // Names usually arrive lower-case already: an exact compare first.
+        let id = match self.recent.iter().find(|(n, _)| *n == name).or_else(|| {
+            self.recent
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        }) {
             Some((_, id)) => *id,
             None => {
                 let Ok(id) = NAMES.intern(name) else {
@@ -311,6 +316,7 @@ impl HttpContext for BenchContext {
                 self.tx.clear();
                 ws::write_frame(&mut self.tx, op, data);
             }
+            WsCodec::Raw => {}
         }
         self.frames_out += 1;
         Ok(())
@@ -326,6 +332,11 @@ impl HttpContext for BenchContext {
         let got = match self.ws_codec {
             WsCodec::Baseline => self.recv_baseline(buf),
             WsCodec::Fast => self.recv_fast(buf),
+            WsCodec::Raw => {
+                buf.clear();
+                buf.extend_from_slice(b"/api/v1/items");
+                Some(WsRecv::Text)
+            }
         };
         got.unwrap_or(WsRecv::Closed)
     }

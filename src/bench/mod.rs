@@ -85,10 +85,10 @@ pub struct Row {
     pub baseline: Variant,
     /// Ours.
     pub fast: Variant,
-    /// The request row only: the fast host with the unchanged legacy plugin.
-    pub fast_legacy: Option<Variant>,
-    /// The public anchor (nylon-ring), where it has an equivalent.
-    pub anchor: Option<Variant>,
+    /// Further variants of the same work, by key: `fast_legacy` (the legacy
+    /// plugin on the fast host), `anchor` (nylon-ring, pinned),
+    /// `anchor_unpinned`, and row-specific ones. Reported as `<key>_ns`.
+    pub extra: Vec<(&'static str, Variant)>,
     /// What each variant does.
     pub note: &'static str,
 }
@@ -108,29 +108,57 @@ impl Row {
             seed_target,
             baseline,
             fast,
-            fast_legacy: None,
-            anchor: None,
+            extra: Vec::new(),
             note: "",
         }
     }
+
+    /// Adds a further variant under `key`.
+    #[must_use]
+    pub fn with(mut self, key: &'static str, v: Variant) -> Self {
+        self.extra.push((key, v));
+        self
+    }
+
+    /// The variant under `key` (`baseline`, `fast` or an extra one).
+    pub fn variant_mut(&mut self, key: &str) -> Option<&mut Variant> {
+        match key {
+            "baseline" => Some(&mut self.baseline),
+            "fast" => Some(&mut self.fast),
+            _ => self
+                .extra
+                .iter_mut()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v),
+        }
+    }
+
+    /// Every variant's key, in measuring order.
+    pub fn keys(&self) -> Vec<&'static str> {
+        let mut k = vec!["baseline", "fast"];
+        k.extend(self.extra.iter().map(|(k, _)| *k));
+        k
+    }
 }
 
-/// What each row measures, for the docs.
+/// What each row measures, for the docs: one line saying what every side
+/// does.
 pub fn note(name: &str) -> &'static str {
     match name {
-        "request" => "open, 4 phases (payload 2 keys, path, 1 header, 8 headers, 2 sets; status, 1 set; next; duration, client IP), close. baseline: legacy plugin on the baseline host; fast: v2 plugin; fast_legacy: the same legacy plugin on the fast host",
-        "websocket" => "one masked 125-byte text frame: parse, unmask, deliver, plugin echoes, host builds the frame (per message, 1000 per session)",
-        "plugin_load" => "dlopen of a fresh copy, symbol checks, initialize, shutdown, dlclose",
-        "session_open" => "open and close one session (legacy register/close vs v2 open/close)",
-        "ffi_call" => "one synchronous read of the request path from the plugin (1000 per phase)",
-        "transfer_memory" => "moving a 256-byte payload: malloc+copy twice vs a pooled lease and one copy",
-        "channel" => "a message to another thread and back: crossbeam unbounded (blocking) vs SPSC ring (heap)",
-        "lock" => "finding a session from a callback: global RwLock<HashMap> + sender clone vs slot table + own lock",
-        "json_payload" => "reading two keys of a 110-byte JSON payload: serde_json Value vs an allocation-free top-level key scan (codec::json; sonic-rs lazy get allocates per call)",
+        "request" => "one request of the scenario, session open and close included, on every variant; the plugins run the same logic (typed borrowing serde parse of the payload, path, one header, all eight headers, two sets; status, one set; duration, client IP). baseline: legacy plugin on the baseline host; fast_legacy: the same legacy plugin on the fast host; fast: the v2 plugin",
+        "empty_phase" => "host calls plugin, plugin does nothing and says next: one request-filter phase on an open session (legacy baseline, legacy on the fast host, v2); nylon-ring: `call` (fire-and-forget, per-call sid) with an empty payload, on an entry id resolved once",
+        "read_command" => "host calls plugin, plugin reads the 13-byte path and sets one response header, host applies it: one phase on an open session (legacy baseline, legacy on the fast host, v2); nylon-ring: `call_response_fast` with a 13-byte payload the plugin checks, one static reply copied out by the host",
+        "event" => "host hands the plugin a 13-byte message, no reply: a WebSocket text message to a plugin that ignores it (1000 per session; the host's frame codec is skipped on every side); nylon-ring: `call` with a 13-byte payload",
+        "websocket" => "one masked 125-byte text frame: parse, unmask, deliver, plugin echoes, host builds the frame (per message, 1000 per session). baseline: today's frame codec and the legacy plugin on the baseline host; fast_legacy: the fast codec and the same legacy plugin on the fast host; fast: the fast codec and the v2 plugin",
+        "session_open" => "open and close one session of the same entry, nothing run: legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
+        "ffi_call" => "one synchronous read of the request path from the plugin, inside a phase (1000 per phase): legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
+        "command" => "one fire-and-forget command from the plugin (set the status), inside a phase, applied by the host (1000 per phase): legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
+        "lock" => "finding a session from a plugin callback: today's global RwLock<HashMap> and a sender clone vs the fast transport's slot table and the session's own lock",
+        "json_payload" => "reading `user` (string) and `limit` (number) of a 110-byte payload where they come first: serde_json into a Value (baseline) vs a typed, borrowing serde_json parse (fast); also sonic-rs into the same typed struct, and the allocation-free key scan (codec::json, which validates only up to the keys it finds)",
+        "json_payload_last" => "as json_payload, with the wanted keys at the end of the payload",
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
-        "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style vs in place, word-wise",
-        "dispatch" => "from phase start to the handler: formatted key + string map vs entry id index",
-        "command" => "one fire-and-forget command from the plugin (1000 per phase)",
+        "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style (growing buffer, copy, byte-wise unmask, drain) vs in place, word-wise",
+        "channel" => "a message to another thread and back: crossbeam unbounded (blocking) vs SPSC ring (heap)",
         "ring_round_trip" => "a frame to another thread and back through shared memory (memfd ring, spin then futex) vs crossbeam",
         _ => "",
     }
@@ -174,18 +202,28 @@ pub struct RowResult {
     pub fast_ns: f64,
     /// `baseline_ns / fast_ns`.
     pub ratio: f64,
-    /// `request` only: the legacy plugin on the fast host.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fast_legacy_ns: Option<f64>,
-    /// nylon-ring's closest equivalent, where there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub anchor_ns: Option<f64>,
+    /// The further variants' medians, as `<key>_ns` (`fast_legacy_ns`,
+    /// `anchor_ns`, `anchor_unpinned_ns`, ...).
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, f64>,
     /// The seed's figure before optimisation.
     pub seed_before: &'static str,
     /// The seed's target.
     pub seed_target: &'static str,
     /// Every round's figures, baseline then fast, for the spread.
     pub rounds: Vec<(f64, f64)>,
+}
+
+impl RowResult {
+    /// The median of the variant under `key` (`baseline`, `fast`, or an extra
+    /// key such as `anchor`).
+    pub fn get(&self, key: &str) -> Option<f64> {
+        match key {
+            "baseline" => Some(self.baseline_ns),
+            "fast" => Some(self.fast_ns),
+            _ => self.extra.get(&format!("{key}_ns")).copied(),
+        }
+    }
 }
 
 /// The machine the run happened on.
@@ -258,14 +296,10 @@ pub fn measure(
         let name = row.name;
         let ctx = |e: String| format!("{name}: {e}");
         // Plugin loads are slow and touch the disk: few of them.
-        let cap = if name == "plugin_load" { 8 } else { 50_000_000 };
+        let cap = 50_000_000;
+        let keys = row.keys();
         let mut variants: Vec<&mut Variant> = vec![&mut row.baseline, &mut row.fast];
-        if let Some(v) = row.fast_legacy.as_mut() {
-            variants.push(v);
-        }
-        if let Some(v) = row.anchor.as_mut() {
-            variants.push(v);
-        }
+        variants.extend(row.extra.iter_mut().map(|(_, v)| v));
         let mut batches = Vec::new();
         for v in variants.iter_mut() {
             v.run(1).map_err(ctx)?; // warm-up
@@ -282,18 +316,18 @@ pub fn measure(
             .copied()
             .zip(samples[1].iter().copied())
             .collect();
-        let mut med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-        let baseline_ns = med.remove(0);
-        let fast_ns = med.remove(0);
-        let fast_legacy_ns = row.fast_legacy.as_ref().map(|_| med.remove(0));
-        let anchor_ns = row.anchor.as_ref().map(|_| med.remove(0));
+        let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+        let extra = keys[2..]
+            .iter()
+            .zip(&med[2..])
+            .map(|(k, m)| (format!("{k}_ns"), *m))
+            .collect();
         out.push(RowResult {
             name,
-            baseline_ns,
-            fast_ns,
-            ratio: baseline_ns / fast_ns,
-            fast_legacy_ns,
-            anchor_ns,
+            baseline_ns: med[0],
+            fast_ns: med[1],
+            ratio: med[0] / med[1],
+            extra,
             seed_before: row.seed_before,
             seed_target: row.seed_target,
             rounds,
@@ -343,20 +377,52 @@ pub fn human(ns: f64) -> String {
     }
 }
 
-/// One row's cells, in table order: name, seed before, seed target,
-/// baseline, fast, ratio, fast with the legacy plugin, nylon-ring.
-pub fn cells(r: &RowResult) -> [String; 8] {
+/// The table's columns: header and variant key (`None`: the ratio).
+const COLUMNS: [(&str, Option<&str>); 9] = [
+    ("baseline", Some("baseline")),
+    ("fast", Some("fast")),
+    ("ratio", None),
+    ("fast (legacy)", Some("fast_legacy")),
+    ("nylon-ring", Some("anchor")),
+    ("nr unpinned", Some("anchor_unpinned")),
+    ("fast/nr", Some("/anchor")),
+    ("seed before", Some("#before")),
+    ("seed target", Some("#target")),
+];
+
+/// One row's cells, in [`COLUMNS`] order, after the name.
+pub fn cells(r: &RowResult) -> Vec<String> {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), human);
-    [
-        r.name.to_string(),
-        r.seed_before.to_string(),
-        r.seed_target.to_string(),
-        human(r.baseline_ns),
-        human(r.fast_ns),
-        format!("{:.1}x", r.ratio),
-        opt(r.fast_legacy_ns),
-        opt(r.anchor_ns),
-    ]
+    COLUMNS
+        .iter()
+        .map(|(_, key)| match key {
+            None => format!("{:.1}x", r.ratio),
+            Some("/anchor") => r
+                .get("anchor")
+                .map_or_else(|| "-".into(), |a| format!("{:.2}x", r.fast_ns / a)),
+            Some("#before") => r.seed_before.to_string(),
+            Some("#target") => r.seed_target.to_string(),
+            Some(k) => opt(r.get(k)),
+        })
+        .collect()
+}
+
+/// Extra variants not in [`COLUMNS`], as `key value` text.
+pub fn other_variants(r: &RowResult) -> String {
+    r.extra
+        .iter()
+        .filter(|(k, _)| {
+            let key = k.trim_end_matches("_ns");
+            !COLUMNS.iter().any(|(_, c)| *c == Some(key))
+        })
+        .map(|(k, v)| format!("{}: {}", k.trim_end_matches("_ns"), human(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The column headers, after `row`.
+pub fn headers() -> Vec<&'static str> {
+    COLUMNS.iter().map(|(h, _)| *h).collect()
 }
 
 /// The before/after table as text.
@@ -368,24 +434,21 @@ pub fn table(report: &Report) -> String {
         "machine: {} ({} cores, {} GiB, Linux {}); reference ping-pong {:.0} ns; mode {}",
         m.cpu, m.cores, m.memory_gib, m.kernel, m.reference_ping_pong_ns, report.mode
     );
-    let _ = writeln!(
-        s,
-        "{:<22} {:>12} {:>12} {:>12} {:>12} {:>9} {:>14} {:>12}",
-        "row",
-        "seed before",
-        "seed target",
-        "baseline",
-        "fast",
-        "ratio",
-        "fast (legacy)",
-        "nylon-ring"
-    );
+    let _ = write!(s, "{:<22}", "row");
+    for h in headers() {
+        let _ = write!(s, " {h:>13}");
+    }
+    let _ = writeln!(s);
     for r in &report.rows {
-        let [name, before, target, base, fast, ratio, legacy, anchor] = cells(r);
-        let _ = writeln!(
-            s,
-            "{name:<22} {before:>12} {target:>12} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {anchor:>12}"
-        );
+        let _ = write!(s, "{:<22}", r.name);
+        for c in cells(r) {
+            let _ = write!(s, " {c:>13}");
+        }
+        let _ = writeln!(s);
+        let others = other_variants(r);
+        if !others.is_empty() {
+            let _ = writeln!(s, "{:<22} {others}", "");
+        }
     }
     s
 }
@@ -448,25 +511,25 @@ pub fn load_plugins(legacy_path: PathBuf, v2_path: PathBuf) -> Result<Plugins, S
     })
 }
 
-/// Puts nylon-ring's closest equivalents beside our rows: its synchronous
-/// call for `ffi_call`, fire-and-forget for `command`, its unary call (entry
-/// dispatch and a reply) for `dispatch`.
-pub fn attach_anchor(rows: &mut [Row], anchor: anchor::Anchor) {
-    let anchor::Anchor {
-        sync_call,
-        fire,
-        unary,
-    } = anchor;
-    let mut slots = [
-        ("ffi_call", Some(sync_call)),
-        ("command", Some(fire)),
-        ("dispatch", Some(unary)),
-    ];
+/// Puts nylon-ring beside the rows that have its operation: pinned as
+/// `anchor`, unpinned as `anchor_unpinned`.
+///
+/// # Errors
+///
+/// A message when an anchor entry does not resolve.
+pub fn attach_anchor(rows: &mut [Row], anchor: &anchor::Anchor) -> Result<(), String> {
     for row in rows.iter_mut() {
-        if let Some((_, v)) = slots.iter_mut().find(|(n, _)| *n == row.name) {
-            row.anchor = v.take();
-        }
+        let op = match row.name {
+            "empty_phase" => anchor::Op::Empty,
+            "read_command" => anchor::Op::ReadReply,
+            "event" => anchor::Op::Sink,
+            _ => continue,
+        };
+        row.extra.push(("anchor", anchor.variant(op, true)?));
+        row.extra
+            .push(("anchor_unpinned", anchor.variant(op, false)?));
     }
+    Ok(())
 }
 
 /// Runs the whole suite.
@@ -477,12 +540,24 @@ pub fn attach_anchor(rows: &mut [Row], anchor: anchor::Anchor) {
 pub fn run(
     settings: Settings,
     quick: bool,
+    only: &[String],
     progress: impl FnMut(usize, usize, &str),
 ) -> Result<Report, String> {
     let (l, v, a) = find_plugins()?;
     let plugins = load_plugins(l, v)?;
     let mut rows = rows::all(&plugins)?;
-    attach_anchor(&mut rows, anchor::load(&a)?);
+    if !only.is_empty() {
+        if let Some(bad) = only
+            .iter()
+            .find(|n| !rows.iter().any(|r| r.name == n.as_str()))
+        {
+            let known: Vec<_> = rows.iter().map(|r| r.name).collect();
+            return Err(format!("no row `{bad}`; rows: {}", known.join(", ")));
+        }
+        rows.retain(|r| only.iter().any(|n| n == r.name));
+    }
+    let anchor = anchor::Anchor::load(&a)?;
+    attach_anchor(&mut rows, &anchor)?;
     let machine = machine();
     let rows = measure(&mut rows, settings, progress)?;
     Ok(Report {

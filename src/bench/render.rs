@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{cells, human, note, Report};
+use super::{cells, headers, human, note, other_variants, Report};
 
 /// The benchmark page: machine, method, table, chart.
 pub fn markdown(report: &Report, svg_name: &str) -> String {
@@ -36,14 +36,26 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
         report.mode
     );
     let _ = writeln!(s, "## Results\n");
-    let _ = writeln!(
-        s,
-        "| row | seed before | seed target | baseline | fast | ratio | fast, legacy plugin | nylon-ring |"
-    );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let mut head = vec!["row"];
+    head.extend(headers());
+    let _ = writeln!(s, "| {} |", head.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
     for r in &report.rows {
-        let [name, rest @ ..] = cells(r);
-        let _ = writeln!(s, "| `{name}` | {} |", rest.join(" | "));
+        let _ = writeln!(s, "| `{}` | {} |", r.name, cells(r).join(" | "));
+    }
+    let others: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let o = other_variants(r);
+            (!o.is_empty()).then(|| format!("- `{}`: {o}", r.name))
+        })
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(s, "\nFurther variants of the same work:\n");
+        for o in others {
+            let _ = writeln!(s, "{o}");
+        }
     }
     let _ = writeln!(
         s,
@@ -84,7 +96,7 @@ pub fn svg(report: &Report) -> String {
     let height = 60.0 + row_h * rows.len() as f64 + 30.0;
     let values: Vec<f64> = rows
         .iter()
-        .flat_map(|r| [Some(r.baseline_ns), Some(r.fast_ns), r.anchor_ns])
+        .flat_map(|r| [Some(r.baseline_ns), Some(r.fast_ns), r.get("anchor")])
         .flatten()
         .filter(|v| v.is_finite() && *v > 0.0)
         .collect();
@@ -153,7 +165,7 @@ pub fn svg(report: &Report) -> String {
         for (k, (v, color)) in [
             (Some(r.baseline_ns), "#c0392b"),
             (Some(r.fast_ns), "#27ae60"),
-            (r.anchor_ns, "#2980b9"),
+            (r.get("anchor"), "#2980b9"),
         ]
         .iter()
         .enumerate()

@@ -18,7 +18,6 @@ use crate::codec::fast::HeaderEncoder;
 use crate::codec::json::lookup;
 use crate::host::context::HttpContext;
 use crate::host::loader::LegacyPlugin;
-use crate::pool::Pool;
 use crate::ring::{region_size, HeapRegion, MmapRegion, Ring};
 use crate::transport::v2::EntryId;
 use crate::transport::{
@@ -45,11 +44,18 @@ pub struct Plugins {
     pub v2_path: PathBuf,
 }
 
+#[inline(always)]
 fn expect_next(o: PhaseOutcome, what: &str) -> Result<(), String> {
     match o {
         PhaseOutcome::Next | PhaseOutcome::StreamEnd => Ok(()),
-        other => Err(format!("{what}: unexpected outcome {other:?}")),
+        other => Err(unexpected(what, other)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn unexpected(what: &str, o: PhaseOutcome) -> String {
+    format!("{what}: unexpected outcome {o:?}")
 }
 
 /// One request of the scenario over a legacy transport: open, four phases, close.
@@ -61,28 +67,53 @@ fn legacy_request<T: Transport<Plugin = LegacyPlugin> + 'static>(
     legacy_sessions(t, plugin, entry, WsCodec::Fast, &Phase::ALL, 1)
 }
 
-/// The scenario over the v2 ABI, with sessions reused as a host's pool would.
+/// The scenario over the v2 ABI: open, four phases, close, per request.
 fn v2_request(plugin: Arc<V2Plugin>) -> Result<Variant, String> {
     let v2 = V2::default();
     let entry = plugin
         .entry_id("scenario")
         .ok_or("v2 plugin lacks `scenario`")?;
     let mut ctx = BenchContext::scenario(WsCodec::Fast);
-    let mut session = None;
     Ok(Variant::new(1, move |iters| {
         let start = Instant::now();
         for _ in 0..iters {
             ctx.reset();
-            let s = match &mut session {
-                Some(s) => {
-                    v2.reopen(s, entry).map_err(|e| e.to_string())?;
-                    s
-                }
-                None => session.insert(v2.open_entry(&plugin, entry).map_err(|e| e.to_string())?),
-            };
+            let mut s = v2.open_entry(&plugin, entry).map_err(|e| e.to_string())?;
             for phase in Phase::ALL {
-                expect_next(v2.run_phase(s, phase, &mut ctx, PHASE_TIMEOUT), "scenario")?;
+                expect_next(
+                    v2.run_phase(&mut s, phase, &mut ctx, PHASE_TIMEOUT),
+                    "scenario",
+                )?;
             }
+            v2.close(s);
+        }
+        Ok(start.elapsed())
+    }))
+}
+
+/// One request-filter phase per iteration on a session opened once: the
+/// cost of a phase call alone, over any transport.
+fn phase_loop<T: Transport + 'static>(
+    t: T,
+    plugin: Arc<T::Plugin>,
+    entry: &'static str,
+) -> Result<Variant, String>
+where
+    T::Session: 'static,
+    T::Plugin: Send + Sync + 'static,
+{
+    let mut ctx = BenchContext::scenario(WsCodec::Fast);
+    let mut s = t
+        .open(&plugin, entry, SessionOptions::default())
+        .map_err(|e| e.to_string())?;
+    Ok(Variant::new(1, move |iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            ctx.reset();
+            expect_next(
+                t.run_phase(&mut s, Phase::RequestFilter, &mut ctx, PHASE_TIMEOUT),
+                entry,
+            )?;
         }
         Ok(start.elapsed())
     }))
@@ -160,92 +191,22 @@ fn fast_legacy() -> Fast {
     Fast::new(FastConfig::default())
 }
 
-/// Loads a fresh copy of a library `iters` times (a real load each time).
-fn plugin_load(path: PathBuf, v2: bool) -> Variant {
-    let dir = std::env::temp_dir().join(format!("nylon-bench-load-{}", std::process::id()));
-    let mut n = 0u64;
-    Variant::new(1, move |iters| {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let copies: Vec<PathBuf> = (0..iters)
-            .map(|_| {
-                n += 1;
-                let p = dir.join(format!("copy-{n}-{}.so", if v2 { "v2" } else { "legacy" }));
-                std::fs::copy(&path, &p)
-                    .map(|_| p)
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
-        let start = Instant::now();
-        for p in &copies {
-            if v2 {
-                let lib = V2Plugin::load(p, b"{}").map_err(|e| e.to_string())?;
-                drop(black_box(lib));
-            } else {
-                let lib = LegacyPlugin::load(p).map_err(|e| e.to_string())?;
-                lib.initialize(b"{}").map_err(|e| e.to_string())?;
-                drop(black_box(lib));
-            }
-        }
-        let elapsed = start.elapsed();
-        for p in copies {
-            let _ = std::fs::remove_file(p);
-        }
-        Ok(elapsed)
-    })
-}
-
-fn session_open_baseline(plugin: Arc<LegacyPlugin>) -> Variant {
-    let t = Baseline::new();
+/// Opens and closes a session of `entry` per iteration, over any transport.
+fn session_open<T: Transport + 'static>(
+    t: T,
+    plugin: Arc<T::Plugin>,
+    entry: &'static str,
+) -> Variant
+where
+    T::Plugin: Send + Sync + 'static,
+{
     Variant::new(1, move |iters| {
         let start = Instant::now();
         for _ in 0..iters {
             let s = t
-                .open(&plugin, "scenario", SessionOptions::default())
+                .open(&plugin, entry, SessionOptions::default())
                 .map_err(|e| e.to_string())?;
             t.close(s);
-        }
-        Ok(start.elapsed())
-    })
-}
-
-fn session_open_v2(plugin: Arc<V2Plugin>) -> Result<Variant, String> {
-    let v2 = V2::default();
-    let id = plugin
-        .entry_id("scenario")
-        .ok_or("v2 plugin lacks `scenario`")?;
-    Ok(Variant::new(1, move |iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let s = v2.open_entry(&plugin, id).map_err(|e| e.to_string())?;
-            v2.close(s);
-        }
-        Ok(start.elapsed())
-    }))
-}
-
-fn transfer_baseline() -> Variant {
-    let payload = [7u8; 256];
-    Variant::new(1, move |iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            // The Go SDK's malloc+memcpy, then the host's copy into a Vec.
-            let c_copy = black_box(&payload[..]).to_vec();
-            let host_copy = black_box(&c_copy[..]).to_vec();
-            black_box(&host_copy);
-        }
-        Ok(start.elapsed())
-    })
-}
-
-fn transfer_fast() -> Variant {
-    let pool = Pool::new(&[(256, 64), (4096, 16)]);
-    let payload = [7u8; 256];
-    Variant::new(1, move |iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let mut lease = pool.try_lease(256).map_err(|e| e.to_string())?;
-            lease.copy_from_slice(black_box(&payload[..]));
-            black_box(&*lease);
         }
         Ok(start.elapsed())
     })
@@ -443,43 +404,83 @@ fn lock_fast() -> Variant {
     })
 }
 
-fn json_baseline() -> Variant {
-    Variant::new(1, |iters| {
+/// The scenario payload with its wanted keys at the end.
+const PAYLOAD_LAST: &[u8] = br#"{"roles":["admin","ops"],"region":"eu-west-1","trace":true,"meta":{"a":1,"b":"two"},"user":"alice","limit":10}"#;
+
+/// The two keys the scenario plugins want, typed and borrowing.
+#[derive(serde::Deserialize)]
+struct Wanted<'a> {
+    #[serde(borrow)]
+    user: std::borrow::Cow<'a, str>,
+    limit: u64,
+}
+
+fn check(user: &[u8], limit: u64) -> Result<(), String> {
+    if user == b"alice" && limit == 10 {
+        Ok(())
+    } else {
+        Err("wrong values".into())
+    }
+}
+
+/// How a JSON variant reads the two keys.
+#[derive(Clone, Copy)]
+enum Json {
+    Value,
+    Typed,
+    Sonic,
+    Scan,
+}
+
+fn json(how: Json, payload: &'static [u8]) -> Variant {
+    Variant::new(1, move |iters| {
         let start = Instant::now();
         for _ in 0..iters {
-            let v: serde_json::Value =
-                serde_json::from_slice(black_box(PAYLOAD)).map_err(|e| e.to_string())?;
-            black_box((&v["user"], &v["limit"]));
+            let p = black_box(payload);
+            match how {
+                Json::Value => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(p).map_err(|e| e.to_string())?;
+                    let user = v["user"].as_str().unwrap_or_default();
+                    check(user.as_bytes(), v["limit"].as_u64().unwrap_or_default())?;
+                }
+                Json::Typed => {
+                    let w: Wanted<'_> = serde_json::from_slice(p).map_err(|e| e.to_string())?;
+                    check(w.user.as_bytes(), w.limit)?;
+                }
+                Json::Sonic => {
+                    let w: Wanted<'_> = sonic_rs::from_slice(p).map_err(|e| e.to_string())?;
+                    check(w.user.as_bytes(), w.limit)?;
+                }
+                Json::Scan => {
+                    let user = lookup(p, b"user").map_err(|e| e.to_string())?;
+                    let limit = lookup(p, b"limit").map_err(|e| e.to_string())?;
+                    let (Some(user), Some(limit)) = (user, limit) else {
+                        return Err("keys missing".into());
+                    };
+                    let user = user.strip_prefix(b"\"").and_then(|u| u.strip_suffix(b"\""));
+                    let limit = std::str::from_utf8(limit)
+                        .ok()
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
+                    check(user.unwrap_or_default(), limit)?;
+                }
+            }
         }
         Ok(start.elapsed())
     })
 }
 
-fn json_fast() -> Variant {
-    Variant::new(1, |iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let p = black_box(PAYLOAD);
-            let user = lookup(p, b"user").map_err(|e| e.to_string())?;
-            let limit = lookup(p, b"limit").map_err(|e| e.to_string())?;
-            black_box((user, limit));
-        }
-        Ok(start.elapsed())
-    })
-}
-
-/// sonic-rs reading the same two keys (lazy `get`), for reference.
-pub fn json_sonic() -> Variant {
-    Variant::new(1, |iters| {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let p = black_box(PAYLOAD);
-            let user = sonic_rs::get(p, &["user"]).map_err(|e| e.to_string())?;
-            let limit = sonic_rs::get(p, &["limit"]).map_err(|e| e.to_string())?;
-            black_box((user.as_raw_str().len(), limit.as_raw_str().len()));
-        }
-        Ok(start.elapsed())
-    })
+fn json_row(name: &'static str, payload: &'static [u8]) -> Row {
+    Row::new(
+        name,
+        "5-10 µs",
+        "-",
+        json(Json::Value, payload),
+        json(Json::Typed, payload),
+    )
+    .with("sonic_rs", json(Json::Sonic, payload))
+    .with("key_scan", json(Json::Scan, payload))
 }
 
 fn headers_baseline() -> Variant {
@@ -553,42 +554,6 @@ fn frame_fast() -> Variant {
     })
 }
 
-type Handler = Box<dyn Fn(u32) -> u32 + Send>;
-
-fn dispatch_baseline() -> Variant {
-    // Today's per-phase lookup: a formatted "{plugin}-{entry}" key, then a
-    // string-keyed map, then the handler.
-    let mut map: HashMap<String, Handler> = HashMap::new();
-    for e in ["auth", "scenario", "rate-limit", "ws", "logger", "cors"] {
-        map.insert(format!("plugin_sdk-{e}"), Box::new(|p| p + 1));
-    }
-    Variant::new(1, move |iters| {
-        let start = Instant::now();
-        for i in 0..iters {
-            let key = format!("{}-{}", black_box("plugin_sdk"), black_box("scenario"));
-            let h = map.get(&key).ok_or("no handler")?;
-            black_box(h((i % 4) as u32));
-        }
-        Ok(start.elapsed())
-    })
-}
-
-fn dispatch_fast() -> Variant {
-    // v2: the entry was resolved to an id once; a call indexes a table.
-    let table: Vec<Handler> = (0..6)
-        .map(|_| Box::new(|p: u32| p + 1) as Handler)
-        .collect();
-    let id = EntryId(1);
-    Variant::new(1, move |iters| {
-        let start = Instant::now();
-        for i in 0..iters {
-            let h = &table[black_box(id).0 as usize];
-            black_box(h((i % 4) as u32));
-        }
-        Ok(start.elapsed())
-    })
-}
-
 /// A spinning cross-thread ping-pong: the machine's state right now.
 pub fn reference_ping_pong(iters: u64) -> Duration {
     let flag = Arc::new(AtomicU64::new(0));
@@ -613,7 +578,8 @@ pub fn reference_ping_pong(iters: u64) -> Duration {
     d
 }
 
-/// Builds every row over `plugins`.
+/// Builds every row over `plugins`. The nylon-ring variants are added by
+/// [`super::attach_anchor`].
 ///
 /// # Errors
 ///
@@ -621,57 +587,71 @@ pub fn reference_ping_pong(iters: u64) -> Duration {
 pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
     let l = &plugins.legacy;
     let v = &plugins.v2;
-    let mut request = Row::new(
-        "request",
-        "15-25 µs",
-        "6-10 µs",
-        legacy_request(Baseline::new(), l.clone(), "scenario"),
-        v2_request(v.clone())?,
-    );
-    request.fast_legacy = Some(legacy_request(fast_legacy(), l.clone(), "scenario"));
-    let mut rows = vec![
-        request,
-        Row::new(
-            "websocket",
+    let per_call = |name, before, target, entry| -> Result<Row, String> {
+        Ok(Row::new(
+            name,
+            before,
+            target,
+            calls_legacy(Baseline::new(), l.clone(), entry, WsCodec::Fast, CALLS),
+            calls_v2(v.clone(), entry, WsCodec::Fast, CALLS)?,
+        )
+        .with(
+            "fast_legacy",
+            calls_legacy(fast_legacy(), l.clone(), entry, WsCodec::Fast, CALLS),
+        ))
+    };
+    let phase_row = |name, entry| -> Result<Row, String> {
+        Ok(Row::new(
+            name,
+            "-",
+            "-",
+            phase_loop(Baseline::new(), l.clone(), entry)?,
+            phase_loop(V2::default(), v.clone(), entry)?,
+        )
+        .with("fast_legacy", phase_loop(fast_legacy(), l.clone(), entry)?))
+    };
+    let messages = |name, entry, base_codec, fast_codec| -> Result<Row, String> {
+        Ok(Row::new(
+            name,
             "3-5 µs",
             "-",
-            calls_legacy(
-                Baseline::new(),
-                l.clone(),
-                "ws_echo",
-                WsCodec::Baseline,
-                WS_MESSAGES,
-            ),
-            calls_v2(v.clone(), "ws_echo", WsCodec::Fast, WS_MESSAGES)?,
-        ),
+            calls_legacy(Baseline::new(), l.clone(), entry, base_codec, WS_MESSAGES),
+            calls_v2(v.clone(), entry, fast_codec, WS_MESSAGES)?,
+        )
+        .with(
+            "fast_legacy",
+            calls_legacy(fast_legacy(), l.clone(), entry, fast_codec, WS_MESSAGES),
+        ))
+    };
+    let mut rows = vec![
         Row::new(
-            "plugin_load",
-            "~100 µs",
-            "-",
-            plugin_load(plugins.legacy_path.clone(), false),
-            plugin_load(plugins.v2_path.clone(), true),
+            "request",
+            "15-25 µs",
+            "6-10 µs",
+            legacy_request(Baseline::new(), l.clone(), "scenario"),
+            v2_request(v.clone())?,
+        )
+        .with(
+            "fast_legacy",
+            legacy_request(fast_legacy(), l.clone(), "scenario"),
         ),
+        phase_row("empty_phase", "empty")?,
+        phase_row("read_command", "read_command")?,
+        messages("event", "ws_sink", WsCodec::Raw, WsCodec::Raw)?,
+        messages("websocket", "ws_echo", WsCodec::Baseline, WsCodec::Fast)?,
         Row::new(
             "session_open",
             "~50 µs",
             "-",
-            session_open_baseline(l.clone()),
-            session_open_v2(v.clone())?,
+            session_open(Baseline::new(), l.clone(), "scenario"),
+            session_open(V2::default(), v.clone(), "scenario"),
+        )
+        .with(
+            "fast_legacy",
+            session_open(fast_legacy(), l.clone(), "scenario"),
         ),
-        Row::new(
-            "ffi_call",
-            "1-2 µs",
-            "0.5-1 µs",
-            calls_legacy(Baseline::new(), l.clone(), "reads", WsCodec::Fast, CALLS),
-            calls_v2(v.clone(), "reads", WsCodec::Fast, CALLS)?,
-        ),
-        Row::new(
-            "transfer_memory",
-            "~500 ns",
-            "~150 ns",
-            transfer_baseline(),
-            transfer_fast(),
-        ),
+        per_call("ffi_call", "1-2 µs", "0.5-1 µs", "reads")?,
+        per_call("command", "1-2 µs", "0.5-1 µs", "commands")?,
         Row::new(
             "channel",
             "~300 ns",
@@ -680,7 +660,8 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
             ring_round_trip(false)?,
         ),
         Row::new("lock", "~100 ns", "-", lock_baseline(), lock_fast()),
-        Row::new("json_payload", "5-10 µs", "-", json_baseline(), json_fast()),
+        json_row("json_payload", PAYLOAD),
+        json_row("json_payload_last", PAYLOAD_LAST),
         Row::new(
             "header_serialization",
             "2-3 µs",
@@ -689,20 +670,6 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
             headers_fast(),
         ),
         Row::new("frame_parse", "1-2 µs", "-", frame_baseline(), frame_fast()),
-        Row::new(
-            "dispatch",
-            "~500 ns",
-            "-",
-            dispatch_baseline(),
-            dispatch_fast(),
-        ),
-        Row::new(
-            "command",
-            "1-2 µs",
-            "0.5-1 µs",
-            calls_legacy(Baseline::new(), l.clone(), "commands", WsCodec::Fast, CALLS),
-            calls_v2(v.clone(), "commands", WsCodec::Fast, CALLS)?,
-        ),
         Row::new(
             "ring_round_trip",
             "-",

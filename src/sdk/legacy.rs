@@ -308,6 +308,18 @@ impl PhaseCx<'_> {
         header_pairs(&self.read(Method::ReadRequestHeaders)?)
     }
 
+    /// Every request header as the host sent them: a `NylonHttpHeaders`
+    /// FlatBuffer, to be read in place with
+    /// [`decode_headers`](crate::codec::decode_headers) (borrowed pairs, no
+    /// `String` per header).
+    ///
+    /// # Errors
+    ///
+    /// As [`PhaseCx::payload`].
+    pub fn request_headers_raw(&self) -> Result<Vec<u8>, SdkError> {
+        self.read(Method::ReadRequestHeaders)
+    }
+
     /// `scheme://host[:port]path[?query]`.
     ///
     /// # Errors

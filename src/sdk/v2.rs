@@ -268,32 +268,36 @@ unsafe extern "C" fn phase(
     // session at once.
     let s = unsafe { &mut *state.cast::<SessionBox>() };
     let host = s.host;
-    let mut cx = Call {
-        host,
-        call,
-        detached: false,
-        _phase: PhantomData,
-    };
-    let r = catch_unwind(AssertUnwindSafe(|| match phase {
-        1 => s.handler.request_filter(&mut cx),
-        2 => s.handler.response_filter(&mut cx),
-        3 => s.handler.response_body_filter(&mut cx),
-        4 => s.handler.logging(&mut cx),
-        _ => Err(SdkError::Handler(format!("unknown phase {phase}"))),
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut cx = Call {
+            host,
+            call,
+            detached: false,
+            _phase: PhantomData,
+        };
+        let r = match phase {
+            1 => s.handler.request_filter(&mut cx),
+            2 => s.handler.response_filter(&mut cx),
+            3 => s.handler.response_body_filter(&mut cx),
+            4 => s.handler.logging(&mut cx),
+            _ => Err(SdkError::Handler(format!("unknown phase {phase}"))),
+        };
+        if cx.detached {
+            // The phase ends through `Detached::complete`; whatever the
+            // handler returned is ignored.
+            return Status::PENDING.0;
+        }
+        match r {
+            Ok(flow) => {
+                // SAFETY: out_flow is non-null and writable.
+                unsafe { out_flow.write(flow_value(flow)) };
+                Status::OK.0
+            }
+            Err(e) => failed(host, call, e),
+        }
     }));
-    if cx.detached {
-        return Status::PENDING.0;
-    }
     match r {
-        Ok(Ok(flow)) => {
-            // SAFETY: out_flow is non-null and writable.
-            unsafe { out_flow.write(flow_value(flow)) };
-            Status::OK.0
-        }
-        Ok(Err(e)) => {
-            report(host, call, &e.to_string());
-            Status::ERROR.0
-        }
+        Ok(st) => st,
         Err(p) => {
             report(host, call, &panic_message(&*p));
             Status::PANIC.0
@@ -301,6 +305,15 @@ unsafe extern "C" fn phase(
     }
 }
 
+/// Reports a handler's error to the host (cold: off the phase's hot path).
+#[cold]
+#[inline(never)]
+fn failed(host: &HostTable, call: *mut CallHandle, e: SdkError) -> i32 {
+    report(host, call, &e.to_string());
+    Status::ERROR.0
+}
+
+#[inline]
 fn flow_value(flow: Flow) -> u32 {
     (match flow {
         Flow::Next => v2::Flow::Next,

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use libloading::Library;
 
 use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport};
@@ -44,6 +45,9 @@ pub struct V2Plugin {
     /// plugin holds their addresses, which must not move.
     #[allow(clippy::vec_box)]
     graveyard: Mutex<Vec<Box<CallState>>>,
+    /// Call states of closed sessions, reused by the next opens so that a
+    /// steady stream of sessions allocates nothing (bounded; lock-free).
+    spare: ArrayQueue<Box<CallState>>,
     _lib: Option<Library>,
 }
 
@@ -101,6 +105,7 @@ impl V2Plugin {
             instance,
             entries,
             graveyard: Mutex::new(Vec::new()),
+            spare: ArrayQueue::new(SPARE_CALLS),
             _lib: lib,
         })
     }
@@ -128,6 +133,33 @@ impl Drop for V2Plugin {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+}
+
+/// Closed sessions' call states a plugin keeps for reuse, at most.
+pub const SPARE_CALLS: usize = 4096;
+/// A spare call state whose command buffer grew past this is freed instead.
+const SPARE_CALL_BYTES: usize = 64 << 10;
+
+impl V2Plugin {
+    /// A call state for a new session: a spare one, or a new one.
+    fn take_call(&self) -> Box<CallState> {
+        self.spare.pop().unwrap_or_else(CallState::new)
+    }
+
+    /// Keeps a closed session's call state for reuse (dropped when the
+    /// spares are full). Only a call no plugin thread can reach comes here.
+    fn give_back(&self, call: Box<CallState>) {
+        // SAFETY: the session is closed and its call revoked; the caller
+        // owns the only reference.
+        let inner = unsafe { call.owner() };
+        // A session that buffered a flood keeps no memory past its life.
+        if inner.cmds.bytes.capacity() > SPARE_CALL_BYTES
+            || inner.cmds.ops.capacity() > SPARE_CALL_BYTES / 16
+        {
+            return;
+        }
+        let _ = self.spare.push(call);
     }
 }
 
@@ -175,6 +207,21 @@ impl Commands {
         }
         let at = self.bytes.len() as u32;
         self.bytes.extend_from_slice(s);
+        Some(at)
+    }
+
+    /// Copies `a` then `b` into the buffer, adjacent; the offset of `a`, or
+    /// `None` when the bound would be passed.
+    #[inline]
+    fn put2(&mut self, a: &[u8], b: &[u8]) -> Option<u32> {
+        if self.bytes.len() + a.len() + b.len() > MAX_COMMAND_BYTES {
+            self.overflowed = true;
+            return None;
+        }
+        let at = self.bytes.len() as u32;
+        self.bytes.reserve(a.len() + b.len());
+        self.bytes.extend_from_slice(a);
+        self.bytes.extend_from_slice(b);
         Some(at)
     }
 
@@ -500,10 +547,12 @@ macro_rules! put {
 unsafe extern "C" fn h_set_header(call: *mut CallHandle, name: Str, value: Str) -> i32 {
     cmd_fn!(call, |inner| {
         let c = &mut inner.cmds;
-        let (n, nl) = put!(c, name);
-        let (v, vl) = put!(c, value);
-        debug_assert_eq!(v, n + nl);
-        c.push(Cmd::SetHeader(n, nl, vl))
+        // SAFETY: the plugin's arguments are valid for the call (v2 ABI).
+        let (n, v) = unsafe { (name.as_bytes(), value.as_bytes()) };
+        let Some(at) = c.put2(n, v) else {
+            return Status::FULL.0;
+        };
+        c.push(Cmd::SetHeader(at, n.len() as u32, v.len() as u32))
     })
 }
 
@@ -675,6 +724,28 @@ impl Default for V2 {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+/// Session ids each thread takes from [`NEXT_SESSION`] at once.
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's block of session ids: (next, end).
+    static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A process-unique session id, without a shared atomic per session.
+#[inline]
+fn next_session_id() -> u64 {
+    IDS.with(|ids| {
+        let (mut next, mut end) = ids.get();
+        if next == end {
+            next = NEXT_SESSION.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            end = next + ID_BLOCK;
+        }
+        ids.set((next + 1, end));
+        next
+    })
+}
+
 /// A session of the [`V2`] transport.
 pub struct V2Session {
     plugin: Arc<V2Plugin>,
@@ -713,7 +784,7 @@ impl V2 {
         entry: EntryId,
     ) -> Result<V2Session, OpenError> {
         let mut state = std::ptr::null_mut();
-        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let session = next_session_id();
         // SAFETY: instance came from init; out is valid.
         let st = unsafe { (plugin.table.open)(plugin.instance, entry.0, session, &mut state) };
         if st != Status::OK.0 {
@@ -727,7 +798,7 @@ impl V2 {
         Ok(V2Session {
             plugin: Arc::clone(plugin),
             state,
-            call: Some(CallState::new()),
+            call: Some(plugin.take_call()),
             closed: false,
             ws_open: false,
             ws_closed: false,
@@ -745,7 +816,7 @@ impl V2 {
     pub fn reopen(&self, session: &mut V2Session, entry: EntryId) -> Result<(), OpenError> {
         self.release(session);
         let mut state = std::ptr::null_mut();
-        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let id = next_session_id();
         let plugin = &session.plugin;
         // SAFETY: as in open_entry.
         let st = unsafe { (plugin.table.open)(plugin.instance, entry.0, id, &mut state) };
@@ -758,7 +829,7 @@ impl V2 {
             return Err(OpenError::Rejected(name));
         }
         if session.call.is_none() {
-            session.call = Some(CallState::new());
+            session.call = Some(session.plugin.take_call());
         }
         session.state = state;
         session.closed = false;
@@ -804,6 +875,10 @@ impl V2 {
     }
 
     /// Runs the plugin's `phase` (or `ws_event`) call and waits for it.
+    ///
+    /// The common case, a call that ends inside the call, touches no atomic
+    /// but one load, reads no clock and takes no lock.
+    #[inline]
     fn call_plugin(
         &self,
         s: &mut V2Session,
@@ -822,20 +897,41 @@ impl V2 {
             )
         };
         {
-            // SAFETY: no phase call is running on this call.
+            // SAFETY: no phase call is running on this call, and it is not
+            // detached (a detached call is never reused: see `fail`).
             let inner = unsafe { call.owner() };
             inner.ctx = Some(erased);
             inner.cmds.clear();
-            inner.error.clear();
             inner.url.clear();
             inner.params.clear();
+            inner.error.clear();
         }
-        call.sync.shared.store(false, Ordering::Relaxed);
-        call.sync.done.store(false, Ordering::Relaxed);
         let mut flow = 0u32;
         let st = invoke(s.state, call.handle(), &mut flow);
-        let detached = call.sync.shared.load(Ordering::Acquire);
-        let (st, flow) = if st == Status::PENDING.0 && detached {
+        // SYNC POINT: acquires `detach`'s Release store when the plugin
+        // handed the call to another thread (which then owns the call).
+        if call.sync.shared.load(Ordering::Acquire) {
+            return self.detached(s, st, timeout);
+        }
+        // Never handed to another thread: the call has returned, so only
+        // this thread can touch the call now.
+        // SAFETY: as above.
+        let inner = unsafe { call.owner() };
+        inner.ctx = None;
+        if st == Status::OK.0 && !inner.cmds.overflowed {
+            return Ok(flow);
+        }
+        Err(self.failed(s, st, false))
+    }
+
+    /// The rest of [`V2::call_plugin`] for a call the plugin detached.
+    #[cold]
+    #[inline(never)]
+    fn detached(&self, s: &mut V2Session, st: i32, timeout: Duration) -> Result<u32, PhaseOutcome> {
+        let Some(call) = s.call.as_deref() else {
+            return Err(PhaseOutcome::Error(SessionError::Closed));
+        };
+        let (st, flow) = if st == Status::PENDING.0 {
             match self.wait(call, timeout) {
                 Some(done) => done,
                 None => {
@@ -843,7 +939,7 @@ impl V2 {
                     return Err(self.fail(s, PhaseOutcome::Timeout, true));
                 }
             }
-        } else if detached {
+        } else {
             // Detached, yet answered at once: another thread may still hold
             // the handle, so the call cannot be reused. A protocol error.
             revoke(call);
@@ -851,25 +947,45 @@ impl V2 {
                 "the plugin detached the call but returned status {st} instead of PENDING"
             ));
             return Err(self.fail(s, PhaseOutcome::Error(e), true));
-        } else {
-            (st, flow)
         };
         revoke(call);
+        if st != Status::OK.0 {
+            return Err(self.failed(s, st, true));
+        }
         // SAFETY: the call is revoked; nobody else touches it now.
         let inner = unsafe { call.owner() };
-        if st != Status::OK.0 {
-            let msg = if inner.error.is_empty() {
-                format!("plugin returned status {st} ({})", Status(st).name())
-            } else {
-                String::from_utf8_lossy(&inner.error).into_owned()
-            };
-            let e = PhaseOutcome::Error(SessionError::Plugin(msg));
-            return Err(self.fail(s, e, detached));
-        }
         if inner.cmds.overflowed {
-            return Err(self.fail(s, PhaseOutcome::Error(SessionError::QueueFull), detached));
+            return Err(self.fail(s, PhaseOutcome::Error(SessionError::QueueFull), true));
         }
+        // Completed in time and revoked under `busy`: no plugin thread can
+        // reach the call any more, so it is reusable.
+        call.sync.shared.store(false, Ordering::Relaxed);
+        call.sync.done.store(false, Ordering::Relaxed);
         Ok(flow)
+    }
+
+    /// Fails the session for status `st` (or a command overflow), with the
+    /// plugin's error message when it gave one.
+    #[cold]
+    #[inline(never)]
+    fn failed(&self, s: &mut V2Session, st: i32, detached: bool) -> PhaseOutcome {
+        let Some(call) = s.call.as_deref() else {
+            return PhaseOutcome::Error(SessionError::Closed);
+        };
+        // SAFETY: the call is revoked; nobody else touches it now.
+        let inner = unsafe { call.owner() };
+        let e = if st == Status::OK.0 {
+            SessionError::QueueFull
+        } else if inner.error.is_empty() {
+            SessionError::Plugin(format!(
+                "plugin returned status {st} ({})",
+                Status(st).name()
+            ))
+        } else {
+            SessionError::Plugin(String::from_utf8_lossy(&inner.error).into_owned())
+        };
+        inner.error.clear();
+        self.fail(s, PhaseOutcome::Error(e), detached)
     }
 
     fn wait(&self, call: &CallState, timeout: Duration) -> Option<(i32, u32)> {
@@ -905,6 +1021,7 @@ impl V2 {
     }
 
     /// Applies the buffered commands in order; `Err` for a downstream failure.
+    #[inline(never)]
     fn apply(
         &self,
         s: &mut V2Session,
@@ -923,8 +1040,8 @@ impl V2 {
                 Cmd::SetHeader(n, nl, vl) => {
                     let name = c.slice(n, nl);
                     let value = c.slice(n + nl, vl);
-                    match (std::str::from_utf8(name), std::str::from_utf8(value)) {
-                        (Ok(n), Ok(v)) => ctx.set_response_header(n, v),
+                    match (as_text(name), as_text(value)) {
+                        (Some(n), Some(v)) => ctx.set_response_header(n, v),
                         _ => {
                             return Err(SessionError::Plugin(
                                 "header name or value is not UTF-8".into(),
@@ -1012,6 +1129,9 @@ impl V2 {
             // SAFETY: state is the session's; data outlives the call.
             unsafe { (table.ws_event)(state, kind, Str::from_bytes(data), call) }
         })?;
+        if !s.has_commands() {
+            return Ok(None);
+        }
         self.apply(s, ctx)
             .map_err(|e| self.fail(s, PhaseOutcome::Error(e), false))
     }
@@ -1058,6 +1178,18 @@ impl V2 {
         };
         s.ws_buf = data;
         outcome
+    }
+}
+
+/// `b` as text: checked ASCII on the fast path (header names and most values
+/// are), full UTF-8 validation otherwise.
+#[inline]
+fn as_text(b: &[u8]) -> Option<&str> {
+    if b.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b).ok()
     }
 }
 
@@ -1130,15 +1262,17 @@ impl Transport for V2 {
             Ok(f) => f,
             Err(o) => return o,
         };
+        if s.has_commands() {
+            match self.apply(s, ctx) {
+                Err(e) => return self.fail(s, PhaseOutcome::Error(e), false),
+                Ok(Some(o)) => return o,
+                Ok(None) => {}
+            }
+        }
         let Some(flow) = Flow::from_u32(flow) else {
             let e = SessionError::Plugin(format!("invalid flow value {flow}"));
             return self.fail(s, PhaseOutcome::Error(e), false);
         };
-        match self.apply(s, ctx) {
-            Err(e) => return self.fail(s, PhaseOutcome::Error(e), false),
-            Ok(Some(o)) => return o,
-            Ok(None) => {}
-        }
         match flow {
             Flow::Next => PhaseOutcome::Next,
             Flow::End => PhaseOutcome::End,
@@ -1163,12 +1297,28 @@ impl Transport for V2 {
     }
 }
 
+impl V2Session {
+    /// Whether the last call buffered commands (the driver owns the call).
+    #[inline]
+    fn has_commands(&self) -> bool {
+        // SAFETY: called by the driver after the call returned and was revoked.
+        self.call
+            .as_deref()
+            .is_some_and(|c| !unsafe { c.owner() }.cmds.ops.is_empty())
+    }
+}
+
 impl Drop for V2Session {
     fn drop(&mut self) {
         if !self.closed {
             self.closed = true;
             // SAFETY: state came from open and is not used after close.
             unsafe { (self.plugin.table.close)(self.state) };
+        }
+        // A call still here was never handed to a plugin thread that could
+        // outlive its phase (those go to the graveyard): reusable.
+        if let Some(call) = self.call.take() {
+            self.plugin.give_back(call);
         }
     }
 }
