@@ -1,14 +1,25 @@
-//! Allocation counts on the fast path, exact: a counting global allocator
-//! (per thread) around the brief's request scenario with a v2 plugin linked
-//! in-process, so the plugin's allocations are counted too.
+//! Allocation counts on the fast paths, exact: a counting global allocator
+//! that counts on every thread of the process while a test has it on.
+//!
+//! - The v2 request scenario with the example plugin linked in-process (so
+//!   the plugin's allocations are counted too), session open and close
+//!   included in every request.
+//! - The legacy fast transport, host side: the legacy example plugin is a
+//!   real `.so` with its own Rust runtime, whose allocations go to its own
+//!   allocator and are not counted; every host allocation, on whichever
+//!   thread it runs (the plugin's threads call back into the host), is.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use nylon_transport::abi::legacy::Phase;
 use nylon_transport::bench::context::{BenchContext, WsCodec};
-use nylon_transport::transport::{PhaseOutcome, Transport, V2Plugin, V2};
+use nylon_transport::host::loader::LegacyPlugin;
+use nylon_transport::transport::{
+    Fast, FastConfig, PhaseOutcome, SessionOptions, Transport, V2Plugin, V2,
+};
 
 #[path = "../examples/v2_plugin.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -16,22 +27,18 @@ mod v2_example;
 
 struct Counting;
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static COUNT: AtomicU64 = AtomicU64::new(0);
 
+#[inline]
 fn note() {
-    // `try_with`: the allocator may run during thread teardown.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        }
-    });
+    if COUNTING.load(Ordering::Relaxed) {
+        COUNT.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: delegates every operation to the system allocator unchanged; the
-// bookkeeping touches only thread-locals of plain integers.
+// bookkeeping touches only two atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note();
@@ -60,56 +67,110 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Counts the allocations `f` makes on this thread.
-fn allocations(f: impl FnOnce()) -> u64 {
-    COUNT.with(|c| c.set(0));
-    COUNTING.with(|on| on.set(true));
-    f();
-    COUNTING.with(|on| on.set(false));
-    COUNT.with(Cell::get)
+/// One counting test at a time: the counter is process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Counts the allocations made on every thread while `f` runs.
+fn allocations(f: impl FnOnce()) -> u64 {
+    COUNT.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    f();
+    COUNTING.store(false, Ordering::SeqCst);
+    COUNT.load(Ordering::SeqCst)
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Both counts in one test, v2 first: threads the legacy plugin leaves
+/// behind cannot run while the v2 count is taken.
 #[test]
-fn the_request_scenario_allocates_nothing_in_steady_state() {
+fn requests_allocate_nothing_with_open_and_close() {
+    let _serial = serial();
+    a_v2_request_with_open_and_close_allocates_nothing();
+    a_legacy_request_on_the_fast_host_allocates_nothing_host_side();
+}
+
+fn a_v2_request_with_open_and_close_allocates_nothing() {
     let table = nylon_transport::sdk::v2::table::<v2_example::Example>();
     let plugin = Arc::new(V2Plugin::from_static(table, b"{}").unwrap());
     let v2 = V2::default();
     let entry = plugin.entry_id("scenario").unwrap();
     let mut ctx = BenchContext::scenario(WsCodec::Fast);
-    let mut session = v2.open_entry(&plugin, entry).unwrap();
-    let mut request = |session: &mut _| {
+    let mut request = || {
         ctx.reset();
-        v2.reopen(session, entry).unwrap();
+        let mut session = v2.open_entry(&plugin, entry).unwrap();
         for phase in Phase::ALL {
             assert_eq!(
-                v2.run_phase(session, phase, &mut ctx, std::time::Duration::from_secs(5)),
+                v2.run_phase(&mut session, phase, &mut ctx, TIMEOUT),
                 PhaseOutcome::Next
             );
         }
+        v2.close(session);
     };
-    // Warm-up: buffers grow, names are interned, session boxes are recycled.
+    // Warm-up: buffers grow, names are interned, session state is pooled.
     for _ in 0..100 {
-        request(&mut session);
+        request();
     }
     let n = allocations(|| {
         for _ in 0..10_000 {
-            request(&mut session);
+            request();
         }
     });
-    assert_eq!(n, 0, "heap allocations in 10 000 steady-state requests");
+    assert_eq!(n, 0, "heap allocations in 10 000 requests");
     let headers: Vec<_> = ctx
         .response_headers()
         .map(|(n, v)| (n.to_string(), v.to_vec()))
         .collect();
     assert!(headers.iter().any(|(n, v)| n == "x-scenario" && v == b"1"));
-    v2.close(session);
+    assert!(headers.iter().any(|(n, v)| n == "x-status-class" && v == b"ok"));
+}
+
+fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
+    let (legacy, _, _) = nylon_transport::bench::find_plugins().unwrap();
+    let plugin = Arc::new(LegacyPlugin::load(&legacy).unwrap());
+    plugin.initialize(b"{}").unwrap();
+    let fast = Fast::new(FastConfig::default());
+    let mut ctx = BenchContext::scenario(WsCodec::Fast);
+    let mut request = || {
+        ctx.reset();
+        let mut s = fast
+            .open(&plugin, "scenario", SessionOptions::default())
+            .unwrap();
+        for phase in Phase::ALL {
+            assert_eq!(
+                fast.run_phase(&mut s, phase, &mut ctx, TIMEOUT),
+                PhaseOutcome::Next
+            );
+        }
+        fast.close(s);
+    };
+    for _ in 0..200 {
+        request();
+    }
+    let n = allocations(|| {
+        for _ in 0..2_000 {
+            request();
+        }
+    });
+    assert_eq!(n, 0, "host heap allocations in 2 000 legacy requests");
+    assert!(ctx.response_headers().any(|(n, v)| n == "x-scenario" && v == b"1"));
 }
 
 #[test]
-fn the_counter_does_count() {
+fn the_counter_counts_on_every_thread() {
+    let _serial = serial();
     let n = allocations(|| {
         let v: Vec<u8> = Vec::with_capacity(10);
         std::hint::black_box(v);
+        std::thread::scope(|s| {
+            s.spawn(|| std::hint::black_box(Vec::<u8>::with_capacity(10)));
+        });
     });
-    assert_eq!(n, 1);
+    // One here, one on the other thread, and whatever spawning a thread
+    // allocates: at least two.
+    assert!(n >= 2, "counted {n}");
 }
