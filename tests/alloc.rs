@@ -126,7 +126,9 @@ fn a_v2_request_with_open_and_close_allocates_nothing() {
         .map(|(n, v)| (n.to_string(), v.to_vec()))
         .collect();
     assert!(headers.iter().any(|(n, v)| n == "x-scenario" && v == b"1"));
-    assert!(headers.iter().any(|(n, v)| n == "x-status-class" && v == b"ok"));
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "x-status-class" && v == b"ok"));
 }
 
 fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
@@ -157,7 +159,9 @@ fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
         }
     });
     assert_eq!(n, 0, "host heap allocations in 2 000 legacy requests");
-    assert!(ctx.response_headers().any(|(n, v)| n == "x-scenario" && v == b"1"));
+    assert!(ctx
+        .response_headers()
+        .any(|(n, v)| n == "x-scenario" && v == b"1"));
 }
 
 #[test]

@@ -1147,7 +1147,9 @@ impl V2 {
             Ok(None) => {}
             Err(o) => return o,
         }
-        let mut idle_until = Instant::now() + timeout;
+        // The idle timeout's clock starts at the first idle poll after
+        // traffic: a busy connection reads no clock per message.
+        let mut idle_since: Option<Instant> = None;
         let mut data = std::mem::take(&mut s.ws_buf);
         let outcome = loop {
             let kind = match ctx.websocket_recv(Duration::from_millis(1), &mut data) {
@@ -1162,14 +1164,15 @@ impl V2 {
                     };
                 }
                 WsRecv::Idle => {
-                    if Instant::now() >= idle_until {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= timeout {
                         break self.fail(s, PhaseOutcome::Timeout, false);
                     }
                     std::thread::sleep(Duration::from_micros(200));
                     continue;
                 }
             };
-            idle_until = Instant::now() + timeout;
+            idle_since = None;
             match self.ws_event(s, ctx, timeout, kind, &data) {
                 Ok(Some(o)) => break o,
                 Ok(None) => {}
@@ -1244,6 +1247,7 @@ impl Transport for V2 {
         self.open_entry(plugin, id)
     }
 
+    #[inline]
     fn run_phase(
         &self,
         s: &mut V2Session,
