@@ -353,7 +353,7 @@ impl Session for Slow {
     }
 }
 
-/// The scenario's payload, parsed typed and borrowing (the v2 example
+/// The scenario's payload, parsed typed and borrowing with sonic-rs (the v2 example
 /// plugin parses it the same way).
 #[derive(serde::Deserialize)]
 struct ScenarioPayload<'a> {
@@ -371,7 +371,7 @@ impl Session for Scenario {
     fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
         let raw = cx.payload()?;
         let payload: ScenarioPayload<'_> =
-            serde_json::from_slice(&raw).map_err(|e| SdkError::Decode(e.to_string()))?;
+            sonic_rs::from_slice(&raw).map_err(|e| SdkError::Decode(e.to_string()))?;
         let path = cx.request_path()?;
         let agent = cx.request_header("user-agent")?;
         let raw_headers = cx.request_headers_raw()?;

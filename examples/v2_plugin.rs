@@ -64,7 +64,7 @@ impl Plugin for Example {
     }
 }
 
-/// The scenario's payload, parsed typed and borrowing (the legacy example
+/// The scenario's payload, parsed typed and borrowing with sonic-rs (the legacy example
 /// plugin parses it the same way).
 #[derive(serde::Deserialize)]
 struct ScenarioPayload<'a> {
@@ -81,7 +81,7 @@ impl Handler for Scenario {
     fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
         let raw = cx.payload();
         let payload: ScenarioPayload<'_> =
-            serde_json::from_slice(raw).map_err(|e| SdkError::Decode(e.to_string()))?;
+            sonic_rs::from_slice(raw).map_err(|e| SdkError::Decode(e.to_string()))?;
         let path = cx.path();
         let agent = cx.header("user-agent").unwrap_or_default();
         let (mut count, mut bytes) = (0usize, 0usize);

@@ -1,5 +1,9 @@
 //! Allocation counts on the fast paths, exact: a counting global allocator
-//! that counts on every thread of the process while a test has it on.
+//! that counts on every thread of the process while a check has it on.
+//!
+//! The binary has no test harness (`harness = false`): the harness's own
+//! threads allocate while reporting, which a process-wide count would see.
+//! The checks run in order from `main`.
 //!
 //! - The v2 request scenario with the example plugin linked in-process (so
 //!   the plugin's allocations are counted too), session open and close
@@ -11,7 +15,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nylon_transport::abi::legacy::Phase;
@@ -67,13 +71,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// One counting test at a time: the counter is process-wide.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Counts the allocations made on every thread while `f` runs.
 fn allocations(f: impl FnOnce()) -> u64 {
     COUNT.store(0, Ordering::SeqCst);
@@ -85,13 +82,27 @@ fn allocations(f: impl FnOnce()) -> u64 {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Both counts in one test, v2 first: threads the legacy plugin leaves
+/// The checks in order; v2 first, so that threads the legacy plugin leaves
 /// behind cannot run while the v2 count is taken.
-#[test]
-fn requests_allocate_nothing_with_open_and_close() {
-    let _serial = serial();
-    a_v2_request_with_open_and_close_allocates_nothing();
-    a_legacy_request_on_the_fast_host_allocates_nothing_host_side();
+fn main() {
+    let checks: [(&str, fn()); 3] = [
+        (
+            "the counter counts on every thread",
+            the_counter_counts_on_every_thread,
+        ),
+        (
+            "a v2 request with open and close allocates nothing",
+            a_v2_request_with_open_and_close_allocates_nothing,
+        ),
+        (
+            "a legacy request on the fast host allocates nothing host side",
+            a_legacy_request_on_the_fast_host_allocates_nothing_host_side,
+        ),
+    ];
+    for (name, check) in checks {
+        check();
+        println!("test {name} ... ok");
+    }
 }
 
 fn a_v2_request_with_open_and_close_allocates_nothing() {
@@ -164,9 +175,7 @@ fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
         .any(|(n, v)| n == "x-scenario" && v == b"1"));
 }
 
-#[test]
 fn the_counter_counts_on_every_thread() {
-    let _serial = serial();
     let n = allocations(|| {
         let v: Vec<u8> = Vec::with_capacity(10);
         std::hint::black_box(v);

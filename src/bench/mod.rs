@@ -145,7 +145,7 @@ impl Row {
 /// does.
 pub fn note(name: &str) -> &'static str {
     match name {
-        "request" => "one request of the scenario, session open and close included, on every variant; the plugins run the same logic (typed borrowing serde parse of the payload, path, one header, all eight headers, two sets; status, one set; duration, client IP). baseline: legacy plugin on the baseline host; fast_legacy: the same legacy plugin on the fast host; fast: the v2 plugin",
+        "request" => "one request of the scenario, session open and close included, on every variant; the plugins run the same logic (a typed, borrowing sonic-rs parse of the payload, path, one header, all eight headers, two sets; status, one set; duration, client IP). baseline: legacy plugin on the baseline host; fast_legacy: the same legacy plugin on the fast host; fast: the v2 plugin",
         "empty_phase" => "host calls plugin, plugin does nothing and says next: one request-filter phase on an open session (legacy baseline, legacy on the fast host, v2); nylon-ring: `call` (fire-and-forget, per-call sid) with an empty payload, on an entry id resolved once",
         "read_command" => "host calls plugin, plugin reads the 13-byte path and sets one response header, host applies it: one phase on an open session (legacy baseline, legacy on the fast host, v2); nylon-ring: `call_response_fast` with a 13-byte payload the plugin checks, one static reply copied out by the host",
         "event" => "host hands the plugin a 13-byte message, no reply: a WebSocket text message to a plugin that ignores it (1000 per session; the host's frame codec is skipped on every side); nylon-ring: `call` with a 13-byte payload",
@@ -154,7 +154,7 @@ pub fn note(name: &str) -> &'static str {
         "ffi_call" => "one synchronous read of the request path from the plugin, inside a phase (1000 per phase): legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
         "command" => "one fire-and-forget command from the plugin (set the status), inside a phase, applied by the host (1000 per phase): legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
         "lock" => "finding a session from a plugin callback: today's global RwLock<HashMap> and a sender clone vs the fast transport's slot table and the session's own lock",
-        "json_payload" => "reading `user` (string) and `limit` (number) of a 110-byte payload where they come first: serde_json into a Value (baseline) vs a typed, borrowing serde_json parse (fast); also sonic-rs into the same typed struct, and the allocation-free key scan (codec::json, which validates only up to the keys it finds)",
+        "json_payload" => "reading `user` (string) and `limit` (number) of a 110-byte payload where they come first: serde_json into a Value (baseline) vs a typed, borrowing sonic-rs parse that validates the whole document (fast, what the scenario plugins do); also serde_json into the same typed struct, and the allocation-free key scan (codec::json, which validates only up to the keys it finds)",
         "json_payload_last" => "as json_payload, with the wanted keys at the end of the payload",
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
         "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style (growing buffer, copy, byte-wise unmask, drain) vs in place, word-wise",

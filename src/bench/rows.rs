@@ -477,9 +477,9 @@ fn json_row(name: &'static str, payload: &'static [u8]) -> Row {
         "5-10 µs",
         "-",
         json(Json::Value, payload),
-        json(Json::Typed, payload),
+        json(Json::Sonic, payload),
     )
-    .with("sonic_rs", json(Json::Sonic, payload))
+    .with("serde_typed", json(Json::Typed, payload))
     .with("key_scan", json(Json::Scan, payload))
 }
 

@@ -26,8 +26,10 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
 
 use super::{
     Direction, OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport,
@@ -186,19 +188,70 @@ fn slot_of(sid: u32) -> &'static Slot {
     &TABLE.slots[(sid & SLOT_MASK) as usize]
 }
 
-thread_local! {
-    /// Reply buffers of this thread; a stack, because a reply can re-enter the
-    /// plugin, which can call back and need a second buffer meanwhile.
-    static REPLY_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+/// Reply buffers a thread keeps at once (a reply can re-enter the plugin,
+/// which can call back and need a second buffer meanwhile).
+const THREAD_REPLY_BUFS: usize = 4;
+/// Reply buffers kept process-wide for threads that have none yet: a plugin
+/// thread that calls back for the first time takes one instead of
+/// allocating, and a thread that exits gives its buffers back.
+const SPARE_REPLY_BUFS: usize = 256;
+/// A reply buffer's starting capacity (a typical header set fits).
+const REPLY_BUF_BYTES: usize = 1024;
+
+/// The process-wide spare reply buffers (filled once, at first use).
+fn spare_reply_bufs() -> &'static ArrayQueue<Vec<u8>> {
+    static SPARE: OnceLock<ArrayQueue<Vec<u8>>> = OnceLock::new();
+    SPARE.get_or_init(|| {
+        let q = ArrayQueue::new(SPARE_REPLY_BUFS);
+        for _ in 0..SPARE_REPLY_BUFS / 8 {
+            let _ = q.push(Vec::with_capacity(REPLY_BUF_BYTES));
+        }
+        q
+    })
 }
 
+/// This thread's reply buffers; given back to the spares when it exits.
+struct ReplyBufs {
+    bufs: [Option<Vec<u8>>; THREAD_REPLY_BUFS],
+}
+
+impl Drop for ReplyBufs {
+    fn drop(&mut self) {
+        for b in self.bufs.iter_mut().filter_map(Option::take) {
+            let _ = spare_reply_bufs().push(b);
+        }
+    }
+}
+
+thread_local! {
+    static REPLY_BUFS: RefCell<ReplyBufs> = const {
+        RefCell::new(ReplyBufs { bufs: [None, None, None, None] })
+    };
+}
+
+/// Runs `f` with a reply buffer: this thread's, else a spare, else a new one.
 fn with_reply_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     let mut buf = REPLY_BUFS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(256));
+        .try_with(|b| b.borrow_mut().bufs.iter_mut().find_map(Option::take))
+        .ok()
+        .flatten()
+        .or_else(|| spare_reply_bufs().pop())
+        .unwrap_or_else(|| Vec::with_capacity(REPLY_BUF_BYTES));
     buf.clear();
     let r = f(&mut buf);
-    REPLY_BUFS.with(|b| b.borrow_mut().push(buf));
+    let kept = REPLY_BUFS.try_with(|b| {
+        let mut b = b.borrow_mut();
+        match b.bufs.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(std::mem::take(&mut buf)),
+            None => {
+                let _ = spare_reply_bufs().push(std::mem::take(&mut buf));
+            }
+        }
+    });
+    if kept.is_err() {
+        // Thread teardown: straight to the spares.
+        let _ = spare_reply_bufs().push(buf);
+    }
     r
 }
 
