@@ -61,17 +61,13 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
         s,
         "\n![baseline vs fast vs nylon-ring per row, log scale]({svg_name})\n"
     );
-    let _ = writeln!(s, "## What each row measures\n");
+    let _ = writeln!(s, "## What each row measures (both sides)\n");
     for r in &report.rows {
         let _ = writeln!(s, "- `{}`: {}", r.name, note(r.name));
     }
     let _ = writeln!(
         s,
-        "\nThe nylon-ring column is that crate's closest equivalent, measured in the same run with our own plugin built against it (`examples/ring_anchor_plugin.rs`, unpinned): its synchronous call beside `ffi_call`, fire-and-forget beside `command`, its unary call (entry dispatch and a reply) beside `dispatch`.\n\nThe baseline rows that cross threads (`request`, `ffi_call`, `channel`) are dominated by thread wake-ups, which cost tens of microseconds on this VM: today's design hands every read to another thread and back, and the figures show what that costs here, not what it costs on the seed's machine."
-    );
-    let _ = writeln!(
-        s,
-        "\nThe `request` row's fast figure is the v2 plugin; `fast, legacy plugin` is the same legacy plugin as the baseline, on the fast host (what every existing Go plugin gets). The legacy Rust SDK used by that plugin reproduces today's SDK costs (a task spawned per phase, a malloc per message, mutex and condvar per read), which the host cannot remove."
+        "\n## Reading the table\n\n- **Like for like.** Every variant of a row does the same work: the same plugin logic, inputs and outputs, and the same per-operation setup inside the timed region. `fast (legacy)` is the same legacy plugin as the baseline, on the fast host: the honest headline for existing plugins is `baseline` against `fast (legacy)`. `fast` is the v2 ABI with a v2 plugin running the same logic.\n- **nylon-ring** (`nylon-ring-host` / `nylon-ring` from crates.io, our plugin `examples/ring_anchor_plugin.rs`) sits beside the three rows that are its operations: host calls plugin with nothing to do (`empty_phase`, its fire-and-forget `call`), with one read and one reply (`read_command`, its `call_response_fast`), and with a 13-byte payload and no reply (`event`, `call`). Entries are resolved to ids once on both sides. `nylon-ring` is the plugin loaded pinned (never unloadable, its fastest setting); `nr unpinned` is loaded unloadable, which pays an in-flight call tracker per call (our plugins stay unloadable: a session holds the library, a call does not). `fast/nr` is our v2 figure over their pinned one.\n- **Rows dropped** as not like-for-like: `dispatch` (it timed a lookup the baseline transport does not do against code the v2 transport never runs), `transfer_memory` (its pool is used by no transport yet) and `plugin_load` (it loaded two different libraries).\n- The baseline rows that cross threads (`request`, `empty_phase`, `read_command`, `ffi_call`) are dominated by thread wake-ups, which cost tens of microseconds on this VM: today's design hands every phase and every read to another thread and back. The legacy Rust SDK used by the legacy plugin reproduces today's SDK costs (a task per phase, a malloc per message, a mutex and condition variable per read), which a host cannot remove; `fast (legacy)` is bounded by them."
     );
     s
 }
