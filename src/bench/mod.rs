@@ -16,6 +16,7 @@ use serde::Serialize;
 
 pub mod anchor;
 pub mod context;
+pub mod instructions;
 pub mod render;
 pub mod rows;
 pub mod soak;
@@ -91,7 +92,21 @@ pub struct Row {
     pub anchor: Option<Variant>,
     /// What each variant does.
     pub note: &'static str,
+    /// No variant involves another thread (see [`MULTI_THREAD_ROWS`]): the
+    /// row gets instruction counts.
+    pub single_thread: bool,
 }
+
+/// The rows one of whose variants runs on two threads at once (a partner
+/// thread, concurrent requests): their instruction counts would depend on
+/// how the threads interleave, so they get none. Rows not built yet may
+/// be named here.
+pub const MULTI_THREAD_ROWS: &[&str] = &[
+    "channel",
+    "ring_round_trip",
+    "ring_batched",
+    "request_contended",
+];
 
 impl Row {
     /// A row with a baseline and a fast variant.
@@ -111,6 +126,7 @@ impl Row {
             fast_legacy: None,
             anchor: None,
             note: "",
+            single_thread: !MULTI_THREAD_ROWS.contains(&name),
         }
     }
 }
@@ -180,6 +196,22 @@ pub struct RowResult {
     /// nylon-ring's closest equivalent, where there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor_ns: Option<f64>,
+    /// Instructions per operation (callgrind), baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_ir: Option<f64>,
+    /// Instructions per operation (callgrind), fast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_ir: Option<f64>,
+    /// Instructions per operation (callgrind), fast with the legacy plugin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_legacy_ir: Option<f64>,
+    /// Instructions per operation (callgrind), nylon-ring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor_ir: Option<f64>,
+    /// The variants (`baseline`, `fast`, ...) whose instruction count
+    /// includes work on other threads, and so varies a little between runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ir_other_threads: Vec<&'static str>,
     /// The seed's figure before optimisation.
     pub seed_before: &'static str,
     /// The seed's target.
@@ -212,6 +244,8 @@ pub struct Report {
     pub mode: &'static str,
     /// The rows.
     pub rows: Vec<RowResult>,
+    /// How the instruction counts were taken, or why there are none.
+    pub instructions: String,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -294,6 +328,11 @@ pub fn measure(
             ratio: baseline_ns / fast_ns,
             fast_legacy_ns,
             anchor_ns,
+            baseline_ir: None,
+            fast_ir: None,
+            fast_legacy_ir: None,
+            anchor_ir: None,
+            ir_other_threads: Vec::new(),
             seed_before: row.seed_before,
             seed_target: row.seed_target,
             rounds,
@@ -359,6 +398,41 @@ pub fn cells(r: &RowResult) -> [String; 8] {
     ]
 }
 
+/// One row's instruction-count cells, in table order: name, baseline,
+/// fast, ratio, fast with the legacy plugin, nylon-ring; `None` for a row
+/// without counts.
+pub fn ir_cells(r: &RowResult) -> Option<[String; 6]> {
+    if r.baseline_ir.is_none() && r.fast_ir.is_none() {
+        return None;
+    }
+    // `~`: other threads worked too; the count varies a little between runs.
+    let opt = |v: Option<f64>, variant: &str| {
+        v.map_or_else(
+            || "-".into(),
+            |v| {
+                let mark = if r.ir_other_threads.contains(&variant) {
+                    "~"
+                } else {
+                    ""
+                };
+                format!("{mark}{}", instructions::human(v))
+            },
+        )
+    };
+    let ratio = match (r.baseline_ir, r.fast_ir) {
+        (Some(b), Some(f)) if f > 0.0 => format!("{:.1}x", b / f),
+        _ => "-".into(),
+    };
+    Some([
+        r.name.to_string(),
+        opt(r.baseline_ir, "baseline"),
+        opt(r.fast_ir, "fast"),
+        ratio,
+        opt(r.fast_legacy_ir, "fast_legacy"),
+        opt(r.anchor_ir, "anchor"),
+    ])
+}
+
 /// The before/after table as text.
 pub fn table(report: &Report) -> String {
     let mut s = String::new();
@@ -386,6 +460,25 @@ pub fn table(report: &Report) -> String {
             s,
             "{name:<22} {before:>12} {target:>12} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {anchor:>12}"
         );
+    }
+    let _ = writeln!(
+        s,
+        "\ninstructions per operation (~: work on other threads too, varies between runs): {}",
+        report.instructions
+    );
+    let counted: Vec<[String; 6]> = report.rows.iter().filter_map(ir_cells).collect();
+    if !counted.is_empty() {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>12} {:>12} {:>9} {:>14} {:>12}",
+            "row", "baseline", "fast", "ratio", "fast (legacy)", "nylon-ring"
+        );
+        for [name, base, fast, ratio, legacy, anchor] in counted {
+            let _ = writeln!(
+                s,
+                "{name:<22} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {anchor:>12}"
+            );
+        }
     }
     s
 }
@@ -469,7 +562,24 @@ pub fn attach_anchor(rows: &mut [Row], anchor: anchor::Anchor) {
     }
 }
 
-/// Runs the whole suite.
+/// Builds every row over the example plugins at these paths, with the
+/// anchor attached (the `bench` command and its callgrind child alike).
+///
+/// # Errors
+///
+/// A message when a plugin does not load or a row cannot be built.
+pub fn build_rows(files: &instructions::PluginFiles) -> Result<Vec<Row>, String> {
+    let plugins = load_plugins(files.legacy.clone(), files.v2.clone())?;
+    let mut rows = rows::all(&plugins)?;
+    attach_anchor(&mut rows, anchor::load(&files.anchor)?);
+    Ok(rows)
+}
+
+/// Runs the whole suite: times, then instruction counts of the
+/// single-thread rows when valgrind is there.
+///
+/// `progress` is called before each row with its index and name, and with
+/// lines about the instruction counts.
 ///
 /// # Errors
 ///
@@ -477,19 +587,76 @@ pub fn attach_anchor(rows: &mut [Row], anchor: anchor::Anchor) {
 pub fn run(
     settings: Settings,
     quick: bool,
-    progress: impl FnMut(usize, usize, &str),
+    mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Report, String> {
-    let (l, v, a) = find_plugins()?;
-    let plugins = load_plugins(l, v)?;
-    let mut rows = rows::all(&plugins)?;
-    attach_anchor(&mut rows, anchor::load(&a)?);
+    let (legacy, v2, anchor) = find_plugins()?;
+    let files = instructions::PluginFiles { legacy, v2, anchor };
+    let mut rows = build_rows(&files)?;
     let machine = machine();
-    let rows = measure(&mut rows, settings, progress)?;
+    let mut results = measure(&mut rows, settings, &mut progress)?;
+    let single: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.single_thread)
+        .map(|r| r.name)
+        .collect();
+    drop(rows);
+    let instructions = count_instructions(&mut results, &single, &files, &mut progress);
     Ok(Report {
         machine,
         mode: if quick { "quick" } else { "careful" },
-        rows,
+        rows: results,
+        instructions,
     })
+}
+
+/// Fills in the instruction counts of the rows named in `single`, one
+/// callgrind run each; returns the line that says how, or why not.
+fn count_instructions(
+    results: &mut [RowResult],
+    single: &[&str],
+    files: &instructions::PluginFiles,
+    progress: &mut impl FnMut(usize, usize, &str),
+) -> String {
+    let Some(version) = instructions::valgrind_version() else {
+        return "valgrind not found".into();
+    };
+    let mut failures = Vec::new();
+    let total = single.len();
+    for (i, name) in single.iter().enumerate() {
+        progress(i + 1, total, &format!("{name} (callgrind)"));
+        let Some(r) = results.iter_mut().find(|r| r.name == *name) else {
+            continue;
+        };
+        let mut variants = vec!["baseline", "fast"];
+        if r.fast_legacy_ns.is_some() {
+            variants.push("fast_legacy");
+        }
+        if r.anchor_ns.is_some() {
+            variants.push("anchor");
+        }
+        match instructions::count_row(name, &variants, files) {
+            Ok(ir) => {
+                let counted = [
+                    ("baseline", ir.baseline, &mut r.baseline_ir),
+                    ("fast", ir.fast, &mut r.fast_ir),
+                    ("fast_legacy", ir.fast_legacy, &mut r.fast_legacy_ir),
+                    ("anchor", ir.anchor, &mut r.anchor_ir),
+                ];
+                for (variant, v, field) in counted {
+                    *field = v.map(|v| v.per_op);
+                    if v.is_some_and(|v| v.other_threads) {
+                        r.ir_other_threads.push(variant);
+                    }
+                }
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    let mut line = version;
+    if !failures.is_empty() {
+        let _ = write!(line, "; failed: {}", failures.join("; "));
+    }
+    line
 }
 
 /// Seconds since `start`, for progress lines.

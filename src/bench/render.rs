@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{cells, human, note, Report};
+use super::{cells, human, ir_cells, note, Report};
 
 /// The benchmark page: machine, method, table, chart.
 pub fn markdown(report: &Report, svg_name: &str) -> String {
@@ -49,6 +49,42 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
         s,
         "\n![baseline vs fast vs nylon-ring per row, log scale]({svg_name})\n"
     );
+    let _ = writeln!(s, "## Instructions per operation\n");
+    let counted: Vec<[String; 6]> = report.rows.iter().filter_map(ir_cells).collect();
+    if counted.is_empty() {
+        let _ = writeln!(
+            s,
+            "No instruction counts in this run: {}.\n",
+            report.instructions
+        );
+    } else {
+        let without: Vec<String> = report
+            .rows
+            .iter()
+            .filter(|r| ir_cells(r).is_none())
+            .map(|r| format!("`{}`", r.name))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Counted by valgrind's callgrind ({}), which does not depend on the VM's state, so a change shows. Each variant of each single-thread row runs once under callgrind (`nylon-transport {} ROW --variant V`, a process of its own): a warm-up, then N and 2N iterations, each in its own function; callgrind dumps its counters when each returns, so a count covers every thread (a legacy plugin's handler runs on its SDK's thread), and the figure is (Ir(2N) - Ir(N)) / (N x operations per iteration), which cancels the fixed costs. A variant that runs on one thread repeats its count exactly from run to run (std's `HashMap` seeds its hash per process, which can move such a count by a fraction of a percent). `~` marks a variant whose work crosses threads: how often the waiting side spins, yields or parks depends on how the threads interleave, so its count moves between runs by a few percent. Instructions are work, not time: a thread hand-off costs few instructions and many microseconds. Rows without counts: {}.\n",
+            report.instructions,
+            super::instructions::SUBCOMMAND,
+            if without.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{} (two threads running at once)", without.join(", "))
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| row | baseline | fast | ratio | fast, legacy plugin | nylon-ring |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for [name, rest @ ..] in counted {
+            let _ = writeln!(s, "| `{name}` | {} |", rest.join(" | "));
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## What each row measures\n");
     for r in &report.rows {
         let _ = writeln!(s, "- `{}`: {}", r.name, note(r.name));
