@@ -461,13 +461,15 @@ pub fn table(report: &Report) -> String {
             "{name:<22} {before:>12} {target:>12} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {anchor:>12}"
         );
     }
-    let _ = writeln!(
-        s,
-        "\ninstructions per operation (~: work on other threads too, varies between runs): {}",
-        report.instructions
-    );
     let counted: Vec<[String; 6]> = report.rows.iter().filter_map(ir_cells).collect();
-    if !counted.is_empty() {
+    if counted.is_empty() {
+        let _ = writeln!(s, "\ninstructions: {}", report.instructions);
+    } else {
+        let _ = writeln!(
+            s,
+            "\ninstructions per operation (~: work on other threads too, varies between runs): {}",
+            report.instructions
+        );
         let _ = writeln!(
             s,
             "{:<22} {:>12} {:>12} {:>9} {:>14} {:>12}",
