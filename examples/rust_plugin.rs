@@ -53,7 +53,7 @@ impl Plugin for Example {
             "victim" => Box::new(Victim(sid)),
             "stale" => Box::new(Stale),
             "scenario" => Box::new(Scenario),
-            "late" => Box::new(Late),
+            "late" => Box::new(Late(None)),
             "forge" => Box::new(Forge),
             "slow" => Box::new(Slow),
             "flood_after" => Box::new(FloodAfter),
@@ -295,17 +295,22 @@ impl Session for Stale {
     }
 }
 
-/// Never ends the phase in time: a thread sends a command and NEXT 300 ms
-/// later, after the host's timeout closed the session.
-struct Late;
+/// Never ends the phase: once the host has closed the session (after its
+/// timeout), a thread sends a command and NEXT for it.
+///
+/// The session holds the sending end of a channel; the host's close drops the
+/// session and so wakes the thread (which gives up waiting after 30 s).
+struct Late(Option<std::sync::mpsc::Sender<()>>);
 
 impl Session for Late {
     fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
         let sid = cx.sid();
         let kv = nylon_transport::codec::encode_header_kv("x-late", "1");
         let send = cx.raw_sender();
+        let (closed, wait_closed) = std::sync::mpsc::channel::<()>();
+        self.0 = Some(closed);
         std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _ = wait_closed.recv_timeout(std::time::Duration::from_secs(30));
             send(sid, Method::SetResponseHeader as u32, &kv);
             send(sid, Method::Next as u32, &[]);
         });
@@ -314,12 +319,13 @@ impl Session for Late {
 }
 
 /// Sends a command under a forged session id: the same table slot as its
-/// own id (fast transport) but another generation.
+/// own id (fast transport) but another generation, far from any a test
+/// process reaches (the top bit flipped), so no other session has it.
 struct Forge;
 
 impl Session for Forge {
     fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
-        let forged = cx.sid() ^ (1 << 14);
+        let forged = cx.sid() ^ (1 << 31);
         let kv = nylon_transport::codec::encode_header_kv("x-forged", "1");
         cx.send_raw_as(forged, Method::SetResponseHeader as u32, &kv);
         cx.send_raw_as(forged, Method::End as u32, &[]);
@@ -342,14 +348,32 @@ impl Session for FloodAfter {
     }
 }
 
-/// Takes 200 ms over its request filter (for unload-in-flight tests).
+/// How many `slow` request filters have started (read through
+/// [`example_slow_phases_started`]).
+static SLOW_STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// The number of `slow` request filters that have started in this copy of
+/// the library: the unload-in-flight test shuts the plugin down only once
+/// its phase is running. (An atomic load: nothing here can unwind.)
+#[no_mangle]
+pub extern "C" fn example_slow_phases_started() -> u32 {
+    SLOW_STARTED.load(Ordering::SeqCst)
+}
+
+/// Reads the request path again and again until a read fails (the plugin
+/// is shut down under it: the session closes), and fails the phase with that
+/// error; gives up after 30 s (for unload-in-flight tests).
 struct Slow;
 
 impl Session for Slow {
     fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let _ = cx.request_path();
-        Ok(Flow::Next)
+        SLOW_STARTED.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            cx.request_path()?;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(SdkError::Handler("the session was never closed".into()))
     }
 }
 

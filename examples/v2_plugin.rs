@@ -8,6 +8,8 @@
 //! - `end`, `stream`, `ws`: answering, streaming, WebSocket echo with rooms.
 //! - `async`: finishes request filter on another thread (detach/complete).
 //! - `error`, `panic`, `silent_async`, `flood`: failures the host must contain.
+//! - `late_report`: lets the last `silent_async` phase's thread make its late
+//!   calls, joins it, and reports what they returned as response headers.
 
 use nylon_transport::abi::v2::Str;
 use nylon_transport::sdk::v2::{Call, Handler, Plugin};
@@ -35,6 +37,7 @@ impl Plugin for Example {
         "empty",
         "read_command",
         "ws_sink",
+        "late_report",
     ];
 
     fn initialize(_config: &[u8]) -> Result<Self, String> {
@@ -51,7 +54,7 @@ impl Plugin for Example {
             5 => Box::new(Async),
             6 => Box::new(Fails),
             7 => Box::new(Panics),
-            8 => Box::new(SilentAsync(None)),
+            8 => Box::new(SilentAsync),
             9 => Box::new(Flood),
             10 => Box::new(WsEcho),
             11 => Box::new(Reads),
@@ -59,6 +62,7 @@ impl Plugin for Example {
             13 => Box::new(Empty),
             14 => Box::new(ReadCommand),
             15 => Box::new(WsSink),
+            16 => Box::new(LateReport),
             _ => return None,
         })
     }
@@ -304,24 +308,63 @@ impl Handler for Panics {
     }
 }
 
-/// Detaches and keeps the phase forever (until the session is dropped).
-struct SilentAsync(Option<nylon_transport::sdk::v2::Detached>);
+/// What the late thread of a `silent_async` phase saw: the path its late
+/// read returned, and whether its late completion was accepted.
+type LateCalls = (String, Result<(), SdkError>);
+
+/// The thread of the last `silent_async` phase, and the sender that lets it
+/// make its late calls; taken by `late_report`.
+static LATE: std::sync::Mutex<
+    Option<(
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<LateCalls>,
+    )>,
+> = std::sync::Mutex::new(None);
+
+/// Detaches and never completes in time: its thread keeps the handle and
+/// makes its calls only when `late_report` says so, after the host's timeout.
+struct SilentAsync;
 
 impl Handler for SilentAsync {
     fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
-        // Keep the handle: the host must time out and refuse its later use.
         let d = cx.detach();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            // After the host's timeout: a late read and completion.
-            let late = d.path().to_string();
-            assert!(late.is_empty(), "a late read sees nothing");
-            assert!(
-                d.complete(Ok(Flow::Next)).is_err(),
-                "late completion is refused"
-            );
+        let (go, wait_go) = std::sync::mpsc::channel::<()>();
+        let late = std::thread::spawn(move || {
+            // Told by `late_report` (or, if it never comes, after 30 s).
+            let _ = wait_go.recv_timeout(std::time::Duration::from_secs(30));
+            let read = d.path().to_string();
+            (read, d.complete(Ok(Flow::Next)))
         });
-        self.0 = None;
+        // A thread never reported is let go (its sender dropped).
+        *LATE.lock().unwrap_or_else(|e| e.into_inner()) = Some((go, late));
+        Ok(Flow::Next)
+    }
+}
+
+/// Lets the last `silent_async` thread make its late calls, joins it, and
+/// reports them: `x-late-read` is the late read's path in brackets,
+/// `x-late-complete` is `refused` or `accepted`. A panic of that thread fails
+/// this phase as a handler panic; with no such thread, `x-late-read` is `none`.
+struct LateReport;
+
+impl Handler for LateReport {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let taken = LATE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((go, late)) = taken else {
+            cx.set_header("x-late-read", "none");
+            return Ok(Flow::Next);
+        };
+        let _ = go.send(());
+        // The thread's panic goes on here: the SDK reports it for this phase.
+        let (read, completed) = late.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        cx.set_header("x-late-read", &format!("[{read}]"));
+        cx.set_header(
+            "x-late-complete",
+            match completed {
+                Ok(()) => "accepted",
+                Err(_) => "refused",
+            },
+        );
         Ok(Flow::Next)
     }
 }

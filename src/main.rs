@@ -79,6 +79,26 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "ROWS")]
         rows: Vec<String>,
     },
+    /// Internal: runs one benchmark row's measured regions, for `bench` to
+    /// run under valgrind's callgrind.
+    #[command(name = bench::instructions::SUBCOMMAND, hide = true)]
+    CallgrindRow {
+        /// The row's name.
+        name: String,
+        /// Only these variants (baseline, fast, fast_legacy, anchor); all
+        /// when none is given.
+        #[arg(long)]
+        variant: Vec<String>,
+        /// `librust_plugin.so`.
+        #[arg(long)]
+        legacy: PathBuf,
+        /// `libv2_plugin.so`.
+        #[arg(long)]
+        v2: PathBuf,
+        /// `libring_anchor_plugin.so`.
+        #[arg(long)]
+        anchor: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -243,6 +263,24 @@ fn execute(command: Command) -> Result<ExitCode> {
                 std::fs::write(&svg, bench::render::svg(&report))?;
                 eprintln!("wrote {} and {}", md.display(), svg.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CallgrindRow {
+            name,
+            variant,
+            legacy,
+            v2,
+            anchor,
+        } => {
+            let files = bench::instructions::PluginFiles { legacy, v2, anchor };
+            let mut rows = bench::build_rows(&files).map_err(anyhow::Error::msg)?;
+            // Only this row's variants stay: the others' partner threads stop.
+            rows.retain(|r| r.name == name);
+            let row = rows
+                .first_mut()
+                .with_context(|| format!("no benchmark row named {name}"))?;
+            let plan = bench::instructions::run_row(row, &variant).map_err(anyhow::Error::msg)?;
+            out(&plan)?;
             Ok(ExitCode::SUCCESS)
         }
     }

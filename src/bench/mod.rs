@@ -16,6 +16,7 @@ use serde::Serialize;
 
 pub mod anchor;
 pub mod context;
+pub mod instructions;
 pub mod render;
 pub mod rows;
 pub mod soak;
@@ -91,7 +92,21 @@ pub struct Row {
     pub extra: Vec<(&'static str, Variant)>,
     /// What each variant does.
     pub note: &'static str,
+    /// No variant involves another thread (see [`MULTI_THREAD_ROWS`]): the
+    /// row gets instruction counts.
+    pub single_thread: bool,
 }
+
+/// The rows one of whose variants runs on two threads at once (a partner
+/// thread, concurrent requests): their instruction counts would depend on
+/// how the threads interleave, so they get none. Rows not built yet may
+/// be named here.
+pub const MULTI_THREAD_ROWS: &[&str] = &[
+    "channel",
+    "ring_round_trip",
+    "ring_batched",
+    "request_contended",
+];
 
 impl Row {
     /// A row with a baseline and a fast variant.
@@ -110,6 +125,7 @@ impl Row {
             fast,
             extra: Vec::new(),
             note: "",
+            single_thread: !MULTI_THREAD_ROWS.contains(&name),
         }
     }
 
@@ -206,6 +222,14 @@ pub struct RowResult {
     /// `anchor_ns`, `anchor_unpinned_ns`, ...).
     #[serde(flatten)]
     pub extra: std::collections::BTreeMap<String, f64>,
+    /// Instructions per operation (callgrind), as `<key>_ir`, for the
+    /// variants of single-thread rows, when valgrind is there.
+    #[serde(flatten)]
+    pub ir: std::collections::BTreeMap<String, f64>,
+    /// The variants whose instruction count includes work on other
+    /// threads, and so varies between runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ir_other_threads: Vec<String>,
     /// The seed's figure before optimisation.
     pub seed_before: &'static str,
     /// The seed's target.
@@ -250,6 +274,8 @@ pub struct Report {
     pub mode: &'static str,
     /// The rows.
     pub rows: Vec<RowResult>,
+    /// How the instruction counts were taken, or why there are none.
+    pub instructions: String,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -328,6 +354,8 @@ pub fn measure(
             fast_ns: med[1],
             ratio: med[0] / med[1],
             extra,
+            ir: std::collections::BTreeMap::new(),
+            ir_other_threads: Vec::new(),
             seed_before: row.seed_before,
             seed_target: row.seed_target,
             rounds,
@@ -425,6 +453,65 @@ pub fn headers() -> Vec<&'static str> {
     COLUMNS.iter().map(|(h, _)| *h).collect()
 }
 
+/// One row's instruction-count cells, in [`COLUMNS`] order after the name
+/// (`~` marks a count that includes other threads' work); `None` for a row
+/// without counts.
+pub fn ir_cells(r: &RowResult) -> Option<Vec<String>> {
+    if r.ir.is_empty() {
+        return None;
+    }
+    let get = |key: &str| r.ir.get(&format!("{key}_ir")).copied();
+    let show = |key: &str| {
+        get(key).map_or_else(
+            || "-".into(),
+            |v| {
+                let mark = if r.ir_other_threads.iter().any(|k| k == key) {
+                    "~"
+                } else {
+                    ""
+                };
+                format!("{mark}{}", instructions::human(v))
+            },
+        )
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>, digits: usize| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.*}x", digits, a / b),
+        _ => "-".into(),
+    };
+    Some(
+        COLUMNS
+            .iter()
+            .map(|(_, key)| match key {
+                None => ratio(get("baseline"), get("fast"), 1),
+                Some("/anchor") => ratio(get("fast"), get("anchor"), 2),
+                Some("#before") | Some("#target") => String::new(),
+                Some(k) => show(k),
+            })
+            .collect(),
+    )
+}
+
+/// Counted variants not in [`COLUMNS`], as `key count` text.
+pub fn other_ir(r: &RowResult) -> String {
+    r.ir.iter()
+        .filter(|(k, _)| {
+            let key = k.trim_end_matches("_ir");
+            !COLUMNS.iter().any(|(_, c)| *c == Some(key))
+        })
+        .map(|(k, v)| format!("{}: {}", k.trim_end_matches("_ir"), instructions::human(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The instruction-count table's headers (the time table's, without the
+/// seed's figures).
+pub fn ir_headers() -> Vec<&'static str> {
+    headers()
+        .into_iter()
+        .filter(|h| !h.starts_with("seed"))
+        .collect()
+}
+
 /// The before/after table as text.
 pub fn table(report: &Report) -> String {
     let mut s = String::new();
@@ -448,6 +535,36 @@ pub fn table(report: &Report) -> String {
         let others = other_variants(r);
         if !others.is_empty() {
             let _ = writeln!(s, "{:<22} {others}", "");
+        }
+    }
+    let counted: Vec<(&RowResult, Vec<String>)> = report
+        .rows
+        .iter()
+        .filter_map(|r| ir_cells(r).map(|c| (r, c)))
+        .collect();
+    if counted.is_empty() {
+        let _ = writeln!(s, "\ninstructions: {}", report.instructions);
+    } else {
+        let _ = writeln!(
+            s,
+            "\ninstructions per operation (~: work on other threads too, varies between runs): {}",
+            report.instructions
+        );
+        let _ = write!(s, "{:<22}", "row");
+        for h in ir_headers() {
+            let _ = write!(s, " {h:>13}");
+        }
+        let _ = writeln!(s);
+        for (r, cells) in counted {
+            let _ = write!(s, "{:<22}", r.name);
+            for c in cells.iter().take(ir_headers().len()) {
+                let _ = write!(s, " {c:>13}");
+            }
+            let _ = writeln!(s);
+            let others = other_ir(r);
+            if !others.is_empty() {
+                let _ = writeln!(s, "{:<22} {others}", "");
+            }
         }
     }
     s
@@ -532,7 +649,25 @@ pub fn attach_anchor(rows: &mut [Row], anchor: &anchor::Anchor) -> Result<(), St
     Ok(())
 }
 
-/// Runs the whole suite.
+/// Builds every row over the example plugins at these paths, with the
+/// anchor attached (the `bench` command and its callgrind child alike).
+///
+/// # Errors
+///
+/// A message when a plugin does not load or a row cannot be built.
+pub fn build_rows(files: &instructions::PluginFiles) -> Result<Vec<Row>, String> {
+    let plugins = load_plugins(files.legacy.clone(), files.v2.clone())?;
+    let mut rows = rows::all(&plugins)?;
+    let anchor = anchor::Anchor::load(&files.anchor)?;
+    attach_anchor(&mut rows, &anchor)?;
+    Ok(rows)
+}
+
+/// Runs the whole suite: times, then instruction counts of the
+/// single-thread rows when valgrind is there.
+///
+/// `progress` is called before each row with its index and name, and with
+/// lines about the instruction counts.
 ///
 /// # Errors
 ///
@@ -541,11 +676,11 @@ pub fn run(
     settings: Settings,
     quick: bool,
     only: &[String],
-    progress: impl FnMut(usize, usize, &str),
+    mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Report, String> {
-    let (l, v, a) = find_plugins()?;
-    let plugins = load_plugins(l, v)?;
-    let mut rows = rows::all(&plugins)?;
+    let (legacy, v2, anchor) = find_plugins()?;
+    let files = instructions::PluginFiles { legacy, v2, anchor };
+    let mut rows = build_rows(&files)?;
     if !only.is_empty() {
         if let Some(bad) = only
             .iter()
@@ -556,15 +691,59 @@ pub fn run(
         }
         rows.retain(|r| only.iter().any(|n| n == r.name));
     }
-    let anchor = anchor::Anchor::load(&a)?;
-    attach_anchor(&mut rows, &anchor)?;
     let machine = machine();
-    let rows = measure(&mut rows, settings, progress)?;
+    let mut results = measure(&mut rows, settings, &mut progress)?;
+    let single: Vec<(&'static str, Vec<&'static str>)> = rows
+        .iter()
+        .filter(|r| r.single_thread)
+        .map(|r| (r.name, r.keys()))
+        .collect();
+    drop(rows);
+    let instructions = count_instructions(&mut results, &single, &files, &mut progress);
     Ok(Report {
         machine,
         mode: if quick { "quick" } else { "careful" },
-        rows,
+        rows: results,
+        instructions,
     })
+}
+
+/// Fills in the instruction counts of the rows and variants in `single`,
+/// one callgrind run per variant; returns the line that says how, or why
+/// not.
+fn count_instructions(
+    results: &mut [RowResult],
+    single: &[(&'static str, Vec<&'static str>)],
+    files: &instructions::PluginFiles,
+    progress: &mut impl FnMut(usize, usize, &str),
+) -> String {
+    let Some(version) = instructions::valgrind_version() else {
+        return "valgrind not found".into();
+    };
+    let mut failures = Vec::new();
+    let total = single.len();
+    for (i, (name, variants)) in single.iter().enumerate() {
+        progress(i + 1, total, &format!("{name} (callgrind)"));
+        let Some(r) = results.iter_mut().find(|r| r.name == *name) else {
+            continue;
+        };
+        match instructions::count_row(name, variants, files) {
+            Ok(ir) => {
+                for (variant, v) in ir {
+                    if v.other_threads {
+                        r.ir_other_threads.push(variant.clone());
+                    }
+                    r.ir.insert(format!("{variant}_ir"), v.per_op);
+                }
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    let mut line = version;
+    if !failures.is_empty() {
+        let _ = write!(line, "; failed: {}", failures.join("; "));
+    }
+    line
 }
 
 /// Seconds since `start`, for progress lines.

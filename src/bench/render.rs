@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{cells, headers, human, note, other_variants, Report};
+use super::{cells, headers, human, ir_cells, ir_headers, note, other_ir, other_variants, Report};
 
 /// The benchmark page: machine, method, table, chart.
 pub fn markdown(report: &Report, svg_name: &str) -> String {
@@ -61,6 +61,54 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
         s,
         "\n![baseline vs fast vs nylon-ring per row, log scale]({svg_name})\n"
     );
+    let _ = writeln!(s, "## Instructions per operation\n");
+    let counted = report.rows.iter().filter(|r| ir_cells(r).is_some()).count();
+    if counted == 0 {
+        let _ = writeln!(
+            s,
+            "No instruction counts in this run: {}.\n",
+            report.instructions
+        );
+    } else {
+        let without: Vec<String> = report
+            .rows
+            .iter()
+            .filter(|r| ir_cells(r).is_none())
+            .map(|r| format!("`{}`", r.name))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Counted by valgrind's callgrind ({}), which does not depend on the VM's state, so a change shows. Each variant of each single-thread row runs once under callgrind (`nylon-transport {} ROW --variant V`, a process of its own): a warm-up, then N and 2N iterations, each in its own function; callgrind dumps its counters when each returns, so a count covers every thread (a legacy plugin's handler runs on its SDK's thread), and the figure is (Ir(2N) - Ir(N)) / (N x operations per iteration), which cancels the fixed costs. A variant that runs on one thread repeats its count exactly from run to run, unless its input changes per process, which moves the count by a fraction of a percent (std's `HashMap` seeds its hash per process: `lock`'s baseline; `plugin_load` names its copies after the process id). `~` marks a variant whose work crosses threads: how often the waiting side spins, yields or parks depends on how the threads interleave, so its count moves between runs, by tens of percent where a thread waits for every read; read those as orders of magnitude. Instructions are work, not time: a thread hand-off costs few instructions and many microseconds. Rows without counts: {}.\n",
+            report.instructions,
+            super::instructions::SUBCOMMAND,
+            if without.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{} (two threads running at once)", without.join(", "))
+            }
+        );
+        let mut head = vec!["row"];
+        head.extend(ir_headers());
+        let _ = writeln!(s, "| {} |", head.join(" | "));
+        let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
+        let mut others = Vec::new();
+        for r in &report.rows {
+            let Some(cells) = ir_cells(r) else { continue };
+            let cells: Vec<String> = cells.into_iter().take(head.len() - 1).collect();
+            let _ = writeln!(s, "| `{}` | {} |", r.name, cells.join(" | "));
+            let o = other_ir(r);
+            if !o.is_empty() {
+                others.push(format!("- `{}`: {o}", r.name));
+            }
+        }
+        if !others.is_empty() {
+            let _ = writeln!(s, "\nFurther variants:\n");
+            for o in others {
+                let _ = writeln!(s, "{o}");
+            }
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## What each row measures (both sides)\n");
     for r in &report.rows {
         let _ = writeln!(s, "- `{}`: {}", r.name, note(r.name));

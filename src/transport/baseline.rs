@@ -16,12 +16,13 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+use super::drops::Drops;
 use super::{
     Direction, OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport,
 };
@@ -49,7 +50,7 @@ type SessionMap = RwLock<HashMap<u32, Sender<Msg>>>;
 /// Today's `ACTIVE_SESSIONS`: the global map every callback read-locks.
 static ACTIVE: LazyLock<SessionMap> = LazyLock::new(|| RwLock::new(HashMap::new()));
 /// Messages that arrived for a session the host does not know (dropped).
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: Drops = Drops::new();
 static NEXT_SID: AtomicU32 = AtomicU32::new(1);
 
 /// Allocates a session id; never 0, wraps around after `u32::MAX`.
@@ -72,7 +73,7 @@ unsafe extern "C" fn baseline_callback(buf: *const FfiBuffer) {
     // A panic must not cross the C boundary; there is nothing to report it to.
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if buf.is_null() {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED.count_anonymous();
             return;
         }
         // SAFETY: non-null and valid for the call, by the caller's contract.
@@ -94,11 +95,11 @@ unsafe extern "C" fn baseline_callback(buf: *const FfiBuffer) {
         match tx {
             Some(tx) => {
                 if tx.send(msg).is_err() {
-                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                    DROPPED.count(buf.sid);
                 }
             }
             None => {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
+                DROPPED.count(buf.sid);
             }
         }
     }));
@@ -107,7 +108,13 @@ unsafe extern "C" fn baseline_callback(buf: *const FfiBuffer) {
 /// Counts messages the baseline host dropped because their session was
 /// unknown or already closed (process-wide).
 pub fn dropped_messages() -> u64 {
-    DROPPED.load(Ordering::Relaxed)
+    DROPPED.total()
+}
+
+/// Counts messages the baseline host dropped that named session `sid`
+/// (unknown or already closed when they arrived).
+pub fn dropped_messages_for(sid: u32) -> u64 {
+    DROPPED.for_sid(sid)
 }
 
 /// Today's host design, measured honestly. See the [module docs](self).
@@ -179,11 +186,13 @@ impl BaselineSession {
     fn fail(&mut self, outcome: PhaseOutcome) -> PhaseOutcome {
         if !self.closed {
             self.closed = true;
-            self.plugin.close_session(self.sid);
+            // Forgotten before the plugin is told, so that whatever it sends
+            // once it knows is dropped (and counted), not queued here.
             ACTIVE
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&self.sid);
+            self.plugin.close_session(self.sid);
         }
         outcome
     }
@@ -359,11 +368,12 @@ impl Transport for Baseline {
     fn close(&self, mut s: BaselineSession) {
         if !s.closed {
             s.closed = true;
-            s.plugin.close_session(s.sid);
+            // As in `fail`: forgotten first, then the plugin is told.
             ACTIVE
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&s.sid);
+            s.plugin.close_session(s.sid);
         }
     }
 

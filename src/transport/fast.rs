@@ -25,12 +25,13 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use super::drops::Drops;
 use super::{
     Direction, OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport,
 };
@@ -172,16 +173,32 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
     Table { slots, free }
 });
 
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: Drops = Drops::new();
 
 /// Messages the fast host dropped because their session was unknown or
 /// closed (process-wide).
 pub fn dropped_messages() -> u64 {
-    DROPPED.load(Ordering::Relaxed)
+    DROPPED.total()
+}
+
+/// Messages the fast host dropped that named session `sid` (unknown or
+/// closed when they arrived).
+pub fn dropped_messages_for(sid: u32) -> u64 {
+    DROPPED.for_sid(sid)
 }
 
 fn lock(slot: &Slot) -> MutexGuard<'_, Inner> {
     slot.inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many generations a slot cycles through before a sid repeats.
+const GENERATIONS: u32 = (1 << (32 - SLOT_BITS)) - 1;
+
+/// The sid of the `generation`-th use of slot `idx`: the generation fills the
+/// high bits and cycles through `1..=GENERATIONS`, so a sid is never 0 and
+/// consecutive uses of a slot never share a sid.
+fn sid_for(generation: u32, idx: u32) -> u32 {
+    ((generation % GENERATIONS + 1) << SLOT_BITS) | idx
 }
 
 fn slot_of(sid: u32) -> &'static Slot {
@@ -382,14 +399,14 @@ fn complete(slot: &Slot, sid: u32, es: Option<EventStreamFn>, after: After, repl
 unsafe extern "C" fn fast_callback(buf: *const FfiBuffer) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if buf.is_null() {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED.count_anonymous();
             return;
         }
         // SAFETY: non-null and valid for the call, by the caller's contract.
         let buf = unsafe { *buf };
         let slot = slot_of(buf.sid);
         if buf.sid == 0 || slot.sid.load(Ordering::Acquire) != buf.sid {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED.count(buf.sid);
             return;
         }
         let payload = if buf.len > MAX_PAYLOAD {
@@ -401,7 +418,7 @@ unsafe extern "C" fn fast_callback(buf: *const FfiBuffer) {
         let mut g = lock(slot);
         if g.sid != buf.sid {
             // Closed (and maybe reused) between the check and the lock.
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED.count(buf.sid);
             return;
         }
         let payload = match payload {
@@ -656,11 +673,7 @@ impl Transport for Fast {
             .pop()
             .ok_or(OpenError::TooManySessions)?;
         let slot = &TABLE.slots[idx as usize];
-        let generation = slot.generation.fetch_add(1, Ordering::Relaxed);
-        // The generation fills the high bits and cycles through 1..=MAX, so a
-        // sid is never 0 and consecutive uses of a slot never share a sid.
-        const GENERATIONS: u32 = (1 << (32 - SLOT_BITS)) - 1;
-        let sid = ((generation % GENERATIONS + 1) << SLOT_BITS) | idx;
+        let sid = sid_for(slot.generation.fetch_add(1, Ordering::Relaxed), idx);
         {
             let mut g = lock(slot);
             g.sid = sid;
@@ -796,19 +809,26 @@ mod tests {
 
     #[test]
     fn consecutive_uses_of_a_slot_get_distinct_nonzero_sids() {
-        const GENERATIONS: u32 = (1 << (32 - SLOT_BITS)) - 1;
-        let sid = |g: u32, idx: u32| ((g % GENERATIONS + 1) << SLOT_BITS) | idx;
-        let mut seen = std::collections::HashSet::new();
-        for g in 0..GENERATIONS {
-            let s = sid(g, 5);
-            assert_ne!(s, 0);
-            assert_eq!(s & SLOT_MASK, 5);
-            assert!(seen.insert(s), "generation {g} repeats a sid");
+        for idx in [0, 5, SLOT_MASK] {
+            let mut seen = std::collections::HashSet::new();
+            for g in 0..GENERATIONS {
+                let s = sid_for(g, idx);
+                assert_ne!(s, 0);
+                assert_eq!(s & SLOT_MASK, idx, "the sid names its slot");
+                assert!(seen.insert(s), "generation {g} repeats a sid");
+            }
+            assert_eq!(
+                sid_for(GENERATIONS, idx),
+                sid_for(0, idx),
+                "the cycle closes after every generation"
+            );
         }
-        assert_eq!(
-            sid(GENERATIONS, 5),
-            sid(0, 5),
-            "the cycle closes after every generation"
+        // The generation counter wraps at u32::MAX: the use after it still
+        // gets another sid.
+        assert_ne!(
+            sid_for(u32::MAX, 5),
+            sid_for(u32::MAX.wrapping_add(1), 5),
+            "the counter's wrap repeats a sid"
         );
     }
 }

@@ -14,6 +14,7 @@ use crate::host::context::HttpContext;
 use crate::host::dispatch::DispatchError;
 
 pub mod baseline;
+mod drops;
 pub mod fast;
 pub mod v2;
 

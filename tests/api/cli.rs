@@ -199,3 +199,58 @@ fn run_drives_a_v2_plugin_on_the_fast_transport() {
     assert!(out.status.success());
     assert_eq!(json(&out)["abi"], "v2");
 }
+
+#[test]
+fn the_callgrind_child_runs_the_regions_of_one_row() {
+    use super::common::example_path;
+    let (legacy, v2, anchor) = (
+        rust_plugin_path(),
+        example_path("v2_plugin"),
+        example_path("ring_anchor_plugin"),
+    );
+    let run = |row: &str, variant: &str| {
+        cli(&[
+            nylon_transport::bench::instructions::SUBCOMMAND,
+            row,
+            "--variant",
+            variant,
+            "--legacy",
+            legacy.to_str().unwrap(),
+            "--v2",
+            v2.to_str().unwrap(),
+            "--anchor",
+            anchor.to_str().unwrap(),
+        ])
+    };
+    // Natively (no valgrind here): the regions run, and the plan is printed.
+    let out = run("ffi_call", "fast");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let plan = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("callgrind-plan: "))
+        .unwrap_or_else(|| panic!("no plan in {stdout}"));
+    let plan: nylon_transport::bench::instructions::Plan = serde_json::from_str(plan).unwrap();
+    assert_eq!(plan.row, "ffi_call");
+    assert_eq!(plan.n, 4, "1000 reads per iteration");
+    assert_eq!(
+        plan.ops.into_iter().collect::<Vec<_>>(),
+        [("fast".into(), 1000)]
+    );
+    for (row, variant, message) in [
+        (
+            "no_such_row",
+            "fast",
+            "error: no benchmark row named no_such_row",
+        ),
+        ("lock", "anchor", "error: row lock has no variant anchor"),
+    ] {
+        let out = run(row, variant);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), message);
+    }
+}

@@ -24,16 +24,43 @@ pub(crate) enum Kind {
 pub(crate) const KINDS: [Kind; 3] = [Kind::Baseline, Kind::Fast, Kind::FastDeferred];
 
 impl Kind {
-    /// Messages the transport dropped for unknown or closed sessions, so far.
-    pub(crate) fn dropped(self) -> u64 {
+    /// Messages the transport dropped so far that named session `sid`
+    /// (unknown or closed when they arrived): counted per session, so tests
+    /// running beside this one do not add to it.
+    pub(crate) fn dropped_for(self, sid: u32) -> u64 {
+        use nylon_transport::transport::{baseline, fast};
         match self {
-            Kind::Baseline => nylon_transport::transport::baseline::dropped_messages(),
-            Kind::Fast | Kind::FastDeferred => nylon_transport::transport::fast::dropped_messages(),
+            Kind::Baseline => baseline::dropped_messages_for(sid),
+            Kind::Fast | Kind::FastDeferred => fast::dropped_messages_for(sid),
         }
     }
 }
 
-fn fast(mode: ReplyMode) -> Fast {
+/// Runs `$body` with `$t` bound to a `&` transport of `$kind` (the transport
+/// types differ, so a closure cannot take them).
+macro_rules! on_transport {
+    ($kind:expr, |$t:ident| $body:expr) => {
+        match $kind {
+            $crate::api::common::Kind::Baseline => {
+                let $t = &nylon_transport::transport::Baseline::new();
+                $body
+            }
+            $crate::api::common::Kind::Fast => {
+                let $t = &$crate::api::common::fast(nylon_transport::transport::ReplyMode::Inline);
+                $body
+            }
+            $crate::api::common::Kind::FastDeferred => {
+                let $t =
+                    &$crate::api::common::fast(nylon_transport::transport::ReplyMode::Deferred);
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_transport;
+
+/// The fast transport with `mode`.
+pub(crate) fn fast(mode: ReplyMode) -> Fast {
     Fast::new(FastConfig {
         reply_mode: mode,
         ..FastConfig::default()

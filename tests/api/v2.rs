@@ -171,11 +171,32 @@ fn errors_panics_timeouts_and_floods_are_contained() {
         r.phases[0].message.as_deref(),
         Some("plugin error: handler panicked: boom")
     );
-    let r = run("silent_async", RequestSpec::default(), None, 100);
+    let spec = RequestSpec {
+        path: "/late".into(),
+        ..Default::default()
+    };
+    let r = run("silent_async", spec, None, 100);
     assert_eq!(r.outcomes(), ["timeout"]);
-    // The late thread's asserts run after the timeout: give it time, then
-    // check the plugin still serves.
-    std::thread::sleep(Duration::from_millis(400));
+    // Now the detached thread reads and completes, too late; the plugin
+    // joins it and reports what both calls returned (or its panic).
+    let r = run("late_report", RequestSpec::default(), None, 30_000);
+    assert_eq!(
+        r.outcomes(),
+        ["next", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
+    assert_eq!(
+        r.header("x-late-read"),
+        Some("[]"),
+        "a late read sees nothing"
+    );
+    assert_eq!(
+        r.header("x-late-complete"),
+        Some("refused"),
+        "a late completion is refused"
+    );
+    // The plugin still serves.
     let r = run("flood", RequestSpec::default(), None, 5_000);
     assert_eq!(r.outcomes(), ["error"]);
     assert!(r.phases[0]
