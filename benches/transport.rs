@@ -38,6 +38,9 @@ fn rows(c: &mut Criterion) {
         if let Some(v) = row.fast_legacy.as_mut() {
             group.bench_function("fast_legacy_plugin", |b| b.iter_custom(|n| per_op(v, n)));
         }
+        if let Some(v) = row.fast_deferred.as_mut() {
+            group.bench_function("fast_deferred", |b| b.iter_custom(|n| per_op(v, n)));
+        }
         if let Some(v) = row.anchor.as_mut() {
             group.bench_function("nylon_ring", |b| b.iter_custom(|n| per_op(v, n)));
         }

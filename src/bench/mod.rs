@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod anchor;
+pub mod contended;
 pub mod context;
 pub mod render;
 pub mod rows;
@@ -87,6 +88,9 @@ pub struct Row {
     pub fast: Variant,
     /// The request row only: the fast host with the unchanged legacy plugin.
     pub fast_legacy: Option<Variant>,
+    /// The fast host with deferred replies (`ReplyMode::Deferred`), where a
+    /// row has it.
+    pub fast_deferred: Option<Variant>,
     /// The public anchor (nylon-ring), where it has an equivalent.
     pub anchor: Option<Variant>,
     /// What each variant does.
@@ -109,6 +113,7 @@ impl Row {
             baseline,
             fast,
             fast_legacy: None,
+            fast_deferred: None,
             anchor: None,
             note: "",
         }
@@ -132,6 +137,7 @@ pub fn note(name: &str) -> &'static str {
         "dispatch" => "from phase start to the handler: formatted key + string map vs entry id index",
         "command" => "one fire-and-forget command from the plugin (1000 per phase)",
         "ring_round_trip" => "a frame to another thread and back through shared memory (memfd ring, spin then futex) vs crossbeam",
+        "request_contended" => "8 host threads at once on 2 cores, each: open, 4 phases of the request scenario, close (per request, wall time over all threads), the legacy plugin running every phase on its own 4 threads as the Go SDK does. baseline: baseline host; fast: fast host; fast_deferred: fast host answering reads from the driver thread",
         _ => "",
     }
 }
@@ -177,6 +183,9 @@ pub struct RowResult {
     /// `request` only: the legacy plugin on the fast host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fast_legacy_ns: Option<f64>,
+    /// The fast host with deferred replies, where the row has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_deferred_ns: Option<f64>,
     /// nylon-ring's closest equivalent, where there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor_ns: Option<f64>,
@@ -263,6 +272,9 @@ pub fn measure(
         if let Some(v) = row.fast_legacy.as_mut() {
             variants.push(v);
         }
+        if let Some(v) = row.fast_deferred.as_mut() {
+            variants.push(v);
+        }
         if let Some(v) = row.anchor.as_mut() {
             variants.push(v);
         }
@@ -286,6 +298,7 @@ pub fn measure(
         let baseline_ns = med.remove(0);
         let fast_ns = med.remove(0);
         let fast_legacy_ns = row.fast_legacy.as_ref().map(|_| med.remove(0));
+        let fast_deferred_ns = row.fast_deferred.as_ref().map(|_| med.remove(0));
         let anchor_ns = row.anchor.as_ref().map(|_| med.remove(0));
         out.push(RowResult {
             name,
@@ -293,6 +306,7 @@ pub fn measure(
             fast_ns,
             ratio: baseline_ns / fast_ns,
             fast_legacy_ns,
+            fast_deferred_ns,
             anchor_ns,
             seed_before: row.seed_before,
             seed_target: row.seed_target,
@@ -344,8 +358,9 @@ pub fn human(ns: f64) -> String {
 }
 
 /// One row's cells, in table order: name, seed before, seed target,
-/// baseline, fast, ratio, fast with the legacy plugin, nylon-ring.
-pub fn cells(r: &RowResult) -> [String; 8] {
+/// baseline, fast, ratio, fast with the legacy plugin, fast with deferred
+/// replies, nylon-ring.
+pub fn cells(r: &RowResult) -> [String; 9] {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), human);
     [
         r.name.to_string(),
@@ -355,6 +370,7 @@ pub fn cells(r: &RowResult) -> [String; 8] {
         human(r.fast_ns),
         format!("{:.1}x", r.ratio),
         opt(r.fast_legacy_ns),
+        opt(r.fast_deferred_ns),
         opt(r.anchor_ns),
     ]
 }
@@ -370,7 +386,7 @@ pub fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<22} {:>12} {:>12} {:>12} {:>12} {:>9} {:>14} {:>12}",
+        "{:<22} {:>12} {:>12} {:>12} {:>12} {:>9} {:>14} {:>15} {:>12}",
         "row",
         "seed before",
         "seed target",
@@ -378,13 +394,14 @@ pub fn table(report: &Report) -> String {
         "fast",
         "ratio",
         "fast (legacy)",
+        "fast (deferred)",
         "nylon-ring"
     );
     for r in &report.rows {
-        let [name, before, target, base, fast, ratio, legacy, anchor] = cells(r);
+        let [name, before, target, base, fast, ratio, legacy, deferred, anchor] = cells(r);
         let _ = writeln!(
             s,
-            "{name:<22} {before:>12} {target:>12} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {anchor:>12}"
+            "{name:<22} {before:>12} {target:>12} {base:>12} {fast:>12} {ratio:>9} {legacy:>14} {deferred:>15} {anchor:>12}"
         );
     }
     s
@@ -483,6 +500,11 @@ pub fn run(
     let plugins = load_plugins(l, v)?;
     let mut rows = rows::all(&plugins)?;
     attach_anchor(&mut rows, anchor::load(&a)?);
+    // `NYLON_BENCH_ROWS=a,b` measures only the rows named.
+    if let Ok(only) = std::env::var("NYLON_BENCH_ROWS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        rows.retain(|r| only.contains(&r.name));
+    }
     let machine = machine();
     let rows = measure(&mut rows, settings, progress)?;
     Ok(Report {

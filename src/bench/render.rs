@@ -38,9 +38,9 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     let _ = writeln!(s, "## Results\n");
     let _ = writeln!(
         s,
-        "| row | seed before | seed target | baseline | fast | ratio | fast, legacy plugin | nylon-ring |"
+        "| row | seed before | seed target | baseline | fast | ratio | fast, legacy plugin | fast, deferred replies | nylon-ring |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for r in &report.rows {
         let [name, rest @ ..] = cells(r);
         let _ = writeln!(s, "| `{name}` | {} |", rest.join(" | "));
