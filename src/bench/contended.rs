@@ -148,9 +148,6 @@ pub fn row(plugin: &Arc<LegacyPlugin>) -> Row {
         variant(Baseline::new(), Arc::clone(plugin)),
         variant(Fast::new(FastConfig::default()), Arc::clone(plugin)),
     );
-    row.fast_deferred = Some(variant(
-        deferred(WaitPolicy::Adaptive),
-        Arc::clone(plugin),
-    ));
+    row.fast_deferred = Some(variant(deferred(WaitPolicy::Adaptive), Arc::clone(plugin)));
     row
 }

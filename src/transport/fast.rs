@@ -112,8 +112,11 @@ struct Inner {
     lent: Option<LentContext>,
     outcome: Option<PhaseOutcome>,
     parked: bool,
-    /// When the plugin signalled a parked driver (`now_ns`, 0 for none): the
-    /// end of a pending wait, without the driver's own wake-up in it.
+    /// The driver waits for a pending phase: the plugin's next signal is
+    /// stamped for the latency estimate.
+    waiting: bool,
+    /// When the plugin signalled a waiting driver (`now_ns`, 0 for none):
+    /// the end of a pending wait, without the driver's own wake-up in it.
     signalled_ns: u64,
     ws: WsState,
     /// Messages processed in WebSocket mode; the driver re-arms its idle
@@ -161,6 +164,7 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
                 lent: None,
                 outcome: None,
                 parked: false,
+                waiting: false,
                 signalled_ns: 0,
                 ws: WsState::default(),
                 ws_traffic: 0,
@@ -237,7 +241,8 @@ impl Inner {
     fn signal(&mut self, slot: &Slot) -> bool {
         // SYNC POINT: pairs with the driver's Acquire load in its spin.
         slot.signal.store(true, Ordering::Release);
-        if self.parked && self.signalled_ns == 0 {
+        if self.waiting && self.signalled_ns == 0 {
+            // Only a pending phase gets here: an inline one reads no clock.
             self.signalled_ns = now_ns();
         }
         self.parked
@@ -522,9 +527,13 @@ impl Fast {
         // A WebSocket phase lasts as long as the connection: not a latency.
         let mut websocket = g.ws.upgraded;
         g.signalled_ns = 0;
+        g.waiting = !websocket;
         loop {
             slot.signal.store(false, Ordering::Relaxed);
-            websocket |= g.ws.upgraded;
+            if g.ws.upgraded {
+                websocket = true;
+                g.waiting = false;
+            }
             if g.ws_traffic != traffic {
                 // In WebSocket mode the timeout is an idle timeout, re-armed
                 // by traffic in either direction.
@@ -535,6 +544,7 @@ impl Fast {
                 if !websocket {
                     settle.record(&self.latency, g.signalled_ns);
                 }
+                g.waiting = false;
                 return Some(o);
             }
             // Deferred reads, answered from this thread.
@@ -568,6 +578,7 @@ impl Fast {
             }
             let now = Instant::now();
             if now >= deadline {
+                g.waiting = false;
                 return None;
             }
             if !settle.spent() && !g.ws.active() {

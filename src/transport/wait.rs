@@ -6,27 +6,29 @@
 //! v2 plugin completing a detached call, a read in deferred mode) is waited
 //! for in three steps, under the [`WaitPolicy::Adaptive`] default:
 //!
-//! 1. **Spin** for at most [`SPIN`], and only when the recent latency of
-//!    pending phases says the plugin is likely done by then.
-//! 2. **Yield** the CPU (`sched_yield`) at most [`YIELDS`] times, while less
-//!    than twice the estimate has passed, and only when the estimate is under
-//!    [`YIELD_WINDOW`]. On an idle core a yield returns at once, so this
-//!    catches a completion a few microseconds away without a wake-up; on a
-//!    busy core it runs another thread, often the plugin's own.
+//! 1. **Spin**, at most [`SPIN`], and only while most recent waits of this
+//!    transport ended within that window (plus one wait in eight, to notice a
+//!    plugin that became fast again). A plugin whose thread is running on
+//!    another core answers in a microsecond or two: catching that answer
+//!    keeps both threads hot, where a park would cost two wake-ups.
+//! 2. **Yield** the CPU (`sched_yield`), at most [`YIELDS`] times and until
+//!    twice the average latency has passed, and only while that average is
+//!    under [`YIELD_WINDOW`]: on a busy core this runs another thread, often
+//!    the plugin's own.
 //! 3. **Park** (the session's condvar, or the thread's park) until the
 //!    plugin's completion wakes it or the deadline passes. A park is never cut
 //!    short by a timer: a lost wake-up shows as a missed deadline, not as a
 //!    slow phase.
 //!
-//! The estimate is an exponentially weighted average (weight 1/8) of how long
-//! the plugin took, from the moment the driver started waiting to the moment
-//! the plugin signalled, kept per transport with `Relaxed` atomics and updated
-//! only by waits that went pending. When the driver was parked, the plugin's
-//! side stamps the time it signalled, so the estimate does not include the
-//! driver's own wake-up: it measures the plugin, and a driver that parks today
-//! spins again as soon as the plugin answers fast again. Under load the
-//! estimate grows past the windows and drivers park at once, leaving the CPU
-//! to the plugin's threads.
+//! The estimates are exponentially weighted (weight 1/8), kept per transport
+//! with `Relaxed` atomics, and updated only by waits that went pending: the
+//! average latency, and the share of waits that ended within the spin
+//! window. A latency runs from the moment the driver starts waiting to the
+//! moment the plugin signals; the plugin's side stamps that moment, so the
+//! driver's own wake-up is not counted. When the plugin's threads need the
+//! CPU (more runnable threads than cores, replies that must wake a blocked
+//! plugin thread) its answers take longer than the spin window, the driver
+//! stops spinning, and it soon stops yielding too.
 //!
 //! [`WaitPolicy::Spin`] keeps the earlier fixed spin, for comparison.
 
@@ -34,12 +36,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-/// The longest spin before yielding or parking.
-pub const SPIN: Duration = Duration::from_micros(2);
-/// Above this estimated latency the driver does not yield: it parks at once.
+/// The longest spin (taken only while recent waits mostly ended within it;
+/// with a plugin thread running on another core a wait lasts 1-2 µs).
+pub const SPIN: Duration = Duration::from_micros(8);
+/// Above this average latency the driver does not yield: it parks at once.
 pub const YIELD_WINDOW: Duration = Duration::from_micros(60);
-/// The most yields before parking.
+/// The most yields in one wait.
 pub const YIELDS: u32 = 64;
+/// One wait in this many spins whatever the estimate.
+const PROBE: u64 = 8;
+/// 1.0 in the fixed-point share of hits.
+const ONE: i64 = 1 << 16;
 
 /// How a driver waits for a pending phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,33 +59,43 @@ pub enum WaitPolicy {
     Spin(Duration),
 }
 
-/// Nanoseconds since a process-wide epoch: a timestamp that fits an atomic.
+/// Nanoseconds since a process-wide epoch, never 0: a timestamp that fits
+/// an atomic, with 0 left to mean "none".
 pub(crate) fn now_ns() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    // Never 0, so that 0 can mean "no stamp".
     (EPOCH.elapsed().as_nanos() as u64).max(1)
 }
 
 /// The recent latency of pending phases, for one transport.
 #[derive(Debug, Default)]
 pub(crate) struct Latency {
-    /// Exponentially weighted average, ns (saturating at `u32::MAX`).
-    ewma_ns: AtomicU32,
+    /// Average latency, ns (saturating).
+    mean_ns: AtomicU32,
+    /// Share of waits that ended within [`SPIN`], in 1/65536.
+    hits: AtomicU32,
 }
 
 impl Latency {
-    /// The current estimate.
+    /// The average latency.
     pub(crate) fn estimate(&self) -> Duration {
-        Duration::from_nanos(u64::from(self.ewma_ns.load(Ordering::Relaxed)))
+        Duration::from_nanos(u64::from(self.mean_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Whether most recent waits ended within the spin window.
+    pub(crate) fn spin_pays(&self) -> bool {
+        i64::from(self.hits.load(Ordering::Relaxed)) >= ONE / 2
     }
 
     /// Adds one observed latency. Concurrent updates may lose one another's
     /// sample, which an average tolerates.
     pub(crate) fn record(&self, sample_ns: u64) {
-        let sample = sample_ns.min(u64::from(u32::MAX)) as i64;
-        let old = i64::from(self.ewma_ns.load(Ordering::Relaxed));
-        let new = old + (sample - old) / 8;
-        self.ewma_ns.store(new as u32, Ordering::Relaxed);
+        let ewma = |a: &AtomicU32, x: i64| {
+            let old = i64::from(a.load(Ordering::Relaxed));
+            a.store((old + (x - old) / 8) as u32, Ordering::Relaxed);
+        };
+        ewma(&self.mean_ns, sample_ns.min(u64::from(u32::MAX)) as i64);
+        let hit = sample_ns <= SPIN.as_nanos() as u64;
+        ewma(&self.hits, if hit { ONE } else { 0 });
     }
 }
 
@@ -86,7 +103,7 @@ impl Latency {
 #[derive(Debug)]
 pub(crate) struct Settle {
     /// When this wait started (`now_ns`).
-    pub(crate) start_ns: u64,
+    start_ns: u64,
     spin_until: Option<Instant>,
     yields: u32,
     yield_until: Instant,
@@ -106,12 +123,13 @@ impl Settle {
             },
             WaitPolicy::Adaptive => {
                 let est = latency.estimate();
-                let yields = if est <= YIELD_WINDOW { YIELDS } else { 0 };
+                // The clock's low bits pick the probes: no shared counter.
+                let spin = latency.spin_pays() || start_ns % PROBE == 0;
                 Self {
                     start_ns,
-                    spin_until: (est <= SPIN).then(|| now + SPIN),
-                    yields,
-                    yield_until: now + (est * 2).clamp(SPIN, YIELD_WINDOW),
+                    spin_until: spin.then(|| now + SPIN),
+                    yields: if est <= YIELD_WINDOW { YIELDS } else { 0 },
+                    yield_until: now + (est * 2).min(YIELD_WINDOW),
                 }
             }
         }
@@ -150,8 +168,8 @@ impl Settle {
         ready()
     }
 
-    /// Records this wait's latency: to `signalled_ns` when the plugin stamped
-    /// it (the driver was parked), else to now.
+    /// Records this wait's latency: up to `signalled_ns` when the plugin
+    /// stamped it, else up to now.
     pub(crate) fn record(&self, latency: &Latency, signalled_ns: u64) {
         let end = if signalled_ns != 0 {
             signalled_ns
@@ -167,30 +185,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_estimate_follows_the_samples() {
+    fn the_estimates_follow_the_samples() {
         let l = Latency::default();
         for _ in 0..64 {
             l.record(100_000);
         }
         assert!(l.estimate() > YIELD_WINDOW, "{:?}", l.estimate());
-        let s = Settle::new(WaitPolicy::Adaptive, &l);
-        assert!(s.spent(), "a slow plugin: park at once");
+        assert!(!l.spin_pays());
+        // A slow plugin: park at once, but for the one probe in eight.
+        let plans: Vec<Settle> = (0..64)
+            .map(|_| Settle::new(WaitPolicy::Adaptive, &l))
+            .collect();
+        assert!(plans.iter().all(|s| s.yields == 0));
+        assert!(plans.iter().all(|s| s.spent() || s.start_ns % PROBE == 0));
         for _ in 0..64 {
             l.record(500);
         }
-        assert!(l.estimate() <= SPIN, "{:?}", l.estimate());
+        assert!(l.spin_pays());
+        assert!(l.estimate() < SPIN, "{:?}", l.estimate());
+        // A fast plugin again: spin, then yield.
         let s = Settle::new(WaitPolicy::Adaptive, &l);
-        assert!(!s.spent(), "a fast plugin again: spin and yield");
+        assert!(s.spin_until.is_some() && s.yields == YIELDS);
     }
 
     #[test]
-    fn a_fixed_spin_never_yields() {
-        let mut s = Settle::new(WaitPolicy::Spin(Duration::from_micros(1)), &Latency::default());
+    fn a_wait_ends_when_ready_or_when_spent() {
+        let l = Latency::default();
+        let mut s = Settle::new(WaitPolicy::Adaptive, &l);
+        assert!(s.run(|| true));
+        let mut s = Settle::new(WaitPolicy::Adaptive, &l);
+        assert!(!s.run(|| false));
+        assert!(s.spent());
+        let mut s = Settle::new(WaitPolicy::Spin(Duration::from_micros(1)), &l);
         assert!(!s.spent());
         assert!(!s.run(|| false));
         assert!(s.spent());
-        let mut s = Settle::new(WaitPolicy::Spin(Duration::ZERO), &Latency::default());
-        assert!(s.spent());
-        assert!(s.run(|| true));
+        assert!(Settle::new(WaitPolicy::Spin(Duration::ZERO), &l).spent());
     }
 }
