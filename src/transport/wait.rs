@@ -124,7 +124,7 @@ impl Settle {
             WaitPolicy::Adaptive => {
                 let est = latency.estimate();
                 // The clock's low bits pick the probes: no shared counter.
-                let spin = latency.spin_pays() || start_ns % PROBE == 0;
+                let spin = latency.spin_pays() || start_ns.is_multiple_of(PROBE);
                 Self {
                     start_ns,
                     spin_until: spin.then(|| now + SPIN),
@@ -197,7 +197,7 @@ mod tests {
             .map(|_| Settle::new(WaitPolicy::Adaptive, &l))
             .collect();
         assert!(plans.iter().all(|s| s.yields == 0));
-        assert!(plans.iter().all(|s| s.spent() || s.start_ns % PROBE == 0));
+        assert!(plans.iter().all(|s| s.spent() || s.start_ns.is_multiple_of(PROBE)));
         for _ in 0..64 {
             l.record(500);
         }
