@@ -197,7 +197,9 @@ mod tests {
             .map(|_| Settle::new(WaitPolicy::Adaptive, &l))
             .collect();
         assert!(plans.iter().all(|s| s.yields == 0));
-        assert!(plans.iter().all(|s| s.spent() || s.start_ns.is_multiple_of(PROBE)));
+        assert!(plans
+            .iter()
+            .all(|s| s.spent() || s.start_ns.is_multiple_of(PROBE)));
         for _ in 0..64 {
             l.record(500);
         }
