@@ -10,11 +10,13 @@
 //! - `error`, `panic`: a handler that fails / panics.
 //! - hostile ones for the tests: `silent`, `unknown_method`, `malformed`,
 //!   `bad_length`, `event_to_host`, `flood`, `threads`, `victim`, `stale`.
+//! - on the plugin's own threads (the Go SDK's way): `threaded`, `delayed`
+//!   (see the block at the end).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nylon_transport::abi::legacy::{FfiBuffer, Method};
-use nylon_transport::sdk::{Flow, PhaseCx, Plugin, SdkError, Session, WsCx, WsEvent};
+use nylon_transport::sdk::{Flow, PhaseCx, PhasePool, Plugin, SdkError, Session, WsCx, WsEvent};
 
 struct Example {
     greeting: String,
@@ -63,6 +65,8 @@ impl Plugin for Example {
             "empty" => Box::new(Empty),
             "read_command" => Box::new(ReadCommand),
             "ws_sink" => Box::new(WsSink),
+            "threaded" => Box::new(Threaded(self.open("scenario", sid)?)),
+            "delayed" => Box::new(Delayed),
             _ => return None,
         })
     }
@@ -509,6 +513,64 @@ impl Session for Commands {
             cx.set_response_status(200);
         }
         Ok(Flow::Next)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Phases on the plugin's own threads, as the Go SDK runs them: a goroutine per
+// phase on a few OS threads, reads as requests through the host callback with
+// a wait for the reply, the phase ended by NEXT sent from that thread. Used by
+// the `request_contended` bench row and the wake-up tests.
+// ---------------------------------------------------------------------------
+
+/// The plugin's own threads: a fixed few, as Go's runtime has (never a new
+/// thread per phase, which would measure thread creation).
+static PLUGIN_THREADS: PhasePool = PhasePool::new("rust-plugin-phase", 4);
+
+/// The `scenario` entry's logic (its reads and commands, whatever they are),
+/// every phase run on [`PLUGIN_THREADS`].
+struct Threaded(Box<dyn Session>);
+
+impl Session for Threaded {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        self.0.request_filter(cx)
+    }
+
+    fn response_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        self.0.response_filter(cx)
+    }
+
+    fn response_body_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        self.0.response_body_filter(cx)
+    }
+
+    fn logging(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        self.0.logging(cx)
+    }
+
+    fn phase_pool(&self) -> Option<&'static PhasePool> {
+        Some(&PLUGIN_THREADS)
+    }
+}
+
+/// How long the `delayed` entry's request filter takes.
+pub const DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Ends its request filter [`DELAY`] after it starts, on one of
+/// [`PLUGIN_THREADS`]: the host's driver has parked by then, and only the
+/// plugin's NEXT can wake it.
+struct Delayed;
+
+impl Session for Delayed {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        std::thread::sleep(DELAY);
+        let path = cx.request_path()?;
+        cx.set_response_header("x-delayed-path", &path);
+        Ok(Flow::Next)
+    }
+
+    fn phase_pool(&self) -> Option<&'static PhasePool> {
+        Some(&PLUGIN_THREADS)
     }
 }
 

@@ -5,6 +5,7 @@ mod api {
 
     mod c_plugin;
     mod cli;
+    mod contended;
     mod hostile;
     mod methods;
     mod v2;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod anchor;
+pub mod contended;
 pub mod context;
 pub mod instructions;
 pub mod render;
@@ -176,6 +177,7 @@ pub fn note(name: &str) -> &'static str {
         "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style (growing buffer, copy, byte-wise unmask, drain) vs in place, word-wise",
         "channel" => "a message to another thread and back: crossbeam unbounded (blocking) vs SPSC ring (heap)",
         "ring_round_trip" => "a frame to another thread and back through shared memory (memfd ring, spin then futex) vs crossbeam",
+        "request_contended" => "8 host threads at once on 2 cores, each: open, 4 phases of the request scenario, close (per request, wall time over all threads), the legacy plugin running every phase on its own 4 threads as the Go SDK does. baseline: baseline host; fast: fast host; fast_deferred: fast host answering reads from the driver thread",
         _ => "",
     }
 }

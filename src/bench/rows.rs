@@ -679,6 +679,7 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
             ring_round_trip(true)?,
         ),
     ];
+    rows.push(super::contended::row(l));
     for r in &mut rows {
         r.note = super::note(r.name);
     }

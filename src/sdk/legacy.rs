@@ -8,16 +8,25 @@
 //! a time per session, with a predicate), an empty reply is a value, closing a
 //! session frees its state and wakes its readers, `NEXT`/`END` are sent after
 //! the handler's commands, and WebSocket events are delivered in order.
+//!
+//! Where a phase runs: by default on a cached pool that starts a thread when
+//! none is idle (today's task per phase). A session whose
+//! [`Session::phase_pool`] names a [`PhasePool`] runs its phases on that
+//! pool's fixed set of threads instead, as Go's runtime runs goroutines on a
+//! few OS threads: the phase starts there and ends there, with `NEXT` sent
+//! from that thread.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, RwLock, TryLockError};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
 
 use super::{panic_message, Flow, Plugin, SdkError, Session, WsEvent};
 use crate::abi::legacy::{DataEventFn, FfiBuffer, Method, Phase, SDK_ERROR_METHOD};
 use crate::codec::{self, scalar};
-use crate::spawn::Spawner;
+use crate::spawn::{Job, Spawner};
 
 /// How long a read waits for the host before giving up with [`SdkError::Timeout`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +56,62 @@ fn session(sid: u32) -> Option<Arc<SessionState>> {
         .cloned()
 }
 
+/// A fixed set of plugin threads that run phases (see the [module docs](self)).
+///
+/// The threads start on first use and live as long as the process. A phase
+/// that blocks (a read waiting for the host) holds its thread meanwhile, so a
+/// pool smaller than the number of sessions in flight makes phases queue.
+///
+/// ```ignore
+/// static POOL: PhasePool = PhasePool::new("my-plugin", 4);
+/// // in Session: fn phase_pool(&self) -> Option<&'static PhasePool> { Some(&POOL) }
+/// ```
+#[derive(Debug)]
+pub struct PhasePool {
+    name: &'static str,
+    threads: usize,
+    tx: OnceLock<Sender<Job>>,
+}
+
+impl PhasePool {
+    /// A pool of `threads` threads (at least one), named `name`.
+    pub const fn new(name: &'static str, threads: usize) -> Self {
+        Self {
+            name,
+            threads,
+            tx: OnceLock::new(),
+        }
+    }
+
+    /// The number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads.max(1)
+    }
+
+    /// Runs `job` on one of the pool's threads; a panic in it is caught.
+    fn run(&self, job: Job) {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+            for _ in 0..self.threads() {
+                let rx = rx.clone();
+                // A thread that cannot start leaves its jobs to the others;
+                // with none at all, jobs wait and the host times the phase out.
+                let _ = std::thread::Builder::new()
+                    .name(self.name.into())
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            let _ = catch_unwind(AssertUnwindSafe(job));
+                        }
+                    });
+            }
+            tx
+        });
+        // The threads hold receivers for ever: the send cannot fail while
+        // one of them runs.
+        let _ = tx.send(job);
+    }
+}
+
 struct Replies {
     slots: HashMap<u32, Vec<u8>>,
     closed: bool,
@@ -63,6 +128,8 @@ enum OwnedEvent {
 struct SessionState {
     sid: u32,
     cb: DataEventFn,
+    /// Where phases run; `None`: the SDK's cached pool.
+    pool: Option<&'static PhasePool>,
     handler: Mutex<Box<dyn Session>>,
     pending: Mutex<VecDeque<OwnedEvent>>,
     replies: Mutex<Replies>,
@@ -649,6 +716,7 @@ pub unsafe fn register_session_stream(sid: u32, entry: *const u8, len: u32, cb: 
         let state = Arc::new(SessionState {
             sid,
             cb,
+            pool: handler.phase_pool(),
             handler: Mutex::new(handler),
             pending: Mutex::new(VecDeque::new()),
             replies: Mutex::new(Replies {
@@ -690,9 +758,12 @@ pub unsafe fn event_stream(buf: *const FfiBuffer) {
         match Phase::from_u8(buf.phase) {
             Some(Phase::Zero) => {}
             Some(phase) => {
-                RUNTIME
-                    .tasks
-                    .spawn(Box::new(move || state.run_phase(phase)));
+                match state.pool {
+                    Some(pool) => pool.run(Box::new(move || state.run_phase(phase))),
+                    None => RUNTIME
+                        .tasks
+                        .spawn(Box::new(move || state.run_phase(phase))),
+                }
                 return;
             }
             None => return,

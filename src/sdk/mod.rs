@@ -41,7 +41,7 @@ use std::fmt;
 pub mod legacy;
 pub mod v2;
 
-pub use legacy::{PhaseCx, WsCx};
+pub use legacy::{PhaseCx, PhasePool, WsCx};
 
 /// How a phase handler ends its phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,5 +174,12 @@ pub trait Session: Send + 'static {
     /// A WebSocket event, delivered in order. Only commands are available here.
     fn on_websocket(&mut self, event: WsEvent<'_>, ws: &mut WsCx<'_>) {
         let _ = (event, ws);
+    }
+
+    /// The fixed pool of plugin threads this session's phases run on, asked
+    /// once when the session opens; `None` (the default) runs each phase on
+    /// the SDK's cached pool.
+    fn phase_pool(&self) -> Option<&'static PhasePool> {
+        None
     }
 }

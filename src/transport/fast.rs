@@ -9,8 +9,12 @@
 //!   in place. Nothing is copied: the payload is borrowed for the callback.
 //! - **Inline phase starts.** The host calls `event_stream` on its own thread;
 //!   a plugin that finishes the phase inside that call costs no thread hand-off
-//!   at all, and one that finishes later (a Go goroutine) is waited for by
-//!   spinning briefly, then parking on that session's own condvar.
+//!   at all (and no clock read), and one that finishes later (a Go goroutine)
+//!   is waited for as [`super::wait`] describes: a spin of at most a few
+//!   microseconds and a few yields, only while this transport's recent
+//!   pending-phase latency says the plugin is about to answer, then a park on
+//!   that session's own condvar, which the plugin's completion wakes. Under
+//!   load the driver parks at once and leaves the CPU to the plugin's threads.
 //! - **Cached encodings.** A reused FlatBuffers builder per session, the
 //!   request headers encoded once per session, `itoa` decimals.
 //! - **Bounded memory.** Messages that arrive between phases wait in a bounded
@@ -42,6 +46,7 @@ use crate::host::dispatch::{dispatch, DispatchError, PhaseEnd, ReplyEncoding, St
 use crate::host::loader::LegacyPlugin;
 use crate::spawn::Spawner;
 use crate::transport::baseline::MAX_PAYLOAD;
+use crate::transport::wait::{now_ns, Latency, Settle, WaitPolicy};
 
 /// Number of session slots (concurrently open fast sessions, all plugins).
 pub const SLOTS: usize = 1 << SLOT_BITS;
@@ -71,16 +76,16 @@ pub enum ReplyMode {
 pub struct FastConfig {
     /// How reads are answered.
     pub reply_mode: ReplyMode,
-    /// How long the driver spins for a phase that ends on another thread
-    /// before it parks (an idle wait then costs no CPU).
-    pub spin: Duration,
+    /// How the driver waits for a phase that ends on another thread (see
+    /// [`super::wait`]): adaptive by default.
+    pub wait: WaitPolicy,
 }
 
 impl Default for FastConfig {
     fn default() -> Self {
         Self {
             reply_mode: ReplyMode::Inline,
-            spin: Duration::from_micros(50),
+            wait: WaitPolicy::Adaptive,
         }
     }
 }
@@ -110,6 +115,12 @@ struct Inner {
     lent: Option<LentContext>,
     outcome: Option<PhaseOutcome>,
     parked: bool,
+    /// The driver waits for a pending phase: the plugin's next signal is
+    /// stamped for the latency estimate.
+    waiting: bool,
+    /// When the plugin signalled a waiting driver (`now_ns`, 0 for none):
+    /// the end of a pending wait, without the driver's own wake-up in it.
+    signalled_ns: u64,
     ws: WsState,
     /// Messages processed in WebSocket mode; the driver re-arms its idle
     /// deadline when this moves.
@@ -156,6 +167,8 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
                 lent: None,
                 outcome: None,
                 parked: false,
+                waiting: false,
+                signalled_ns: 0,
                 ws: WsState::default(),
                 ws_traffic: 0,
                 ws_ready: false,
@@ -290,7 +303,18 @@ impl Inner {
             self.outcome = Some(outcome);
         }
         self.lent = None;
+        self.signal(slot)
+    }
+
+    /// Tells the driver there is something to look at; true when it is
+    /// parked and the caller must wake it (`slot.wake`, after unlocking).
+    fn signal(&mut self, slot: &Slot) -> bool {
+        // SYNC POINT: pairs with the driver's Acquire load in its spin.
         slot.signal.store(true, Ordering::Release);
+        if self.waiting && self.signalled_ns == 0 {
+            // Only a pending phase gets here: an inline one reads no clock.
+            self.signalled_ns = now_ns();
+        }
         self.parked
     }
 }
@@ -448,8 +472,7 @@ unsafe extern "C" fn fast_callback(buf: *const FfiBuffer) {
                 g.finish(slot, PhaseOutcome::Error(SessionError::QueueFull))
             } else {
                 g.reads.push_back((buf.method, payload.to_vec()));
-                slot.signal.store(true, Ordering::Release);
-                g.parked
+                g.signal(slot)
             };
             drop(g);
             if wake {
@@ -490,6 +513,8 @@ fn push_backlog(g: &mut Inner, q: Queued) {
 pub struct Fast {
     config: FastConfig,
     spawner: Option<Spawner>,
+    /// Recent latency of phases that went pending, for the adaptive wait.
+    latency: Latency,
 }
 
 impl Default for Fast {
@@ -504,7 +529,11 @@ impl Fast {
     pub fn new(config: FastConfig) -> Self {
         let spawner =
             (config.reply_mode == ReplyMode::Deferred).then(|| Spawner::new("nylon-fast-phase"));
-        Self { config, spawner }
+        Self {
+            config,
+            spawner,
+            latency: Latency::default(),
+        }
     }
 }
 
@@ -550,14 +579,31 @@ impl Fast {
     }
 
     /// Waits until the phase ends or the deadline passes; services the
-    /// WebSocket client and deferred reads meanwhile.
+    /// WebSocket client and deferred reads meanwhile. A phase that already
+    /// ended costs one lock: no clock read, no latency sample.
     fn wait(&self, s: &FastSession, slot: &Slot, timeout: Duration) -> Option<PhaseOutcome> {
-        let mut deadline = Instant::now() + timeout;
-        let spin_until = Instant::now() + self.config.spin;
         let mut g = lock(slot);
+        if let Some(o) = g.outcome.take() {
+            slot.signal.store(false, Ordering::Relaxed);
+            return Some(o);
+        }
+        // Pending: the plugin answers from another thread (or, in deferred
+        // mode, asks for reads first).
+        let mut deadline = Instant::now() + timeout;
         let mut traffic = g.ws_traffic;
+        // The busy part of the current wait: a new one after each deferred
+        // read, since the plugin then has to answer again.
+        let mut settle = Settle::new(self.config.wait, &self.latency);
+        // A WebSocket phase lasts as long as the connection: not a latency.
+        let mut websocket = g.ws.upgraded;
+        g.signalled_ns = 0;
+        g.waiting = !websocket;
         loop {
             slot.signal.store(false, Ordering::Relaxed);
+            if g.ws.upgraded {
+                websocket = true;
+                g.waiting = false;
+            }
             if g.ws_traffic != traffic {
                 // In WebSocket mode the timeout is an idle timeout, re-armed
                 // by traffic in either direction.
@@ -565,10 +611,17 @@ impl Fast {
                 deadline = Instant::now() + timeout;
             }
             if let Some(o) = g.outcome.take() {
+                if !websocket {
+                    settle.record(&self.latency, g.signalled_ns);
+                }
+                g.waiting = false;
                 return Some(o);
             }
             // Deferred reads, answered from this thread.
             if let Some((method, payload)) = g.reads.pop_front() {
+                if !websocket {
+                    settle.record(&self.latency, g.signalled_ns);
+                }
                 let es = g.event_stream;
                 with_reply_buf(|reply| {
                     let after = process(slot, &mut g, method, &payload, reply);
@@ -576,6 +629,8 @@ impl Fast {
                     complete(slot, s.sid, es, after, reply);
                 });
                 g = lock(slot);
+                g.signalled_ns = 0;
+                settle = Settle::new(self.config.wait, &self.latency);
                 continue;
             }
             if g.ws.active() && g.ws_ready {
@@ -593,24 +648,22 @@ impl Fast {
             }
             let now = Instant::now();
             if now >= deadline {
+                g.waiting = false;
                 return None;
             }
-            if now < spin_until && !g.ws.active() {
-                // Spin without the lock: a plugin thread that is about to end
-                // the phase must not wait for us, and a wake-up costs far more.
+            if !settle.spent() && !g.ws.active() {
+                // Spin and yield without the lock: a plugin thread that is
+                // about to end the phase must not wait for us.
                 drop(g);
-                'spin: while Instant::now() < spin_until {
-                    for _ in 0..64 {
-                        if slot.signal.load(Ordering::Acquire) {
-                            break 'spin;
-                        }
-                        std::hint::spin_loop();
-                    }
-                }
+                // SYNC POINT: pairs with the Release store in `Inner::signal`.
+                settle.run(|| slot.signal.load(Ordering::Acquire));
                 g = lock(slot);
                 continue;
             }
-            // Park on this session's own condvar; the callback wakes us.
+            // Park on this session's own condvar until the plugin's message
+            // wakes us (`Inner::signal` sees `parked`) or the deadline; never
+            // on a shorter timer outside WebSocket mode, so a lost wake-up
+            // cannot pass for a slow plugin.
             let wait = if g.ws.active() {
                 Duration::from_millis(1).min(deadline - now)
             } else {

@@ -17,10 +17,12 @@ pub mod baseline;
 mod drops;
 pub mod fast;
 pub mod v2;
+pub mod wait;
 
 pub use baseline::Baseline;
 pub use fast::{Fast, FastConfig, ReplyMode};
 pub use v2::{V2Plugin, V2};
+pub use wait::WaitPolicy;
 
 /// How a phase ended, as the host reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]

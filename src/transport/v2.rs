@@ -6,8 +6,10 @@
 //! Commands are appended to the session's [`Commands`] buffer (bounded, its
 //! memory reused across phases) and applied in order when the phase returns.
 //! An asynchronous plugin detaches the call, returns `PENDING`, and completes
-//! it from its own thread with `complete`; the driver spins briefly, then
-//! parks on its own thread (no condvar shared between sessions).
+//! it from its own thread with `complete`; the driver waits as
+//! [`super::wait`] describes (a short spin and a few yields only while the
+//! recent completion latency is short, then a park on its own thread, which
+//! `complete` unparks; no condvar shared between sessions).
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
@@ -28,6 +30,7 @@ use crate::abi::v2::{self, field, number, CallHandle, Flow, HostTable, PluginTab
 use crate::codec::fast::write_params;
 use crate::host::context::{HttpContext, WsMessage, WsRecv};
 use crate::host::loader::{load_v2, LoadError};
+use crate::transport::wait::{now_ns, Latency, Settle, WaitPolicy};
 
 /// Command bytes one phase may buffer, at most (16 MiB); past it commands
 /// return `FULL` and the phase fails with `QueueFull`.
@@ -251,6 +254,8 @@ struct CallSync {
     done: AtomicBool,
     status: AtomicI32,
     flow: AtomicU32,
+    /// When `complete` was called (`wait::now_ns`), for the latency estimate.
+    completed_ns: AtomicU64,
 }
 
 struct CallInner {
@@ -668,6 +673,8 @@ unsafe extern "C" fn h_complete(call: *mut CallHandle, status: i32, flow: u32) -
         } else {
             state.sync.status.store(status, Ordering::Relaxed);
             state.sync.flow.store(flow, Ordering::Relaxed);
+            // Only detached calls get here: a clock read on the pending path.
+            state.sync.completed_ns.store(now_ns(), Ordering::Relaxed);
             // SYNC POINT: the plugin's commands and result become visible to
             // the driver, which acquires `done`.
             state.sync.done.store(true, Ordering::Release);
@@ -712,15 +719,21 @@ pub static HOST_TABLE: HostTable = HostTable {
 type PhaseFn = unsafe extern "C" fn(*mut c_void, u32, *mut CallHandle, *mut u32) -> i32;
 
 /// The v2 transport. See the [module docs](self).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct V2 {
-    spin: Duration,
+    wait: WaitPolicy,
+    /// Recent latency of detached calls, for the adaptive wait.
+    latency: Latency,
 }
 
-impl Default for V2 {
-    fn default() -> Self {
+impl V2 {
+    /// A transport that waits for detached calls with `wait` (the default is
+    /// [`WaitPolicy::Adaptive`]).
+    #[must_use]
+    pub fn with_wait(wait: WaitPolicy) -> Self {
         Self {
-            spin: Duration::from_micros(50),
+            wait,
+            latency: Latency::default(),
         }
     }
 }
@@ -995,9 +1008,12 @@ impl V2 {
         self.fail(s, PhaseOutcome::Error(e), detached)
     }
 
+    /// Waits for `complete` on a detached call: spin and yield while the
+    /// recent latency is short, then park until `complete` unparks this
+    /// thread or the deadline passes (see [`super::wait`]).
     fn wait(&self, call: &CallState, timeout: Duration) -> Option<(i32, u32)> {
         let deadline = Instant::now() + timeout;
-        let spin_until = Instant::now() + self.spin;
+        let mut settle = Settle::new(self.wait, &self.latency);
         // Register this thread for unpark before checking `done`.
         {
             lock_busy(call);
@@ -1008,6 +1024,10 @@ impl V2 {
         loop {
             // SYNC POINT: acquires the plugin's commands and result.
             if call.sync.done.load(Ordering::Acquire) {
+                settle.record(
+                    &self.latency,
+                    call.sync.completed_ns.load(Ordering::Relaxed),
+                );
                 return Some((
                     call.sync.status.load(Ordering::Relaxed),
                     call.sync.flow.load(Ordering::Relaxed),
@@ -1017,11 +1037,13 @@ impl V2 {
             if now >= deadline {
                 return None;
             }
-            if now < spin_until {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
+            if !settle.spent() {
+                // SYNC POINT: as above; `done` is acquired again at the top.
+                settle.run(|| call.sync.done.load(Ordering::Acquire));
             } else {
+                // Woken by `complete` (which unparks the registered driver
+                // after setting `done`), by a stale unpark token, or by the
+                // deadline; the loop checks `done` again in every case.
                 std::thread::park_timeout(deadline - now);
             }
         }
