@@ -75,7 +75,25 @@ enum Command {
         /// Also write `benchmarks.md` and `benchmarks.svg` into this directory.
         #[arg(long, value_name = "DIR")]
         docs: Option<PathBuf>,
+        /// Run only these rows (comma-separated names, e.g. `channel,ring_batched`).
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+        rows: Vec<String>,
     },
+    /// The far end of the `ring_round_trip` row: echoes frames between the
+    /// two rings of the memfd open as descriptor `fd`.
+    #[command(name = "__ring-echo", hide = true)]
+    RingEcho {
+        #[arg(long)]
+        fd: i32,
+        #[arg(long)]
+        capacity: usize,
+        #[arg(long)]
+        back_offset: u64,
+    },
+    /// The far end of the pipe baseline of `ring_round_trip`: echoes 8-byte
+    /// messages from standard input to standard output.
+    #[command(name = "__pipe-echo", hide = true)]
+    PipeEcho,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,14 +229,32 @@ fn execute(command: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Bench { quick, json, docs } => {
+        Command::RingEcho {
+            fd,
+            capacity,
+            back_offset,
+        } => {
+            bench::ring_rows::ring_echo_process(fd, capacity, back_offset)
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PipeEcho => {
+            bench::ring_rows::pipe_echo_process().map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            quick,
+            json,
+            docs,
+            rows,
+        } => {
             let settings = if quick {
                 bench::Settings::quick()
             } else {
                 bench::Settings::careful()
             };
             let start = Instant::now();
-            let report = bench::run(settings, quick, |i, n, name| {
+            let report = bench::run_rows(settings, quick, &rows, |i, n, name| {
                 eprintln!("[{i}/{n}] {name} ({} elapsed)", bench::elapsed_since(start));
             })
             .map_err(anyhow::Error::msg)?;

@@ -1,6 +1,7 @@
 //! The atomics and thread hints the ring's protocol uses: `std`'s, or
 //! `loom`'s under `--cfg loom`, so the loom models in `ring` check the same
 //! code that ships.
+#![forbid(unsafe_code)]
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU32, Ordering};

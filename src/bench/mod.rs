@@ -17,6 +17,7 @@ use serde::Serialize;
 pub mod anchor;
 pub mod context;
 pub mod render;
+pub mod ring_rows;
 pub mod rows;
 pub mod soak;
 
@@ -124,14 +125,15 @@ pub fn note(name: &str) -> &'static str {
         "session_open" => "open and close one session (legacy register/close vs v2 open/close)",
         "ffi_call" => "one synchronous read of the request path from the plugin (1000 per phase)",
         "transfer_memory" => "moving a 256-byte payload: malloc+copy twice vs a pooled lease and one copy",
-        "channel" => "a message to another thread and back: crossbeam unbounded (blocking) vs SPSC ring (heap)",
+        "channel" => "a u64 to another thread and back: two crossbeam bounded(1) channels, blocking send/recv (its fastest round trip here) vs two SPSC rings on the heap backend (spin, yield, futex)",
         "lock" => "finding a session from a callback: global RwLock<HashMap> + sender clone vs slot table + own lock",
         "json_payload" => "reading two keys of a 110-byte JSON payload: serde_json Value vs an allocation-free top-level key scan (codec::json; sonic-rs lazy get allocates per call)",
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
         "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style vs in place, word-wise",
         "dispatch" => "from phase start to the handler: formatted key + string map vs entry id index",
         "command" => "one fire-and-forget command from the plugin (1000 per phase)",
-        "ring_round_trip" => "a frame to another thread and back through shared memory (memfd ring, spin then futex) vs crossbeam",
+        "ring_round_trip" => "8 bytes to another process and back: two pipes to a child process (blocking reads) vs two SPSC rings in one memfd the child maps (spin, yield, futex)",
+        "ring_batched" => "one-way throughput, ns per 64-byte frame (frames/s = 1e9/ns): crossbeam bounded(1024) of [u8; 64], send per frame, recv + try_iter vs ring push_many (32) / pop_many (256), 64 KiB, heap backend",
         _ => "",
     }
 }
@@ -479,9 +481,30 @@ pub fn run(
     quick: bool,
     progress: impl FnMut(usize, usize, &str),
 ) -> Result<Report, String> {
+    run_rows(settings, quick, &[], progress)
+}
+
+/// Runs the rows named in `only` (every row when it is empty).
+///
+/// # Errors
+///
+/// As [`run`], and a message naming the rows when a name is unknown.
+pub fn run_rows(
+    settings: Settings,
+    quick: bool,
+    only: &[String],
+    progress: impl FnMut(usize, usize, &str),
+) -> Result<Report, String> {
     let (l, v, a) = find_plugins()?;
     let plugins = load_plugins(l, v)?;
     let mut rows = rows::all(&plugins)?;
+    if let Some(unknown) = only.iter().find(|n| !rows.iter().any(|r| r.name == n.as_str())) {
+        let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+        return Err(format!("no row `{unknown}`; rows: {}", names.join(", ")));
+    }
+    if !only.is_empty() {
+        rows.retain(|r| only.iter().any(|n| n == r.name));
+    }
     attach_anchor(&mut rows, anchor::load(&a)?);
     let machine = machine();
     let rows = measure(&mut rows, settings, progress)?;

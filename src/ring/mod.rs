@@ -491,6 +491,28 @@ impl<R: Region> Shared<R> {
     }
 }
 
+/// When a wait gives up: a deadline, or a timeout whose deadline is taken
+/// from the clock only when the wait is about to sleep (a wait that ends
+/// while spinning never reads the clock).
+#[derive(Clone, Copy, Debug)]
+enum Until {
+    At(Instant),
+    After(Duration),
+}
+
+impl Until {
+    fn deadline(&mut self) -> Instant {
+        match *self {
+            Self::At(t) => t,
+            Self::After(d) => {
+                let t = Instant::now() + d;
+                *self = Self::At(t);
+                t
+            }
+        }
+    }
+}
+
 fn frame_size(len: u64) -> u64 {
     FRAME_HEADER as u64 + len.div_ceil(16) * 16
 }
@@ -626,7 +648,7 @@ impl<R: Region> Producer<R> {
         // SYNC POINT: publishes the batch (payloads, headers, the later frames'
         // words and the cleared word after them) to the consumer's Acquire
         // load in Consumer::peek. A swap, not a store: the consumer may have
-        // marked this empty word SLEEP (Consumer::wait_deadline's
+        // marked this empty word SLEEP (Consumer::wait's
         // compare-exchange); one of the two read-modify-writes sees the other.
         let old = first.swap(word, Ordering::Release);
         self.published = self.tail;
@@ -700,17 +722,35 @@ impl<R: Region> Producer<R> {
         frames: &[Msg<'_>],
         deadline: Instant,
     ) -> Result<usize, RingError> {
+        self.push_many_until(frames, Until::At(deadline))
+    }
+
+    fn push_many_until(&mut self, frames: &[Msg<'_>], mut until: Until) -> Result<usize, RingError> {
         loop {
             let n = self.try_push_many(frames)?;
             if n > 0 || frames.is_empty() {
                 return Ok(n);
             }
-            self.wait_room(frames[0].payload.len(), deadline)?;
+            until = self.wait_room(frames[0].payload.len(), until)?;
         }
     }
 
+    /// As [`Producer::push_many_deadline`], with a timeout (the clock is read
+    /// only if the ring stays full long enough to sleep).
+    ///
+    /// # Errors
+    ///
+    /// As [`Producer::push_many_deadline`].
+    pub fn push_many_timeout(
+        &mut self,
+        frames: &[Msg<'_>],
+        timeout: Duration,
+    ) -> Result<usize, RingError> {
+        self.push_many_until(frames, Until::After(timeout))
+    }
+
     /// Appends one frame, waiting up to `timeout` for room (the clock is read
-    /// only if the ring stays full).
+    /// only if the ring stays full long enough to sleep).
     ///
     /// # Errors
     ///
@@ -723,12 +763,7 @@ impl<R: Region> Producer<R> {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), RingError> {
-        match self.try_push(session, method, flags, payload) {
-            Err(RingError::Full) => {
-                self.push_deadline(session, method, flags, payload, Instant::now() + timeout)
-            }
-            other => other,
-        }
+        self.push_until(session, method, flags, payload, Until::After(timeout))
     }
 
     /// Appends one frame, waiting (spin, yield, then sleep) until `deadline`
@@ -745,9 +780,20 @@ impl<R: Region> Producer<R> {
         payload: &[u8],
         deadline: Instant,
     ) -> Result<(), RingError> {
+        self.push_until(session, method, flags, payload, Until::At(deadline))
+    }
+
+    fn push_until(
+        &mut self,
+        session: u32,
+        method: u32,
+        flags: u32,
+        payload: &[u8],
+        mut until: Until,
+    ) -> Result<(), RingError> {
         loop {
             match self.try_push(session, method, flags, payload) {
-                Err(RingError::Full) => self.wait_room(payload.len(), deadline)?,
+                Err(RingError::Full) => until = self.wait_room(payload.len(), until)?,
                 other => return other,
             }
         }
@@ -755,14 +801,15 @@ impl<R: Region> Producer<R> {
 
     /// Waits until a `len`-byte frame fits: spin, yield, then sleep on
     /// `head` after setting its `SLEEPING` bit.
-    fn wait_room(&mut self, len: usize, deadline: Instant) -> Result<(), RingError> {
+    /// Returns `until` with its deadline fixed if it slept.
+    fn wait_room(&mut self, len: usize, mut until: Until) -> Result<Until, RingError> {
         self.flush();
         let mut round = 0u32;
         loop {
             let (pad, size) = self.layout_for(len)?;
             let need = pad + size + FRAME_HEADER as u64;
             if self.has_room(need)? {
-                return Ok(());
+                return Ok(until);
             }
             round += 1;
             if round <= SPINS {
@@ -773,6 +820,7 @@ impl<R: Region> Producer<R> {
                 yield_now();
                 continue;
             }
+            let deadline = until.deadline();
             if Instant::now() >= deadline {
                 return Err(RingError::Timeout);
             }
@@ -780,7 +828,7 @@ impl<R: Region> Producer<R> {
             let seen = self.shared.head_word().load(Ordering::Acquire);
             self.absorb(seen)?;
             if self.fits(need) {
-                return Ok(());
+                return Ok(until);
             }
             let word = self.shared.head_word();
             let asleep = seen | SLEEPING;
@@ -1070,7 +1118,7 @@ impl<R: Region> Consumer<R> {
         if n > 0 || max == 0 {
             return Ok(n);
         }
-        self.wait_deadline(Instant::now() + timeout)?;
+        self.wait(Until::After(timeout))?;
         self.try_pop_many(max, f)
     }
 
@@ -1081,6 +1129,10 @@ impl<R: Region> Consumer<R> {
     ///
     /// [`RingError::Timeout`], or [`RingError::Corrupt`].
     pub fn wait_deadline(&mut self, deadline: Instant) -> Result<(), RingError> {
+        self.wait(Until::At(deadline))
+    }
+
+    fn wait(&mut self, mut until: Until) -> Result<(), RingError> {
         let mut round = 0u32;
         loop {
             if self.peek()?.is_some() {
@@ -1095,6 +1147,7 @@ impl<R: Region> Consumer<R> {
                 yield_now();
                 continue;
             }
+            let deadline = until.deadline();
             let word = self.shared.commit_word(self.head & self.shared.mask);
             if Instant::now() >= deadline {
                 // Leave no mark: the producer would make a futile wake call.
@@ -1143,7 +1196,7 @@ impl<R: Region> Consumer<R> {
     /// As [`Consumer::wait_deadline`].
     pub fn pop_timeout(&mut self, timeout: Duration) -> Result<Frame<'_, R>, RingError> {
         if self.peek()?.is_none() {
-            self.wait_deadline(Instant::now() + timeout)?;
+            self.wait(Until::After(timeout))?;
         }
         match self.try_pop()? {
             Some(f) => Ok(f),
