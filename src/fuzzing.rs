@@ -211,7 +211,10 @@ pub fn ring_region(data: &[u8]) {
         }
     }
     if untouched {
-        assert!(!failed && got == pushed, "input outside the frames changed them");
+        assert!(
+            !failed && got == pushed,
+            "input outside the frames changed them"
+        );
     }
     let _ = p.try_push(1, 1, 0, b"after");
     // Opening a region that is entirely the input.
@@ -227,7 +230,9 @@ pub fn ring_region(data: &[u8]) {
             match c.try_pop() {
                 Ok(Some(f)) => {
                     let s = f.payload().as_ptr() as usize;
-                    assert!(s >= data_start + FRAME_HEADER && s + f.payload().len() <= data_start + cap);
+                    assert!(
+                        s >= data_start + FRAME_HEADER && s + f.payload().len() <= data_start + cap
+                    );
                 }
                 _ => break,
             }

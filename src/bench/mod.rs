@@ -498,7 +498,10 @@ pub fn run_rows(
     let (l, v, a) = find_plugins()?;
     let plugins = load_plugins(l, v)?;
     let mut rows = rows::all(&plugins)?;
-    if let Some(unknown) = only.iter().find(|n| !rows.iter().any(|r| r.name == n.as_str())) {
+    if let Some(unknown) = only
+        .iter()
+        .find(|n| !rows.iter().any(|r| r.name == n.as_str()))
+    {
         let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
         return Err(format!("no row `{unknown}`; rows: {}", names.join(", ")));
     }

@@ -192,8 +192,14 @@ fn find_binary() -> Result<PathBuf, String> {
     if manifest.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bin", "nylon-transport", "--manifest-path"])
-            .arg(&manifest);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bin",
+            "nylon-transport",
+            "--manifest-path",
+        ])
+        .arg(&manifest);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -301,8 +307,10 @@ pub fn ring_echo_process(fd: i32, capacity: usize, back_offset: u64) -> Result<(
     let mut rx = Ring::open(to).map_err(|e| e.to_string())?.into_consumer();
     let mut tx = Ring::open(back).map_err(|e| e.to_string())?.into_producer();
     let parent = std::os::unix::process::parent_id();
-    echo(&mut rx, &mut tx, || std::os::unix::process::parent_id() != parent)
-        .map_err(|e| e.to_string())
+    echo(&mut rx, &mut tx, || {
+        std::os::unix::process::parent_id() != parent
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// The baseline of `ring_round_trip`: the same 8-byte message to a child

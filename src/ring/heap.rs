@@ -33,7 +33,8 @@ impl HeapRegion {
     /// If the allocation fails or `len` overflows a layout.
     #[must_use]
     pub fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(1), super::REGION_ALIGN).expect("region layout");
+        let layout =
+            Layout::from_size_align(len.max(1), super::REGION_ALIGN).expect("region layout");
         // SAFETY: non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "heap region allocation failed");

@@ -744,7 +744,11 @@ impl<R: Region> Producer<R> {
         self.push_many_until(frames, Until::At(deadline))
     }
 
-    fn push_many_until(&mut self, frames: &[Msg<'_>], mut until: Until) -> Result<usize, RingError> {
+    fn push_many_until(
+        &mut self,
+        frames: &[Msg<'_>],
+        mut until: Until,
+    ) -> Result<usize, RingError> {
         loop {
             let n = self.try_push_many(frames)?;
             if n > 0 || frames.is_empty() {
@@ -1426,9 +1430,7 @@ mod loom_models {
                             payload: b,
                         })
                         .collect();
-                    sent += p
-                        .push_many_deadline(&msgs, Instant::now() + FAR)
-                        .unwrap();
+                    sent += p.push_many_deadline(&msgs, Instant::now() + FAR).unwrap();
                 }
             });
             let mut got = Vec::new();

@@ -9,13 +9,7 @@ fn heap_ring(capacity: usize) -> (Producer<HeapRegion>, Consumer<HeapRegion>) {
 }
 
 /// A ring whose region the test can scribble on.
-fn scribble_ring(
-    capacity: usize,
-) -> (
-    Arc<HeapRegion>,
-    Producer<HeapRegion>,
-    Consumer<HeapRegion>,
-) {
+fn scribble_ring(capacity: usize) -> (Arc<HeapRegion>, Producer<HeapRegion>, Consumer<HeapRegion>) {
     let ring = Ring::create(HeapRegion::new(region_size(capacity)), capacity).unwrap();
     let region = Arc::clone(&ring.shared.region);
     let (p, c) = ring.split();
@@ -63,7 +57,10 @@ fn full_and_too_large_are_errors_and_room_comes_back() {
     let (mut p, mut c) = heap_ring(128);
     // Frames are at most half the capacity (header included).
     assert_eq!(p.try_push(0, 0, 0, &[0; 49]), Err(RingError::TooLarge(49)));
-    assert_eq!(p.try_push(0, 0, 0, &[0; 100]), Err(RingError::TooLarge(100)));
+    assert_eq!(
+        p.try_push(0, 0, 0, &[0; 100]),
+        Err(RingError::TooLarge(100))
+    );
     // 64 + 32 + 16 bytes, and 16 more for the word after the last frame.
     p.try_push(1, 0, 0, &[1; 48]).unwrap();
     p.try_push(2, 0, 0, &[2; 8]).unwrap();
@@ -156,8 +153,7 @@ fn open_checks_magic_version_layout_and_capacity() {
     ));
 
     for bad in [1u64 << 40, 1 << 31, 1000, 32, 2048] {
-        let region =
-            unwrap_region(Ring::create(HeapRegion::new(region_size(1024)), 1024).unwrap());
+        let region = unwrap_region(Ring::create(HeapRegion::new(region_size(1024)), 1024).unwrap());
         // SAFETY: as above.
         unsafe { region.scribble(16, &bad.to_le_bytes()) };
         assert_eq!(Ring::open(region).unwrap_err(), RingError::BadCapacity(bad));
@@ -206,7 +202,11 @@ fn a_peer_writing_garbage_gets_errors_never_out_of_bounds_reads() {
             p.try_push(i, i, 0, &payload).unwrap();
             pushed.push((i, payload));
         }
-        let used = HEADER + pushed.iter().map(|(_, b)| frame_size(b.len() as u64) as usize).sum::<usize>()
+        let used = HEADER
+            + pushed
+                .iter()
+                .map(|(_, b)| frame_size(b.len() as u64) as usize)
+                .sum::<usize>()
             + FRAME_HEADER;
         let mut garbage = [0u8; 64];
         for b in garbage.iter_mut() {
@@ -214,7 +214,7 @@ fn a_peer_writing_garbage_gets_errors_never_out_of_bounds_reads() {
         }
         let offset = match round % 4 {
             0 => HEAD_OFFSET,
-            1 => HEADER + (xorshift(&mut seed) % 192) as usize & !15, // a frame word
+            1 => (HEADER + (xorshift(&mut seed) % 192) as usize) & !15, // a frame word
             2 => HEADER + (xorshift(&mut seed) % 192) as usize,
             _ => (xorshift(&mut seed) % (region_size(CAP) as u64 - 64)) as usize,
         };
@@ -224,7 +224,8 @@ fn a_peer_writing_garbage_gets_errors_never_out_of_bounds_reads() {
         // Garbage outside the frames and the consumer's reads leaves them
         // intact; anywhere else it may give errors or odd frames, but every
         // payload stays inside the data area.
-        let untouched = offset >= used || offset + len <= HEADER && offset >= HEAD_OFFSET + 4
+        let untouched = offset >= used
+            || offset + len <= HEADER && offset >= HEAD_OFFSET + 4
             || offset + len <= HEAD_OFFSET;
         let mut got = Vec::new();
         let mut error = None;
@@ -242,7 +243,11 @@ fn a_peer_writing_garbage_gets_errors_never_out_of_bounds_reads() {
             }
         }
         if untouched {
-            assert_eq!((got, error), (pushed, None), "round {round}: offset {offset}");
+            assert_eq!(
+                (got, error),
+                (pushed, None),
+                "round {round}: offset {offset}"
+            );
             intact_rounds += 1;
         }
         let _ = p.try_push(1, 1, 0, b"after");
@@ -250,13 +255,19 @@ fn a_peer_writing_garbage_gets_errors_never_out_of_bounds_reads() {
     assert!(intact_rounds > 0 || cfg!(miri));
 }
 
+/// Writes `bytes` at `offset` of a region, as a peer breaking the protocol.
+fn poke(region: &HeapRegion, offset: usize, bytes: &[u8]) {
+    // SAFETY: every caller runs no ring operation on the region meanwhile
+    // (single-threaded tests, between ring calls).
+    unsafe { region.scribble(offset, bytes) };
+}
+
 #[test]
 fn each_corruption_gets_its_one_error() {
     let word_at = |pos: usize| HEADER + pos;
     // A frame word that is no known state.
-    let (region, mut p, mut c) = scribble_ring(256);
-    // SAFETY: no ring operation is running now (true of every scribble here).
-    unsafe { region.scribble(word_at(0), &0x1234u32.to_le_bytes()) };
+    let (region, _p, mut c) = scribble_ring(256);
+    poke(&region, word_at(0), &0x1234u32.to_le_bytes());
     assert_eq!(
         c.try_pop().unwrap_err(),
         RingError::Corrupt("bad frame word")
@@ -265,29 +276,28 @@ fn each_corruption_gets_its_one_error() {
     // A published frame longer than the rest of the data area, at 0 and
     // after a real frame.
     let (region, _p, mut c) = scribble_ring(256);
-    unsafe { region.scribble(word_at(0), &(PUBLISHED | 241).to_le_bytes()) };
+    poke(&region, word_at(0), &(PUBLISHED | 241).to_le_bytes());
     assert_eq!(
         c.try_pop().unwrap_err(),
         RingError::Corrupt("frame runs past the end of the data area")
     );
-    p.try_push(1, 1, 0, &[7; 100]).unwrap(); // 128 bytes at 0
-    unsafe { region.scribble(word_at(0), &[0; 4]) };
     let (region, mut p, mut c) = scribble_ring(256);
     p.try_push(1, 1, 0, &[7; 100]).unwrap(); // 128 bytes at 0
     assert_eq!(c.try_pop().unwrap().unwrap().payload(), [7; 100]);
-    unsafe { region.scribble(word_at(128), &(PUBLISHED | 113).to_le_bytes()) };
+    poke(&region, word_at(128), &(PUBLISHED | 113).to_le_bytes());
     assert_eq!(
         c.try_pop().unwrap_err(),
         RingError::Corrupt("frame runs past the end of the data area")
     );
     // The longest that fits is accepted, and lies inside the data area.
-    unsafe { region.scribble(word_at(128), &(PUBLISHED | 112).to_le_bytes()) };
+    poke(&region, word_at(128), &(PUBLISHED | 112).to_le_bytes());
     let f = c.try_pop().unwrap().unwrap();
     assert!(inside_data(&region, 256, f.payload()) && f.payload().len() == 112);
+    drop(f);
 
     // A padding frame that does not reach the end.
     let (region, _p, mut c) = scribble_ring(256);
-    unsafe { region.scribble(word_at(0), &(PUBLISHED | PAD | 224).to_le_bytes()) };
+    poke(&region, word_at(0), &(PUBLISHED | PAD | 224).to_le_bytes());
     assert_eq!(
         c.try_pop().unwrap_err(),
         RingError::Corrupt("bad padding frame")
@@ -297,7 +307,7 @@ fn each_corruption_gets_its_one_error() {
     // needs room.
     let (region, mut p, _c) = scribble_ring(256);
     p.try_push(1, 1, 0, &[0; 100]).unwrap();
-    unsafe { region.scribble(HEAD_OFFSET, &129u32.to_le_bytes()) };
+    poke(&region, HEAD_OFFSET, &129u32.to_le_bytes());
     assert_eq!(
         p.try_push(1, 1, 0, &[0; 100]),
         Err(RingError::Corrupt("consumer index out of range"))
@@ -309,8 +319,7 @@ fn each_corruption_gets_its_one_error() {
     drop(c.try_pop().unwrap().unwrap()); // head = 128
     p.try_push(2, 1, 0, &[0; 100]).unwrap(); // reads head = 128
     drop(c.try_pop().unwrap().unwrap()); // head = 256
-    unsafe { region.scribble(HEAD_OFFSET, &64u32.to_le_bytes()) };
-    p.try_push(3, 1, 0, &[0; 100]).unwrap_err();
+    poke(&region, HEAD_OFFSET, &64u32.to_le_bytes());
     assert_eq!(
         p.try_push(3, 1, 0, &[0; 100]),
         Err(RingError::Corrupt("consumer index out of range"))
@@ -336,18 +345,26 @@ fn push_many_fills_what_fits_and_pop_many_hands_back_once() {
     assert_eq!(p.try_push_many(&msgs[5..]), Ok(0));
     let mut got = Vec::new();
     assert_eq!(
-        c.try_pop_many(3, |h, b| got.push((h.session, h.method, h.flags, b.to_vec()))),
+        c.try_pop_many(3, |h, b| got.push((
+            h.session,
+            h.method,
+            h.flags,
+            b.to_vec()
+        ))),
         Ok(3)
     );
     // 144 bytes are back: 16 of padding at the end, then two frames from 0.
     assert_eq!(p.try_push_many(&msgs[5..]), Ok(2));
     assert_eq!(
-        c.try_pop_many(usize::MAX, |h, b| got.push((h.session, h.method, h.flags, b.to_vec()))),
+        c.try_pop_many(usize::MAX, |h, b| got.push((
+            h.session,
+            h.method,
+            h.flags,
+            b.to_vec()
+        ))),
         Ok(4)
     );
-    let want: Vec<_> = (0..7u32)
-        .map(|i| (i, 2, 3, vec![i as u8; 24]))
-        .collect();
+    let want: Vec<_> = (0..7u32).map(|i| (i, 2, 3, vec![i as u8; 24])).collect();
     assert_eq!(got, want);
     assert_eq!(c.try_pop_many(4, |_, _| panic!("empty")), Ok(0));
     // A frame that can never fit: an error first, the end of a batch later.
@@ -451,7 +468,7 @@ fn stress<R: Region + 'static>(p: Producer<R>, c: Consumer<R>, n: u64) {
         let mut round = 0u64;
         while seq < n {
             round += 1;
-            if round % 3 == 0 {
+            if round.is_multiple_of(3) {
                 let f = c.pop_timeout(FAR).unwrap();
                 assert_eq!(f.header().session, seq as u32);
                 assert_eq!(f.payload(), &payload_of(seq, 120)[..], "frame {seq}");
