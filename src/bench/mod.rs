@@ -125,7 +125,7 @@ pub fn note(name: &str) -> &'static str {
         "session_open" => "open and close one session (legacy register/close vs v2 open/close)",
         "ffi_call" => "one synchronous read of the request path from the plugin (1000 per phase)",
         "transfer_memory" => "moving a 256-byte payload: malloc+copy twice vs a pooled lease and one copy",
-        "channel" => "a u64 to another thread and back: two crossbeam bounded(1) channels, blocking send/recv (its fastest round trip here) vs two SPSC rings on the heap backend (spin, yield, futex)",
+        "channel" => "a u64 to another thread and back: two crossbeam bounded(1) channels, blocking send/recv (unbounded measured the same, bounded(0) far slower) vs two SPSC rings on the heap backend (spin, yield, futex)",
         "lock" => "finding a session from a callback: global RwLock<HashMap> + sender clone vs slot table + own lock",
         "json_payload" => "reading two keys of a 110-byte JSON payload: serde_json Value vs an allocation-free top-level key scan (codec::json; sonic-rs lazy get allocates per call)",
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
