@@ -100,23 +100,25 @@ const POS_MASK: u32 = (1 << 31) - 1;
 const SLEEPING: u32 = 1 << 31;
 
 /// Spin rounds before yielding: each side adapts its budget between these
-/// bounds (doubled when a wait ended while spinning, halved when it did not,
-/// so a side whose peer shares its core soon stops spinning). A round is a
-/// load and a `PAUSE` (about 30-50 ns on the project's AMD EPYC VM). Then a
-/// few yields, then sleep. Under loom, none: the models go straight to the
-/// sleep handshake.
+/// bounds. A round is a load and a `PAUSE` (about 30-50 ns on the project's
+/// AMD EPYC VM). Then a few yields, then sleep. Under loom, none: the models
+/// go straight to the sleep handshake.
 const SPIN_MAX: u32 = if cfg!(loom) { 0 } else { 128 };
 const SPIN_MIN: u32 = if cfg!(loom) { 0 } else { 4 };
 const YIELDS: u32 = if cfg!(loom) { 0 } else { 8 };
 
-/// The next spin budget after a wait that ended after `rounds` failed checks.
+/// The next spin budget after a wait that ended after `rounds` failed
+/// checks. A wait that ended while yielding means the peer needed this core
+/// (it shares it): spin less. One that ended while spinning, or had to
+/// sleep (the peer was away, and a longer spin lets both sides stay awake
+/// instead of waking each other every message): spin more.
 fn adapt(budget: u32, rounds: u32) -> u32 {
     if rounds == 0 {
         budget
-    } else if rounds <= budget {
-        (budget * 2).clamp(SPIN_MIN, SPIN_MAX)
-    } else {
+    } else if rounds > budget && rounds <= budget + YIELDS {
         (budget / 2).max(SPIN_MIN)
+    } else {
+        (budget * 2).clamp(SPIN_MIN, SPIN_MAX)
     }
 }
 
