@@ -13,7 +13,7 @@ use crate::abi::legacy::Phase;
 use crate::codec::{self, json, scalar};
 use crate::host::context::{HttpContext, MemoryContext, RequestSpec};
 use crate::host::dispatch::{dispatch, WsState};
-use crate::ring::{region_size, HeapRegion, Ring};
+use crate::ring::{region_size, HeapRegion, Region, Ring, FRAME_HEADER};
 use crate::transport::baseline::BaselineEncoding;
 use crate::transport::fast::FastEncoding;
 use crate::transport::{PhaseOutcome, Transport};
@@ -160,44 +160,80 @@ pub fn scalars(data: &[u8]) {
 
 /// The ring reader against an arbitrary shared region: a ring is created,
 /// a few frames pushed, then the input overwrites the region (indices,
-/// frame headers, data) from an offset it chooses; opening and popping must
-/// give errors or frames inside the data area, never a panic.
+/// frame words, frames, data) from an offset it chooses; opening and
+/// popping must give errors or frames whose payload lies inside the data
+/// area, never a panic, and input that missed the frames and what the
+/// consumer reads must leave the pushed frames intact.
 pub fn ring_region(data: &[u8]) {
     const CAP: usize = 512;
-    let ring = match Ring::create(HeapRegion::new(region_size(CAP)), CAP) {
-        Ok(r) => r,
-        Err(_) => return,
+    // The ring header is `region_size(0)` bytes: the first 128 are read only
+    // by `open`, `head` starts at 128, the data area after the header.
+    const HEADER_LINE: usize = 128;
+    let header = region_size(0);
+    let region = HeapRegion::new(region_size(CAP));
+    let data_start = region.as_ptr() as usize + header;
+    let inside = move |b: &[u8]| {
+        let s = b.as_ptr() as usize;
+        s >= data_start + FRAME_HEADER && s + b.len() <= data_start + CAP
+    };
+    let Ok(ring) = Ring::create(region, CAP) else {
+        return;
     };
     let (mut p, mut c) = ring.split();
+    let mut pushed = Vec::new();
     for i in 0..u32::from(data.first().copied().unwrap_or(0) % 8) {
-        let _ = p.try_push(i, i, 0, &[i as u8; 37]);
+        let payload = [i as u8; 37];
+        if p.try_push(i, i, 0, &payload).is_ok() {
+            pushed.push((i, payload.to_vec()));
+        }
     }
+    // 64 bytes a frame, and the cleared word after the last.
+    let used = header + pushed.len() * 64 + FRAME_HEADER;
     let offset = u32_at(data, 1) as usize % region_size(CAP);
     let garbage = data.get(5..).unwrap_or(&[]);
     let len = garbage.len().min(region_size(CAP) - offset);
     // SAFETY: both halves live on this thread; nothing runs concurrently.
     unsafe { c.scribble_for_fuzzing(offset, &garbage[..len]) };
+    let untouched = len == 0 || offset >= used || offset + len <= HEADER_LINE;
+    let mut got = Vec::new();
+    let mut failed = false;
     for _ in 0..16 {
         match c.try_pop() {
             Ok(Some(f)) => {
-                let h = f.header();
-                assert_eq!(f.payload().len(), h.len as usize);
-                assert!(h.len as usize <= CAP);
+                assert!(inside(f.payload()), "payload outside the data area");
+                got.push((f.header().session, f.payload().to_vec()));
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) => {
+                failed = true;
+                break;
+            }
         }
+    }
+    if untouched {
+        assert!(
+            !failed && got == pushed,
+            "input outside the frames changed them"
+        );
     }
     let _ = p.try_push(1, 1, 0, b"after");
     // Opening a region that is entirely the input.
     let region = HeapRegion::new(region_size(CAP));
+    let data_start = region.as_ptr() as usize + header;
     let n = data.len().min(region_size(CAP));
     // SAFETY: no ring uses this region yet.
     unsafe { region.scribble(0, &data[..n]) };
     if let Ok(r) = Ring::open(region) {
+        let cap = r.capacity();
         let (_, mut c) = r.split();
         for _ in 0..16 {
             match c.try_pop() {
-                Ok(Some(f)) => assert!(f.payload().len() <= CAP),
+                Ok(Some(f)) => {
+                    let s = f.payload().as_ptr() as usize;
+                    assert!(
+                        s >= data_start + FRAME_HEADER && s + f.payload().len() <= data_start + cap
+                    );
+                }
                 _ => break,
             }
         }

@@ -42,5 +42,6 @@ pub mod pool;
 pub mod ring;
 pub mod sdk;
 mod spawn;
+mod sync;
 pub mod transport;
 pub mod ws;

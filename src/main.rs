@@ -99,6 +99,21 @@ enum Command {
         #[arg(long)]
         anchor: PathBuf,
     },
+    /// The far end of the `ring_round_trip` row: echoes frames between the
+    /// two rings of the memfd open as descriptor `fd`.
+    #[command(name = "__ring-echo", hide = true)]
+    RingEcho {
+        #[arg(long)]
+        fd: i32,
+        #[arg(long)]
+        capacity: usize,
+        #[arg(long)]
+        back_offset: u64,
+    },
+    /// The far end of the pipe baseline of `ring_round_trip`: echoes 8-byte
+    /// messages from standard input to standard output.
+    #[command(name = "__pipe-echo", hide = true)]
+    PipeEcho,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,6 +248,19 @@ fn execute(command: Command) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::RingEcho {
+            fd,
+            capacity,
+            back_offset,
+        } => {
+            bench::ring_rows::ring_echo_process(fd, capacity, back_offset)
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PipeEcho => {
+            bench::ring_rows::pipe_echo_process().map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             quick,

@@ -19,6 +19,7 @@ pub mod contended;
 pub mod context;
 pub mod instructions;
 pub mod render;
+pub mod ring_rows;
 pub mod rows;
 pub mod soak;
 
@@ -175,8 +176,9 @@ pub fn note(name: &str) -> &'static str {
         "json_payload_last" => "as json_payload, with the wanted keys at the end of the payload",
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
         "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style (growing buffer, copy, byte-wise unmask, drain) vs in place, word-wise",
-        "channel" => "a message to another thread and back: crossbeam unbounded (blocking) vs SPSC ring (heap)",
-        "ring_round_trip" => "a frame to another thread and back through shared memory (memfd ring, spin then futex) vs crossbeam",
+        "channel" => "a u64 to another thread and back: two crossbeam bounded(1) channels, blocking send/recv (unbounded measured the same, bounded(0) far slower) vs two SPSC rings on the heap backend (spin, yield, futex)",
+        "ring_round_trip" => "8 bytes to another process and back: two pipes to a child process (blocking reads) vs two SPSC rings in one memfd the child maps (spin, yield, futex)",
+        "ring_batched" => "one-way throughput, ns per 64-byte frame (frames/s = 1e9/ns): crossbeam bounded(1024) of [u8; 64], send per frame, recv + try_iter vs ring push_many (32) / pop_many (256), 64 KiB, heap backend",
         "request_contended" => "8 host threads at once on 2 cores, each: open, 4 phases of the request scenario, close (per request, wall time over all threads), the legacy plugin running every phase on its own 4 threads as the Go SDK does. baseline: baseline host; fast: fast host; fast_deferred: fast host answering reads from the driver thread",
         _ => "",
     }

@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::context::{BenchContext, WsCodec, PAYLOAD};
@@ -18,7 +17,6 @@ use crate::codec::fast::HeaderEncoder;
 use crate::codec::json::lookup;
 use crate::host::context::HttpContext;
 use crate::host::loader::LegacyPlugin;
-use crate::ring::{region_size, HeapRegion, MmapRegion, Ring};
 use crate::transport::v2::EntryId;
 use crate::transport::{
     Baseline, Fast, FastConfig, PhaseOutcome, SessionOptions, Transport, V2Plugin, V2,
@@ -211,158 +209,6 @@ where
         }
         Ok(start.elapsed())
     })
-}
-
-/// A ping-pong partner thread, stopped when the variant is dropped.
-struct Partner {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Round trips through two crossbeam unbounded channels (today's design),
-/// blocking receives, both threads running. Reports one round trip per op.
-fn channel_baseline() -> Variant {
-    let (to_tx, to_rx) = crossbeam_channel::unbounded::<u64>();
-    let (back_tx, back_rx) = crossbeam_channel::unbounded::<u64>();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || loop {
-        match to_rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(v) => {
-                if back_tx.send(v).is_err() {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) if !stop2.load(Ordering::Acquire) => {
-            }
-            Err(_) => break,
-        }
-    });
-    let partner = Partner {
-        stop,
-        thread: Some(thread),
-    };
-    Variant::new(1, move |iters| {
-        let _keep = &partner;
-        let start = Instant::now();
-        for i in 0..iters {
-            to_tx.send(i).map_err(|e| e.to_string())?;
-            back_rx.recv().map_err(|e| e.to_string())?;
-        }
-        Ok(start.elapsed())
-    })
-}
-
-/// Round trips through two SPSC rings; both sides spin briefly, then sleep.
-fn ring_round_trip(shared_memory: bool) -> Result<Variant, String> {
-    const CAP: usize = 1 << 16;
-    let make = |name: &str| -> Result<_, String> {
-        if shared_memory {
-            let (region, _file) =
-                MmapRegion::memfd(name, region_size(CAP)).map_err(|e| e.to_string())?;
-            Ring::create(region, CAP)
-                .map(|r| r.split())
-                .map_err(|e| e.to_string())
-                .map(Either::Mmap)
-        } else {
-            Ring::create(HeapRegion::new(region_size(CAP)), CAP)
-                .map(|r| r.split())
-                .map_err(|e| e.to_string())
-                .map(Either::Heap)
-        }
-    };
-    let (to, back) = (make("nylon-bench-to")?, make("nylon-bench-back")?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    match (to, back) {
-        (Either::Heap((mut tp, mut tc)), Either::Heap((mut bp, mut bc))) => {
-            let thread = std::thread::spawn(move || echo(&mut tc, &mut bp, &stop2));
-            let partner = Partner {
-                stop,
-                thread: Some(thread),
-            };
-            Ok(Variant::new(1, move |iters| {
-                let _keep = &partner;
-                ping(&mut tp, &mut bc, iters)
-            }))
-        }
-        (Either::Mmap((mut tp, mut tc)), Either::Mmap((mut bp, mut bc))) => {
-            let thread = std::thread::spawn(move || echo(&mut tc, &mut bp, &stop2));
-            let partner = Partner {
-                stop,
-                thread: Some(thread),
-            };
-            Ok(Variant::new(1, move |iters| {
-                let _keep = &partner;
-                ping(&mut tp, &mut bc, iters)
-            }))
-        }
-        _ => Err("mismatched ring backends".into()),
-    }
-}
-
-enum Either<H, M> {
-    Heap(H),
-    Mmap(M),
-}
-
-fn echo<R: crate::ring::Region>(
-    rx: &mut crate::ring::Consumer<R>,
-    tx: &mut crate::ring::Producer<R>,
-    stop: &AtomicBool,
-) {
-    let mut buf = [0u8; 64];
-    while !stop.load(Ordering::Acquire) {
-        let got = match rx.try_pop() {
-            Ok(Some(f)) => {
-                let n = f.payload().len().min(64);
-                buf[..n].copy_from_slice(&f.payload()[..n]);
-                Some((f.header().session, n))
-            }
-            Ok(None) => None,
-            Err(_) => return,
-        };
-        let Some((session, n)) = got else {
-            // Spin, then sleep; wake up now and then to see `stop`.
-            let _ = rx.wait_deadline(Instant::now() + Duration::from_millis(50));
-            continue;
-        };
-        if tx
-            .push_timeout(session, 1, 0, &buf[..n], Duration::from_secs(5))
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-fn ping<R: crate::ring::Region>(
-    tx: &mut crate::ring::Producer<R>,
-    rx: &mut crate::ring::Consumer<R>,
-    iters: u64,
-) -> Result<Duration, String> {
-    let start = Instant::now();
-    for i in 0..iters {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        tx.push_deadline(i as u32, 1, 0, b"ping", deadline)
-            .map_err(|e| e.to_string())?;
-        let f = rx
-            .pop_timeout(Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        if f.header().session != i as u32 {
-            return Err("reply out of order".into());
-        }
-    }
-    Ok(start.elapsed())
 }
 
 fn lock_baseline() -> Variant {
@@ -653,13 +499,7 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
         ),
         per_call("ffi_call", "1-2 µs", "0.5-1 µs", "reads")?,
         per_call("command", "1-2 µs", "0.5-1 µs", "commands")?,
-        Row::new(
-            "channel",
-            "~300 ns",
-            "~180 ns",
-            channel_baseline(),
-            ring_round_trip(false)?,
-        ),
+        super::ring_rows::channel()?,
         Row::new("lock", "~100 ns", "-", lock_baseline(), lock_fast()),
         json_row("json_payload", PAYLOAD),
         json_row("json_payload_last", PAYLOAD_LAST),
@@ -671,13 +511,8 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
             headers_fast(),
         ),
         Row::new("frame_parse", "1-2 µs", "-", frame_baseline(), frame_fast()),
-        Row::new(
-            "ring_round_trip",
-            "-",
-            "-",
-            channel_baseline(),
-            ring_round_trip(true)?,
-        ),
+        super::ring_rows::round_trip()?,
+        super::ring_rows::batched()?,
     ];
     rows.push(super::contended::row(l));
     for r in &mut rows {

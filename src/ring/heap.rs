@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::Region;
 
-/// A zeroed, 64-byte-aligned heap region.
+/// A zeroed, 128-byte-aligned heap region.
 pub struct HeapRegion {
     ptr: *mut u8,
     layout: Layout,
@@ -33,7 +33,8 @@ impl HeapRegion {
     /// If the allocation fails or `len` overflows a layout.
     #[must_use]
     pub fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(1), 64).expect("region layout");
+        let layout =
+            Layout::from_size_align(len.max(1), super::REGION_ALIGN).expect("region layout");
         // SAFETY: non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "heap region allocation failed");
@@ -52,7 +53,7 @@ impl HeapRegion {
     }
 }
 
-// SAFETY: aligned to 64, valid for layout.size() bytes, zero-initialised,
+// SAFETY: aligned to REGION_ALIGN, valid for layout.size() bytes, zero-initialised,
 // and never moved until dropped.
 unsafe impl Region for HeapRegion {
     fn as_ptr(&self) -> *mut u8 {

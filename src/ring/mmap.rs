@@ -50,6 +50,23 @@ impl MmapRegion {
         Ok(Self { map })
     }
 
+    /// Maps `len` bytes of `file` from `offset` (a multiple of the page
+    /// size), shared; the file is grown to `offset + len` if shorter. Two
+    /// rings can share one memfd this way.
+    ///
+    /// # Errors
+    ///
+    /// The `ftruncate` or `mmap` error (`EINVAL` for an unaligned offset).
+    pub fn file_range(file: &File, offset: u64, len: usize) -> io::Result<Self> {
+        let end = offset + len as u64;
+        if file.metadata()?.len() < end {
+            file.set_len(end)?;
+        }
+        // SAFETY: as in `file`.
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map_mut(file)? };
+        Ok(Self { map })
+    }
+
     /// A new memfd of `len` bytes, mapped; the file can be handed to another
     /// process, which maps it with [`MmapRegion::file`].
     ///
@@ -73,7 +90,7 @@ impl MmapRegion {
     }
 }
 
-// SAFETY: mmap returns page-aligned memory (so 64-aligned), valid for len
+// SAFETY: mmap returns page-aligned memory (so 128-aligned), valid for len
 // bytes, zero-filled for anonymous and new file mappings, fixed until unmapped
 // on drop.
 unsafe impl Region for MmapRegion {
