@@ -165,6 +165,12 @@ impl<T> Receiver<T> {
         self.rx.try_recv().ok()
     }
 
+    /// Waits for one message; `None` once every sender is gone and the
+    /// queue is empty.
+    pub fn recv(&self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+
     /// Waits for one message until `deadline`; `None` on timeout or disconnect.
     pub fn recv_deadline(&self, deadline: Instant) -> Option<T> {
         self.rx.recv_deadline(deadline).ok()

@@ -21,10 +21,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use super::{panic_message, Flow, Plugin, SdkError, Session, WsEvent};
 use crate::abi::legacy::{DataEventFn, FfiBuffer, Method, Phase, SDK_ERROR_METHOD};
+use crate::channel::{self, Backpressure};
 use crate::codec::{self, scalar};
 use crate::spawn::{Job, Spawner};
 
@@ -70,15 +69,28 @@ fn session(sid: u32) -> Option<Arc<SessionState>> {
 pub struct PhasePool {
     name: &'static str,
     threads: usize,
-    tx: OnceLock<Sender<Job>>,
+    queue: usize,
+    tx: OnceLock<channel::Sender<Job>>,
 }
 
 impl PhasePool {
-    /// A pool of `threads` threads (at least one), named `name`.
+    /// Phases a pool holds waiting for a thread, by default.
+    pub const DEFAULT_QUEUE: usize = 4096;
+
+    /// A pool of `threads` threads (at least one), named `name`, holding at
+    /// most [`PhasePool::DEFAULT_QUEUE`] phases waiting.
     pub const fn new(name: &'static str, threads: usize) -> Self {
+        Self::with_queue(name, threads, Self::DEFAULT_QUEUE)
+    }
+
+    /// As [`PhasePool::new`], holding at most `queue` phases (at least one)
+    /// waiting for a thread; a phase past that is refused at once (the host
+    /// hears an error for that session), never queued without bound.
+    pub const fn with_queue(name: &'static str, threads: usize, queue: usize) -> Self {
         Self {
             name,
             threads,
+            queue,
             tx: OnceLock::new(),
         }
     }
@@ -89,26 +101,31 @@ impl PhasePool {
     }
 
     /// Runs `job` on one of the pool's threads; a panic in it is caught.
-    fn run(&self, job: Job) {
+    ///
+    /// # Errors
+    ///
+    /// The job back when the queue is full: the caller runs on the host's
+    /// thread (inside `event_stream`), which must never wait for the pool.
+    fn run(&self, job: Job) -> Result<(), Job> {
         let tx = self.tx.get_or_init(|| {
-            let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+            let (tx, rx) = channel::bounded::<Job>(self.queue.max(1), Backpressure::Reject);
+            let rx = Arc::new(rx);
             for _ in 0..self.threads() {
-                let rx = rx.clone();
+                let rx = Arc::clone(&rx);
                 // A thread that cannot start leaves its jobs to the others;
                 // with none at all, jobs wait and the host times the phase out.
                 let _ = std::thread::Builder::new()
                     .name(self.name.into())
                     .spawn(move || {
-                        while let Ok(job) = rx.recv() {
+                        while let Some(job) = rx.recv() {
                             let _ = catch_unwind(AssertUnwindSafe(job));
                         }
                     });
             }
             tx
         });
-        // The threads hold receivers for ever: the send cannot fail while
-        // one of them runs.
-        let _ = tx.send(job);
+        // The threads hold the receiver for ever, so only `Full` happens.
+        tx.send(job).map_err(channel::SendError::into_inner)
     }
 }
 
@@ -759,7 +776,13 @@ pub unsafe fn event_stream(buf: *const FfiBuffer) {
             Some(Phase::Zero) => {}
             Some(phase) => {
                 match state.pool {
-                    Some(pool) => pool.run(Box::new(move || state.run_phase(phase))),
+                    Some(pool) => {
+                        let s = Arc::clone(&state);
+                        if pool.run(Box::new(move || s.run_phase(phase))).is_err() {
+                            // Refused, not queued: the session hears why.
+                            state.send(SDK_ERROR_METHOD, b"the plugin's phase queue is full");
+                        }
+                    }
                     None => RUNTIME
                         .tasks
                         .spawn(Box::new(move || state.run_phase(phase))),
@@ -891,4 +914,39 @@ macro_rules! export_legacy_plugin {
             $crate::sdk::legacy::shutdown()
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_full_phase_pool_refuses_at_once_and_runs_what_it_took() {
+        static POOL: PhasePool = PhasePool::with_queue("test-pool", 1, 1);
+        let (started_tx, started) = mpsc::channel::<u32>();
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let job = |n: u32| -> Job {
+            let started_tx = started_tx.clone();
+            let gate = Arc::clone(&gate);
+            Box::new(move || {
+                let _ = started_tx.send(n);
+                let _ = lock(&gate).recv_timeout(Duration::from_secs(30));
+            })
+        };
+        // The one thread takes job 1 and blocks in it.
+        assert!(POOL.run(job(1)).is_ok());
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(1));
+        // Job 2 waits in the queue of one; job 3 is refused, without waiting.
+        assert!(POOL.run(job(2)).is_ok());
+        let refused = std::time::Instant::now();
+        assert!(POOL.run(job(3)).is_err(), "a full queue must refuse");
+        assert!(refused.elapsed() < Duration::from_secs(10));
+        // Released, the pool runs job 2 (and never job 3).
+        release.send(()).unwrap();
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(2));
+        release.send(()).unwrap();
+        assert!(started.recv_timeout(Duration::from_millis(200)).is_err());
+    }
 }
