@@ -410,11 +410,12 @@ pub fn human(ns: f64) -> String {
 }
 
 /// The table's columns: header and variant key (`None`: the ratio).
-const COLUMNS: [(&str, Option<&str>); 9] = [
+const COLUMNS: [(&str, Option<&str>); 10] = [
     ("baseline", Some("baseline")),
+    ("fast (legacy)", Some("fast_legacy")),
+    ("legacy ratio", Some("%legacy")),
     ("fast", Some("fast")),
     ("ratio", None),
-    ("fast (legacy)", Some("fast_legacy")),
     ("nylon-ring", Some("anchor")),
     ("nr unpinned", Some("anchor_unpinned")),
     ("fast/nr", Some("/anchor")),
@@ -432,6 +433,9 @@ pub fn cells(r: &RowResult) -> Vec<String> {
             Some("/anchor") => r
                 .get("anchor")
                 .map_or_else(|| "-".into(), |a| format!("{:.2}x", r.fast_ns / a)),
+            Some("%legacy") => r
+                .get("fast_legacy")
+                .map_or_else(|| "-".into(), |l| format!("{:.1}x", r.baseline_ns / l)),
             Some("#before") => r.seed_before.to_string(),
             Some("#target") => r.seed_target.to_string(),
             Some(k) => opt(r.get(k)),
@@ -487,6 +491,7 @@ pub fn ir_cells(r: &RowResult) -> Option<Vec<String>> {
             .iter()
             .map(|(_, key)| match key {
                 None => ratio(get("baseline"), get("fast"), 1),
+                Some("%legacy") => ratio(get("baseline"), get("fast_legacy"), 1),
                 Some("/anchor") => ratio(get("fast"), get("anchor"), 2),
                 Some("#before") | Some("#target") => String::new(),
                 Some(k) => show(k),
