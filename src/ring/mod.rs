@@ -1052,7 +1052,12 @@ impl<R: Region> Consumer<R> {
             let len = word & LEN_MASK;
             let room = cap - pos;
             if word & PAD != 0 {
-                if u64::from(len) + FRAME_HEADER as u64 != room {
+                // Padding runs exactly to the end of the data area, and never
+                // starts at 0 (a producer pads only a frame that does not fit
+                // before the end, and every frame fits from 0): so skipping
+                // it lands on 0 and a second padding frame there is refused,
+                // and this loop runs at most twice.
+                if pos == 0 || u64::from(len) + FRAME_HEADER as u64 != room {
                     return Err(RingError::Corrupt("bad padding frame"));
                 }
                 self.head += room;

@@ -303,6 +303,24 @@ fn each_corruption_gets_its_one_error() {
         RingError::Corrupt("bad padding frame")
     );
 
+    // A padding frame that fills the whole data area from 0: skipping it
+    // lands on it again, so a consumer that accepted it would spin for ever
+    // (found by the fuzz target). A producer never pads at 0.
+    // The pop runs on a thread of its own, so that a consumer caught in that
+    // loop fails the test after a generous bound instead of hanging it.
+    let (region, p, mut c) = scribble_ring(256);
+    poke(&region, word_at(0), &(PUBLISHED | PAD | 240).to_le_bytes());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _keep = (region, p);
+        let _ = tx.send(c.try_pop().map(|f| f.is_some()));
+    });
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the consumer never returned: it loops over the padding"),
+        Err(RingError::Corrupt("bad padding frame"))
+    );
+
     // A consumer index past what was published: the producer sees it when it
     // needs room.
     let (region, mut p, _c) = scribble_ring(256);
