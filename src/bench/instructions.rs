@@ -47,13 +47,12 @@ const DUMP_PATTERN: &str = "nylon_transport::bench::instructions::cg_*";
 /// enough for the difference to average out what a variant does only now
 /// and then, few enough that a row runs in seconds under callgrind (about
 /// 50 times slower than natively).
-pub fn iterations(name: &str, ops: u64) -> u64 {
-    match name {
-        // A real dlopen and initialisation per iteration.
-        "plugin_load" => 2,
+pub fn iterations(ops: u64) -> u64 {
+    if ops >= 100 {
         // A whole session of 1000 reads, commands or messages per iteration.
-        _ if ops >= 100 => 4,
-        _ => 200,
+        4
+    } else {
+        200
     }
 }
 
@@ -169,7 +168,7 @@ pub fn run_row(row: &mut Row, only: &[String]) -> Result<String, String> {
         .filter_map(|k| row.variant_mut(k).map(|v| v.ops))
         .max()
         .unwrap_or(1);
-    let n = iterations(name, max_ops);
+    let n = iterations(max_ops);
     let (mut ops, mut slots) = (BTreeMap::new(), BTreeMap::new());
     for (slot, variant) in chosen.into_iter().enumerate() {
         let ctx = |e: String| format!("{name} {variant}: {e}");

@@ -265,8 +265,12 @@ pub struct Machine {
     pub memory_gib: f64,
     /// Kernel release.
     pub kernel: String,
-    /// A spinning cross-thread round trip, ns (the machine's state now).
+    /// A spinning cross-thread round trip, ns, at the start of the run (the
+    /// machine's state then).
     pub reference_ping_pong_ns: f64,
+    /// The same, at the end of the timed rows (the VM's state can change
+    /// during a run).
+    pub reference_ping_pong_end_ns: f64,
 }
 
 /// A whole run.
@@ -382,16 +386,22 @@ pub fn machine() -> Machine {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|k| k.parse::<f64>().ok())
         .map_or(0.0, |kib| (kib / 1024.0 / 1024.0 * 10.0).round() / 10.0);
-    let mut pp: Vec<f64> = (0..5)
-        .map(|_| rows::reference_ping_pong(20_000).as_nanos() as f64 / 20_000.0)
-        .collect();
     Machine {
         cpu,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory_gib,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
-        reference_ping_pong_ns: median(&mut pp),
+        reference_ping_pong_ns: ping_pong(),
+        reference_ping_pong_end_ns: f64::NAN,
     }
+}
+
+/// The median of five spinning ping-pongs of 20 000 round trips, ns each.
+fn ping_pong() -> f64 {
+    let mut pp: Vec<f64> = (0..5)
+        .map(|_| rows::reference_ping_pong(20_000).as_nanos() as f64 / 20_000.0)
+        .collect();
+    median(&mut pp)
 }
 
 /// Formats nanoseconds for people.
@@ -527,8 +537,14 @@ pub fn table(report: &Report) -> String {
     let m = &report.machine;
     let _ = writeln!(
         s,
-        "machine: {} ({} cores, {} GiB, Linux {}); reference ping-pong {:.0} ns; mode {}",
-        m.cpu, m.cores, m.memory_gib, m.kernel, m.reference_ping_pong_ns, report.mode
+        "machine: {} ({} cores, {} GiB, Linux {}); reference ping-pong {:.0} ns at the start, {:.0} ns at the end; mode {}",
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        m.kernel,
+        m.reference_ping_pong_ns,
+        m.reference_ping_pong_end_ns,
+        report.mode
     );
     let _ = write!(s, "{:<22}", "row");
     for h in headers() {
@@ -700,8 +716,9 @@ pub fn run(
         }
         rows.retain(|r| only.iter().any(|n| n == r.name));
     }
-    let machine = machine();
+    let mut machine = machine();
     let mut results = measure(&mut rows, settings, &mut progress)?;
+    machine.reference_ping_pong_end_ns = ping_pong();
     let single: Vec<(&'static str, Vec<&'static str>)> = rows
         .iter()
         .filter(|r| r.single_thread)

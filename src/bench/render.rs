@@ -24,8 +24,8 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "- Reference spinning ping-pong between two threads, measured at the start of the run: **{:.0} ns** per round trip. This VM flips between a fast and a slow state (3-4x apart); compare only figures from the same run.\n",
-        m.reference_ping_pong_ns
+        "- Reference spinning ping-pong between two threads: **{:.0} ns** per round trip at the start of the run, **{:.0} ns** at the end of the timed rows. This VM flips between a fast and a slow state (3-4x apart) for tens of seconds at a time; compare only figures from the same run, and read each row's rounds (`--json`) for its spread.\n",
+        m.reference_ping_pong_ns, m.reference_ping_pong_end_ns
     );
     let _ = writeln!(s, "## Method\n");
     let _ = writeln!(
@@ -78,7 +78,7 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "Counted by valgrind's callgrind ({}), which does not depend on the VM's state, so a change shows. Each variant of each single-thread row runs once under callgrind (`nylon-transport {} ROW --variant V`, a process of its own): a warm-up, then N and 2N iterations, each in its own function; callgrind dumps its counters when each returns, so a count covers every thread (a legacy plugin's handler runs on its SDK's thread), and the figure is (Ir(2N) - Ir(N)) / (N x operations per iteration), which cancels the fixed costs. A variant that runs on one thread repeats its count exactly from run to run, unless its input changes per process, which moves the count by a fraction of a percent (std's `HashMap` seeds its hash per process: `lock`'s baseline; `plugin_load` names its copies after the process id). `~` marks a variant whose work crosses threads: how often the waiting side spins, yields or parks depends on how the threads interleave, so its count moves between runs, by tens of percent where a thread waits for every read; read those as orders of magnitude. Instructions are work, not time: a thread hand-off costs few instructions and many microseconds. Rows without counts: {}.\n",
+            "Counted by valgrind's callgrind ({}), which does not depend on the VM's state, so a change shows. Each variant of each single-thread row runs once under callgrind (`nylon-transport {} ROW --variant V`, a process of its own): a warm-up, then N and 2N iterations, each in its own function; callgrind dumps its counters when each returns, so a count covers every thread (a legacy plugin's handler runs on its SDK's thread), and the figure is (Ir(2N) - Ir(N)) / (N x operations per iteration), which cancels the fixed costs. A variant that runs on one thread repeats its count exactly from run to run, unless its input changes per process, which moves the count by a fraction of a percent (std's `HashMap` seeds its hash per process: `lock`'s baseline). `~` marks a variant whose work crosses threads: how often the waiting side spins, yields or parks depends on how the threads interleave, so its count moves between runs, by tens of percent where a thread waits for every read; read those as orders of magnitude. Instructions are work, not time: a thread hand-off costs few instructions and many microseconds. Rows without counts: {}.\n",
             report.instructions,
             super::instructions::SUBCOMMAND,
             if without.is_empty() {
