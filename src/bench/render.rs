@@ -61,6 +61,7 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
         s,
         "\n![baseline vs fast vs nylon-ring per row, log scale]({svg_name})\n"
     );
+    goals(&mut s, report);
     let _ = writeln!(s, "## Instructions per operation\n");
     let counted = report.rows.iter().filter(|r| ir_cells(r).is_some()).count();
     if counted == 0 {
@@ -118,6 +119,94 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
         "\n## Reading the table\n\n- **Like for like.** Every variant of a row does the same work: the same plugin logic, inputs and outputs, and the same per-operation setup inside the timed region. `fast (legacy)` is the same legacy plugin as the baseline, on the fast host: the honest headline for existing plugins is `baseline` against `fast (legacy)`, whose ratio is `legacy ratio`. `fast` is the v2 ABI with a v2 plugin running the same logic, and `ratio` is baseline over it (in `--json`, `fast_ns` is the v2 figure and `fast_legacy_ns` the legacy plugin's).\n- **nylon-ring** (`nylon-ring-host` / `nylon-ring` from crates.io, our plugin `examples/ring_anchor_plugin.rs`) sits beside the three rows that are its operations: host calls plugin with nothing to do (`empty_phase`, its fire-and-forget `call`), with one read and one reply (`read_command`, its `call_response_fast`), and with a 13-byte payload and no reply (`event`, `call`). Entries are resolved to ids once on both sides. `nylon-ring` is the plugin loaded pinned (never unloadable, its fastest setting); `nr unpinned` is loaded unloadable, which pays an in-flight call tracker per call (our plugins stay unloadable: a session holds the library, a call does not). `fast/nr` is our v2 figure over their pinned one.\n- **Rows dropped** as not like-for-like: `dispatch` (it timed a lookup the baseline transport does not do against code the v2 transport never runs), `transfer_memory` (its pool is used by no transport yet) and `plugin_load` (it loaded two different libraries).\n- The baseline rows that cross threads (`request`, `empty_phase`, `read_command`, `ffi_call`) are dominated by thread wake-ups, which cost tens of microseconds on this VM: today's design hands every phase and every read to another thread and back. The legacy Rust SDK used by the legacy plugin reproduces today's SDK costs (a task per phase, a malloc per message, a mutex and condition variable per read), which a host cannot remove; `fast (legacy)` is bounded by them."
     );
     s
+}
+
+/// The brief's goals that this run's rows measure, each met or missed, from
+/// the figures above (a goal whose row did not run is left out).
+fn goals(s: &mut String, report: &Report) {
+    let row = |name: &str| report.rows.iter().find(|r| r.name == name);
+    let get = |name: &str, key: &str| row(name).and_then(|r| r.get(key));
+    let mut lines = Vec::new();
+    let mut check = |what: String, met: bool| {
+        lines.push(format!(
+            "- {what}: **{}**",
+            if met { "met" } else { "missed" }
+        ));
+    };
+    for (name, theirs) in [
+        ("empty_phase", "fire-and-forget"),
+        ("read_command", "call with a reply"),
+    ] {
+        if let (Some(f), Some(a)) = (get(name, "fast"), get(name, "anchor")) {
+            check(
+                format!(
+                    "`{name}`: v2 {} against nylon-ring's pinned {theirs} {}, {:.2}x (goal <= 0.7x)",
+                    human(f),
+                    human(a),
+                    f / a
+                ),
+                f / a <= 0.7,
+            );
+        }
+    }
+    if let Some(f) = get("request", "fast") {
+        check(
+            format!(
+                "`request` with a v2 plugin, open and close included: {} (goal < 500 ns)",
+                human(f)
+            ),
+            f < 500.0,
+        );
+    }
+    if let (Some(b), Some(f)) = (get("channel", "baseline"), get("channel", "fast")) {
+        check(
+            format!(
+                "`channel`: ring round trip across threads {} against crossbeam {}, {:.2}x (goal <= 0.6x and < 300 ns)",
+                human(f),
+                human(b),
+                f / b
+            ),
+            f / b <= 0.6 && f < 300.0,
+        );
+    }
+    if let Some(f) = get("ring_batched", "fast") {
+        check(
+            format!(
+                "`ring_batched`: {:.0} M frames/s of 64 bytes (goal >= 20 M/s)",
+                1e3 / f
+            ),
+            f <= 50.0,
+        );
+    }
+    if let (Some(b), Some(f)) = (
+        get("request_contended", "baseline"),
+        get("request_contended", "fast"),
+    ) {
+        check(
+            format!(
+                "`request_contended`: fast {:.1}x baseline's throughput (goal >= 2x)",
+                b / f
+            ),
+            b / f >= 2.0,
+        );
+        if let Some(d) = get("request_contended", "fast_deferred") {
+            check(
+                format!(
+                    "`request_contended`: fast with deferred replies {:.2}x baseline's throughput (goal >= 1x)",
+                    b / d
+                ),
+                b / d >= 1.0,
+            );
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## Goals in this run\n");
+    for l in lines {
+        let _ = writeln!(s, "{l}");
+    }
+    let _ = writeln!(s);
 }
 
 /// A decade tick label: 1 ns, 10 ns, 100 ns, 1 µs, ...
