@@ -75,7 +75,8 @@ fn sampled(
     })
 }
 
-/// Runs `requests` scenario requests through the v2 plugin (sessions reused).
+/// Runs `requests` scenario requests through the v2 plugin (a session
+/// opened and closed per request).
 ///
 /// # Errors
 ///
@@ -84,17 +85,15 @@ pub fn v2(plugin: &Arc<V2Plugin>, requests: u64) -> Result<SoakReport, String> {
     let v2 = V2::default();
     let entry = plugin.entry_id("scenario").ok_or("no scenario entry")?;
     let mut ctx = BenchContext::scenario(WsCodec::Fast);
-    let mut s = v2.open_entry(plugin, entry).map_err(|e| e.to_string())?;
-    let report = sampled("fast, v2 plugin", requests, || {
+    sampled("fast, v2 plugin", requests, || {
         ctx.reset();
-        v2.reopen(&mut s, entry).map_err(|e| e.to_string())?;
+        let mut s = v2.open_entry(plugin, entry).map_err(|e| e.to_string())?;
         for phase in Phase::ALL {
             check(v2.run_phase(&mut s, phase, &mut ctx, Duration::from_secs(10)))?;
         }
+        v2.close(s);
         Ok(())
-    });
-    v2.close(s);
-    report
+    })
 }
 
 /// Runs `requests` scenario requests through the legacy plugin on the fast
