@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -125,10 +126,11 @@ impl Anchor {
     ///
     /// A message when nylon-ring refuses the library or an entry.
     pub fn load(path: &Path) -> Result<Self, String> {
+        static COPIES: AtomicU64 = AtomicU64::new(0);
         let copy = std::env::temp_dir().join(format!(
             "nylon-bench-anchor-{}-{}.so",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            COPIES.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::copy(path, &copy).map_err(|e| format!("copying the anchor plugin: {e}"))?;
         let as_str = |p: &Path| p.to_str().map(str::to_owned).ok_or("non-UTF-8 plugin path");
