@@ -12,6 +12,9 @@
 //!   `bad_length`, `event_to_host`, `flood`, `threads`, `victim`, `stale`.
 //! - on the plugin's own threads (the Go SDK's way): `threaded`, `delayed`
 //!   (see the block at the end).
+//! - for the benchmarks: `scenario` (the request scenario), `empty`,
+//!   `read_command`, `ws_sink` (the anchor rows' operations), `ws_echo`,
+//!   `reads`, `commands`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -381,8 +384,8 @@ impl Session for Slow {
     }
 }
 
-/// The scenario's payload, parsed typed and borrowing with sonic-rs (the v2 example
-/// plugin parses it the same way).
+/// The scenario's payload, parsed typed and borrowing with sonic-rs (the
+/// v2 example plugin parses it the same way).
 #[derive(serde::Deserialize)]
 struct ScenarioPayload<'a> {
     #[serde(borrow)]

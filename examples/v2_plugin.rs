@@ -8,6 +8,8 @@
 //! - `end`, `stream`, `ws`: answering, streaming, WebSocket echo with rooms.
 //! - `async`: finishes request filter on another thread (detach/complete).
 //! - `error`, `panic`, `silent_async`, `flood`: failures the host must contain.
+//! - `empty`, `read_command`, `ws_sink`: the anchor rows' operations (nothing;
+//!   one read and one command; a WebSocket message ignored).
 //! - `late_report`: lets the last `silent_async` phase's thread make its late
 //!   calls, joins it, and reports what they returned as response headers.
 
@@ -68,8 +70,8 @@ impl Plugin for Example {
     }
 }
 
-/// The scenario's payload, parsed typed and borrowing with sonic-rs (the legacy example
-/// plugin parses it the same way).
+/// The scenario's payload, parsed typed and borrowing with sonic-rs (the
+/// legacy example plugin parses it the same way).
 #[derive(serde::Deserialize)]
 struct ScenarioPayload<'a> {
     #[serde(borrow)]
