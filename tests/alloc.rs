@@ -105,41 +105,56 @@ fn main() {
     }
 }
 
-fn a_v2_request_with_open_and_close_allocates_nothing() {
-    let table = nylon_transport::sdk::v2::table::<v2_example::Example>();
-    let plugin = Arc::new(V2Plugin::from_static(table, b"{}").unwrap());
-    let v2 = V2::default();
-    let entry = plugin.entry_id("scenario").unwrap();
+/// Runs `warm_up` requests of the scenario (open, four phases, close) over
+/// `t`, then counts the allocations of `n` more; returns the count and the
+/// last request's response headers.
+fn count_requests<T: Transport>(
+    t: &T,
+    plugin: &Arc<T::Plugin>,
+    warm_up: u64,
+    n: u64,
+) -> (u64, Vec<(String, Vec<u8>)>) {
     let mut ctx = BenchContext::scenario(WsCodec::Fast);
     let mut request = || {
         ctx.reset();
-        let mut session = v2.open_entry(&plugin, entry).unwrap();
+        let mut s = t
+            .open(plugin, "scenario", SessionOptions::default())
+            .unwrap();
         for phase in Phase::ALL {
             assert_eq!(
-                v2.run_phase(&mut session, phase, &mut ctx, TIMEOUT),
+                t.run_phase(&mut s, phase, &mut ctx, TIMEOUT),
                 PhaseOutcome::Next
             );
         }
-        v2.close(session);
+        t.close(s);
     };
     // Warm-up: buffers grow, names are interned, session state is pooled.
-    for _ in 0..100 {
+    for _ in 0..warm_up {
         request();
     }
-    let n = allocations(|| {
-        for _ in 0..10_000 {
+    let count = allocations(|| {
+        for _ in 0..n {
             request();
         }
     });
-    assert_eq!(n, 0, "heap allocations in 10 000 requests");
-    let headers: Vec<_> = ctx
+    let headers = ctx
         .response_headers()
         .map(|(n, v)| (n.to_string(), v.to_vec()))
         .collect();
-    assert!(headers.iter().any(|(n, v)| n == "x-scenario" && v == b"1"));
-    assert!(headers
-        .iter()
-        .any(|(n, v)| n == "x-status-class" && v == b"ok"));
+    (count, headers)
+}
+
+fn has(headers: &[(String, Vec<u8>)], name: &str, value: &[u8]) -> bool {
+    headers.iter().any(|(n, v)| n == name && v == value)
+}
+
+fn a_v2_request_with_open_and_close_allocates_nothing() {
+    let table = nylon_transport::sdk::v2::table::<v2_example::Example>();
+    let plugin = Arc::new(V2Plugin::from_static(table, b"{}").unwrap());
+    let (n, headers) = count_requests(&V2::default(), &plugin, 100, 10_000);
+    assert_eq!(n, 0, "heap allocations in 10 000 requests");
+    assert!(has(&headers, "x-scenario", b"1"));
+    assert!(has(&headers, "x-status-class", b"ok"));
 }
 
 fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
@@ -147,32 +162,9 @@ fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
     let plugin = Arc::new(LegacyPlugin::load(&legacy).unwrap());
     plugin.initialize(b"{}").unwrap();
     let fast = Fast::new(FastConfig::default());
-    let mut ctx = BenchContext::scenario(WsCodec::Fast);
-    let mut request = || {
-        ctx.reset();
-        let mut s = fast
-            .open(&plugin, "scenario", SessionOptions::default())
-            .unwrap();
-        for phase in Phase::ALL {
-            assert_eq!(
-                fast.run_phase(&mut s, phase, &mut ctx, TIMEOUT),
-                PhaseOutcome::Next
-            );
-        }
-        fast.close(s);
-    };
-    for _ in 0..200 {
-        request();
-    }
-    let n = allocations(|| {
-        for _ in 0..2_000 {
-            request();
-        }
-    });
+    let (n, headers) = count_requests(&fast, &plugin, 200, 2_000);
     assert_eq!(n, 0, "host heap allocations in 2 000 legacy requests");
-    assert!(ctx
-        .response_headers()
-        .any(|(n, v)| n == "x-scenario" && v == b"1"));
+    assert!(has(&headers, "x-scenario", b"1"));
 }
 
 fn the_counter_counts_on_every_thread() {
