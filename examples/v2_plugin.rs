@@ -12,6 +12,9 @@
 //!   one read and one command; a WebSocket message ignored).
 //! - `late_report`: lets the last `silent_async` phase's thread make its late
 //!   calls, joins it, and reports what they returned as response headers.
+//! - `async_late`: as `async`, its thread ends the phase 50 ms later.
+//! - `body_rewrite`: the body filter as plugin authors write it: reads the
+//!   body, appends `+x`, sets it, on every chunk.
 
 use nylon_transport::abi::v2::Str;
 use nylon_transport::sdk::v2::{Call, Handler, Plugin};
@@ -40,6 +43,8 @@ impl Plugin for Example {
         "read_command",
         "ws_sink",
         "late_report",
+        "async_late",
+        "body_rewrite",
     ];
 
     fn initialize(_config: &[u8]) -> Result<Self, String> {
@@ -53,7 +58,7 @@ impl Plugin for Example {
             2 => Box::new(End),
             3 => Box::new(Stream),
             4 => Box::new(Ws),
-            5 => Box::new(Async),
+            5 => Box::new(Async(std::time::Duration::from_millis(5))),
             6 => Box::new(Fails),
             7 => Box::new(Panics),
             8 => Box::new(SilentAsync),
@@ -65,6 +70,8 @@ impl Plugin for Example {
             14 => Box::new(ReadCommand),
             15 => Box::new(WsSink),
             16 => Box::new(LateReport),
+            17 => Box::new(Async(std::time::Duration::from_millis(50))),
+            18 => Box::new(BodyRewrite),
             _ => return None,
         })
     }
@@ -279,17 +286,31 @@ impl Handler for Ws {
     }
 }
 
-struct Async;
+/// Ends its request filter on its own thread after the delay.
+struct Async(std::time::Duration);
 
 impl Handler for Async {
     fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
         let detached = cx.detach();
+        let delay = self.0;
         std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(delay);
             let path = detached.path().to_string();
             detached.set_header("x-async-path", &path);
             let _ = detached.complete(Ok(Flow::Next));
         });
+        Ok(Flow::Next)
+    }
+}
+
+/// Rewrites every body chunk: reads it, appends `+x`, sets it.
+struct BodyRewrite;
+
+impl Handler for BodyRewrite {
+    fn response_body_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let mut body = cx.response_body().to_vec();
+        body.extend_from_slice(b"+x");
+        cx.set_body(&body);
         Ok(Flow::Next)
     }
 }
