@@ -1,0 +1,3 @@
+module nylon-transport/sdk/go
+
+go 1.19
