@@ -188,7 +188,9 @@ mod tests {
             vec![s("", "")],
             vec![s("a", "1"), s("b", "22"), s("a", "333"), s("dddd", "")],
             scenario.iter().map(|(k, v)| s(k, v)).collect(),
-            (0..40).map(|i| s(&format!("x-h{i}"), &"v".repeat(i))).collect(),
+            (0..40)
+                .map(|i| s(&format!("x-h{i}"), &"v".repeat(i)))
+                .collect(),
         ];
         (kv, headers)
     }
