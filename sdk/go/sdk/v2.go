@@ -367,3 +367,16 @@ func table() *C.nylon_v2_plugin_t {
 func ngoGoTable() *C.nylon_v2_plugin_t {
 	return table()
 }
+
+// nylon_go_sessions is a test hook: how many Go session objects exist. They
+// are bound to pooled C sessions and reused, so this is the peak number of
+// sessions open at once, not the number of sessions ever opened.
+//
+//export nylon_go_sessions
+func nylon_go_sessions() C.ulonglong {
+	p := slots.Load()
+	if p == nil {
+		return 0
+	}
+	return C.ulonglong(len(*p))
+}
