@@ -6,6 +6,8 @@ mod api {
     mod c_plugin;
     mod cli;
     mod contended;
+    mod go;
+    pub(crate) mod go_build;
     mod hostile;
     mod methods;
     mod v2;

@@ -1,3 +1,3 @@
-module nylon-transport/sdk/go
+module github.com/nylon-transport/nylon-transport/sdk/go
 
 go 1.19

@@ -95,7 +95,9 @@ pub trait HttpContext: Send {
     /// Replaces the response body.
     fn set_response_body(&mut self, body: &[u8]);
     /// The response body as a plugin sees it: the body a plugin set, else the
-    /// current body chunk (in the body filter phase), else empty.
+    /// current body chunk (in the body filter phase), else empty. In the body
+    /// filter phase a body set in an earlier chunk's phase does not count: a
+    /// read there returns the current chunk until the plugin sets the body.
     fn response_body(&self) -> &[u8];
     /// Writes the response header of a streamed response now.
     ///
@@ -246,6 +248,11 @@ pub struct MemoryContext {
     removed: Vec<String>,
     body: Option<Vec<u8>>,
     current_chunk: Vec<u8>,
+    /// False from the start of a body chunk's phase until a plugin sets the
+    /// body in it: the body read then returns the chunk, not a body set in an
+    /// earlier chunk's phase (so a filter can read each chunk, rewrite it and
+    /// set the body so far).
+    body_this_chunk: bool,
     streamed: Vec<Vec<u8>>,
     stream_header_sent: bool,
     stream_ended: bool,
@@ -289,6 +296,7 @@ impl MemoryContext {
             removed: Vec::new(),
             body: None,
             current_chunk: Vec::new(),
+            body_this_chunk: true,
             streamed: Vec::new(),
             stream_header_sent: false,
             stream_ended: false,
@@ -319,6 +327,7 @@ impl MemoryContext {
     pub fn set_current_chunk(&mut self, chunk: &[u8]) {
         self.current_chunk.clear();
         self.current_chunk.extend_from_slice(chunk);
+        self.body_this_chunk = false;
     }
 
     /// The body a plugin set, if any.
@@ -502,10 +511,16 @@ impl HttpContext for MemoryContext {
 
     fn set_response_body(&mut self, body: &[u8]) {
         self.body = Some(body.to_vec());
+        self.body_this_chunk = true;
     }
 
     fn response_body(&self) -> &[u8] {
-        self.body.as_deref().unwrap_or(&self.current_chunk)
+        // The body set in this chunk's phase (or before the body phases),
+        // else the chunk.
+        match &self.body {
+            Some(b) if self.body_this_chunk => b,
+            _ => &self.current_chunk,
+        }
     }
 
     fn response_stream_header(&mut self) -> Result<(), String> {

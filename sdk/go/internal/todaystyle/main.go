@@ -46,7 +46,7 @@ import (
 	"sync"
 	"unsafe"
 
-	"nylon-transport/sdk/go/internal/fbs"
+	"github.com/nylon-transport/nylon-transport/sdk/go/internal/fbs"
 )
 
 const (
