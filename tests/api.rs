@@ -8,6 +8,7 @@ mod api {
     mod contended;
     mod go;
     pub(crate) mod go_build;
+    mod go_legacy;
     mod hostile;
     mod methods;
     mod v2;
