@@ -45,11 +45,19 @@ pub fn build(go: &Path, pkg: &str, tags: &str, name: &str) -> Result<PathBuf, St
     }
     let out = dir.join("go").join(format!("lib{name}.so"));
     let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/go");
-    let output = Command::new(go)
-        .current_dir(&module)
+    let mut cmd = Command::new(go);
+    cmd.current_dir(&module)
         .env("CGO_ENABLED", "1")
         .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
+        // No module proxy is reachable, and the SDK needs none.
+        .env("GOPROXY", "off");
+    if std::env::var_os("GOCACHE").is_none()
+        && std::env::var_os("HOME").is_none()
+        && std::env::var_os("XDG_CACHE_HOME").is_none()
+    {
+        cmd.env("GOCACHE", dir.join("go").join("cache"));
+    }
+    let output = cmd
         .args(["build", "-buildmode=c-shared", "-trimpath"])
         .arg(format!("-tags={tags}"))
         .arg("-o")
