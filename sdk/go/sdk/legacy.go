@@ -23,6 +23,8 @@ package sdk
 //     one), and repeated reads of the same field in a phase are answered from
 //     it. The request headers (and the response headers) are FlatBuffers-
 //     decoded once per phase.
+//   - A phase without a handler is ended on the host's thread, in the
+//     phase-start call (the default handler only calls Next).
 //   - Messages to the host are passed without a copy (the C call borrows the
 //     Go bytes for its duration; the host copies them), not C.malloc'ed.
 //   - A session is removed when the host closes it, and a read still waiting
@@ -300,6 +302,24 @@ func (s *NylonHttpPluginCtx) push(ev event) {
 	}
 }
 
+// nextInline ends a phase that has no handler at once, on the host's
+// thread (the default handler only calls Next), when nothing of the
+// session's is queued or running before it: no worker is woken for it.
+func (s *NylonHttpPluginCtx) nextInline() bool {
+	b := &s.be
+	b.mu.Lock()
+	if b.scheduled || len(b.queue) > 0 || b.closed || b.open {
+		b.mu.Unlock()
+		return false
+	}
+	b.open, b.ws, b.wsClosed = true, false, false
+	b.phaseSeq++
+	b.arena = b.arena[:0]
+	b.mu.Unlock()
+	_ = s.beFinish(flowNext)
+	return true
+}
+
 // drain runs s's queued events, one at a time, in order.
 func (s *NylonHttpPluginCtx) drain() {
 	b := &s.be
@@ -423,6 +443,9 @@ func event_stream(buf *C.FfiBuffer) {
 		data = viewBytes(unsafe.Pointer(buf.ptr), int(n))
 	}
 	if p := uint8(buf.phase); p >= 1 && p <= 4 {
+		if !s.hasHandler(int(p)) && s.nextInline() {
+			return
+		}
 		s.push(event{phase: p})
 		return
 	}
