@@ -138,6 +138,18 @@ fn go_middleware_sets_headers_and_status_from_its_payload_and_rewrites_every_chu
     assert_eq!(r.response.body, "!");
     assert_eq!(r.response.status, 200);
     assert_eq!(r.header("x-mw-prefix"), Some("from-config"));
+    // A second instance with a configuration that is not JSON: as upstream,
+    // NewInitializer's function gets the zero Config. (Both instances share
+    // the library's globals; only this test uses this library.)
+    let bad = Arc::new(
+        V2Plugin::load(go_library("middleware", &[]), b"not json").expect("load again"),
+    );
+    let r = run_on(&bad, "middleware", RequestSpec::default(), None);
+    assert_eq!(r.header("x-mw-prefix"), Some(""));
+    // Dropping it runs the Shutdown function.
+    drop(bad);
+    let r = run("middleware", "middleware", RequestSpec::default(), None);
+    assert_eq!(r.header("x-mw-prefix"), Some("after-shutdown"));
 }
 
 #[test]

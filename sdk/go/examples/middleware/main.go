@@ -1,7 +1,8 @@
 // A middleware: it sets response headers and the status from its payload,
 // and rewrites the response body chunk by chunk (upper-cased), keeping every
 // chunk. Payload: {"header": NAME, "value": V, "status": N, "remove": NAME,
-// "suffix": S}. Config: {"prefix": P} (the value of x-mw-prefix).
+// "suffix": S}. Config: {"prefix": P} (the value of x-mw-prefix); after the
+// host unloads an instance, x-mw-prefix says "after-shutdown".
 package main
 
 import "C"
@@ -23,10 +24,7 @@ type Config struct {
 	Prefix string `json:"prefix"`
 }
 
-var (
-	prefix    atomic.Value // string
-	shutdowns atomic.Int64
-)
+var prefix atomic.Value // string
 
 func str(m map[string]any, k string) string {
 	s, _ := m[k].(string)
@@ -40,7 +38,7 @@ func init() {
 		prefix.Store(c.Prefix)
 	}))
 	plugin.Shutdown(func() {
-		shutdowns.Add(1)
+		prefix.Store("after-shutdown")
 	})
 	plugin.AddPhaseHandler("middleware", func(phase *sdk.PhaseHandler) {
 		// Per-session state: the body so far, rewritten.
