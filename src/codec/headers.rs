@@ -160,7 +160,9 @@ mod tests {
     /// The cases of the Go codec's golden file: `(key, value)` pairs for
     /// `HeaderKeyValue`, header lists for `NylonHttpHeaders`. The lengths
     /// cover every padding (0 to 3 bytes) and the vtable deduplication.
-    fn golden_cases() -> (Vec<(String, String)>, Vec<Vec<(String, String)>>) {
+    type Pairs = Vec<(String, String)>;
+
+    fn golden_cases() -> (Pairs, Vec<Pairs>) {
         let s = |a: &str, b: &str| (a.to_string(), b.to_string());
         let kv = vec![
             s("", ""),

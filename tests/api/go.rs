@@ -141,9 +141,8 @@ fn go_middleware_sets_headers_and_status_from_its_payload_and_rewrites_every_chu
     // A second instance with a configuration that is not JSON: as upstream,
     // NewInitializer's function gets the zero Config. (Both instances share
     // the library's globals; only this test uses this library.)
-    let bad = Arc::new(
-        V2Plugin::load(go_library("middleware", &[]), b"not json").expect("load again"),
-    );
+    let bad =
+        Arc::new(V2Plugin::load(go_library("middleware", &[]), b"not json").expect("load again"));
     let r = run_on(&bad, "middleware", RequestSpec::default(), None);
     assert_eq!(r.header("x-mw-prefix"), Some(""));
     // Dropping it runs the Shutdown function.
