@@ -199,6 +199,27 @@ fn goals(s: &mut String, report: &Report) {
             );
         }
     }
+    if let (Some(b), Some(f)) = (get("request_go", "baseline"), get("request_go", "fast")) {
+        check(
+            format!(
+                "`request_go`: our Go SDK on v2 {} against a today's-style Go plugin on the baseline host {}, {:.1}x (goal >= 10x and < 2 µs)",
+                human(f),
+                human(b),
+                b / f
+            ),
+            b / f >= 10.0 && f < 2_000.0,
+        );
+        if let Some(l) = get("request_go", "fast_legacy") {
+            check(
+                format!(
+                    "`request_go`: our Go SDK on the legacy ABI, fast host, {} ({:.1}x the today's-style baseline; goal >= 3x)",
+                    human(l),
+                    b / l
+                ),
+                b / l >= 3.0,
+            );
+        }
+    }
     if lines.is_empty() {
         return;
     }
