@@ -73,7 +73,10 @@ fn go_headers_of_the_copy_in_the_sdk_match_include() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let a = std::fs::read(root.join("include/nylon_v2.h")).unwrap();
     let b = std::fs::read(root.join("sdk/go/sdk/nylon_v2.h")).unwrap();
-    assert!(a == b, "sdk/go/sdk/nylon_v2.h must be a copy of include/nylon_v2.h");
+    assert!(
+        a == b,
+        "sdk/go/sdk/nylon_v2.h must be a copy of include/nylon_v2.h"
+    );
 }
 
 #[test]
@@ -90,8 +93,16 @@ fn go_middleware_sets_headers_and_status_from_its_payload_and_rewrites_every_chu
         r.phases
     );
     let h = |n| r.header(n).unwrap_or_else(|| panic!("missing {n}: {r:?}"));
-    assert_eq!(h("x-mw-prefix"), "from-config", "NewInitializer decoded the config");
-    assert_eq!(h("x-mw-user"), "alice", "Request().Header is case-insensitive");
+    assert_eq!(
+        h("x-mw-prefix"),
+        "from-config",
+        "NewInitializer decoded the config"
+    );
+    assert_eq!(
+        h("x-mw-user"),
+        "alice",
+        "Request().Header is case-insensitive"
+    );
     assert_eq!(h("x-mw"), "on", "a header named by the payload");
     assert_eq!(r.response.status, 203, "the status from the payload");
     assert_eq!(r.header("x-up"), None, "RemoveResponseHeader");
@@ -101,22 +112,37 @@ fn go_middleware_sets_headers_and_status_from_its_payload_and_rewrites_every_chu
         "Response().Headers(): the response at phase start"
     );
     assert_eq!(h("x-mw-upstream-status"), "200");
-    assert_eq!(h("x-mw-accept"), "text/html", "GetRequestHeader: the last value");
-    assert_eq!(h("x-mw-request-headers"), "4", "GetRequestHeaders: one per name");
-    assert_eq!(r.response.body, "ABCD", "every chunk read, rewritten and kept");
+    assert_eq!(
+        h("x-mw-accept"),
+        "text/html",
+        "GetRequestHeader: the last value"
+    );
+    assert_eq!(
+        h("x-mw-request-headers"),
+        "4",
+        "GetRequestHeaders: one per name"
+    );
+    assert_eq!(
+        r.response.body, "ABCD",
+        "every chunk read, rewritten and kept"
+    );
     assert_eq!(h("x-mw-log"), "2;upstream reset;true");
     // No upstream body: the end-of-stream call, where the suffix goes.
     let payload = br#"{"suffix":"!"}"#;
-    let r = run("middleware", "middleware", RequestSpec::default(), Some(payload));
+    let r = run(
+        "middleware",
+        "middleware",
+        RequestSpec::default(),
+        Some(payload),
+    );
     assert_eq!(r.response.body, "!");
     assert_eq!(r.response.status, 200);
     assert_eq!(r.header("x-mw-prefix"), Some("from-config"));
     // A second instance with a configuration that is not JSON: as upstream,
     // NewInitializer's function gets the zero Config. (Both instances share
     // the library's globals; only this test uses this library.)
-    let bad = Arc::new(
-        V2Plugin::load(go_library("middleware", &[]), b"not json").expect("load again"),
-    );
+    let bad =
+        Arc::new(V2Plugin::load(go_library("middleware", &[]), b"not json").expect("load again"));
     let r = run_on(&bad, "middleware", RequestSpec::default(), None);
     assert_eq!(r.header("x-mw-prefix"), Some(""));
     // Dropping it runs the Shutdown function.
@@ -150,7 +176,12 @@ fn go_echo_answers_with_json_built_from_every_read() {
         return;
     }
     let r = run("echo", "echo", full_request(), Some(br#"{"key":"v"}"#));
-    assert_eq!(r.outcomes(), ["end", "next", "next", "next"], "{:?}", r.phases);
+    assert_eq!(
+        r.outcomes(),
+        ["end", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_str(&r.response.body).expect("JSON body");
     assert_eq!(
@@ -176,15 +207,33 @@ fn go_echo_answers_with_json_built_from_every_read() {
     // No payload, no params.
     let r = run("echo", "echo", RequestSpec::default(), None);
     let v: serde_json::Value = serde_json::from_str(&r.response.body).unwrap();
-    assert_eq!((&v["payload"], &v["params"]), (&serde_json::Value::Null, &serde_json::Value::Null));
+    assert_eq!(
+        (&v["payload"], &v["params"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null)
+    );
     // BodyText, BodyHTML, Redirect.
-    let r = run("echo", "echo", spec(r#"{"path":"/t","query":"format=text"}"#), None);
+    let r = run(
+        "echo",
+        "echo",
+        spec(r#"{"path":"/t","query":"format=text"}"#),
+        None,
+    );
     assert_eq!(r.response.body, "path=/t");
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
-    let r = run("echo", "echo", spec(r#"{"path":"/h","query":"format=html"}"#), None);
+    let r = run(
+        "echo",
+        "echo",
+        spec(r#"{"path":"/h","query":"format=html"}"#),
+        None,
+    );
     assert_eq!(r.response.body, "<p>/h</p>");
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
-    let r = run("echo", "echo", spec(r#"{"query":"redirect=/elsewhere"}"#), None);
+    let r = run(
+        "echo",
+        "echo",
+        spec(r#"{"query":"redirect=/elsewhere"}"#),
+        None,
+    );
     assert_eq!(r.response.status, 307);
     assert_eq!(r.header("location"), Some("/elsewhere"));
     assert_eq!(r.response.body, "");
@@ -254,7 +303,11 @@ fn go_handler_panic_is_a_phase_error_and_the_plugin_lives() {
         r.phases[0].message.as_deref(),
         Some("plugin error: handler panicked: boom")
     );
-    assert_eq!(r.header("x-never"), None, "a failed phase's commands are dropped");
+    assert_eq!(
+        r.header("x-never"),
+        None,
+        "a failed phase's commands are dropped"
+    );
     // The same library still serves, the same session pool included.
     for _ in 0..3 {
         let r = run("echo", "echo", spec(r#"{"path":"/after"}"#), None);
@@ -274,7 +327,12 @@ fn go_handler_that_finishes_on_another_goroutine() {
         spec(r#"{"path":"/later","headers":[["x-user","bob"]]}"#),
         None,
     );
-    assert_eq!(r.outcomes(), ["end", "next", "next", "next"], "{:?}", r.phases);
+    assert_eq!(
+        r.outcomes(),
+        ["end", "next", "next", "next"],
+        "{:?}",
+        r.phases
+    );
     assert_eq!(r.header("x-async"), Some("1"));
     let v: serde_json::Value = serde_json::from_str(&r.response.body).unwrap();
     assert_eq!(v["path"], "/later", "reads through the detached call");
@@ -339,7 +397,9 @@ impl Hooks {
         unsafe {
             let lib = libloading::Library::new(path).expect("open the scenario library");
             let mallocs = *lib.get(b"nylon_go_mallocs\0").expect("nylon_go_mallocs");
-            let crossings = *lib.get(b"nylon_go_crossings\0").expect("nylon_go_crossings");
+            let crossings = *lib
+                .get(b"nylon_go_crossings\0")
+                .expect("nylon_go_crossings");
             let sessions = *lib.get(b"nylon_go_sessions\0").expect("nylon_go_sessions");
             Hooks {
                 _lib: lib,
@@ -368,7 +428,12 @@ fn go_scenario_allocates_nothing_and_crosses_once_per_phase_with_a_handler() {
     let hooks = Hooks::open(&go_library("scenario", &[]));
     let request = || {
         let r = run_on(&p, "scenario", scenario_spec(), Some(SCENARIO_PAYLOAD));
-        assert_eq!(r.outcomes(), ["next", "next", "next", "next"], "{:?}", r.phases);
+        assert_eq!(
+            r.outcomes(),
+            ["next", "next", "next", "next"],
+            "{:?}",
+            r.phases
+        );
         assert_eq!(r.header("x-scenario"), Some("1"));
         assert_eq!(r.header("x-status-class"), Some("ok"));
     };
@@ -405,5 +470,8 @@ fn go_scenario_allocates_nothing_and_crosses_once_per_phase_with_a_handler() {
     // Closed sessions are reused, not kept: one request at a time needs one.
     // SAFETY: the hook takes no argument.
     let sessions = unsafe { (hooks.sessions)() };
-    assert!(sessions <= 2, "{sessions} Go sessions for sequential requests");
+    assert!(
+        sessions <= 2,
+        "{sessions} Go sessions for sequential requests"
+    );
 }

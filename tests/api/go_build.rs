@@ -54,7 +54,10 @@ pub(crate) fn go_or_skip(test: &str) -> bool {
 pub(crate) fn go_library(example: &str, tags: &[&str]) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let key = format!("{example}{}", tags.iter().map(|t| format!("-{t}")).collect::<String>());
+    let key = format!(
+        "{example}{}",
+        tags.iter().map(|t| format!("-{t}")).collect::<String>()
+    );
     if let Some(p) = built.get_or_insert_with(HashMap::new).get(&key) {
         return p.clone();
     }
@@ -81,7 +84,10 @@ pub(crate) fn go_library(example: &str, tags: &[&str]) -> PathBuf {
     }
     cmd.arg("-o").arg(&out).arg(format!("./examples/{example}"));
     let output = cmd.output().unwrap_or_else(|e| {
-        panic!("run `{}` to build the Go example {example}: {e}", go_command())
+        panic!(
+            "run `{}` to build the Go example {example}: {e}",
+            go_command()
+        )
     });
     assert!(
         output.status.success(),
