@@ -185,8 +185,14 @@ func (b *backendSession) fail(msg string) {
 // groupOf is the snapshot bit of field f.
 func groupOf(f field) C.uint32_t { return 1 << C.uint32_t(f) }
 
-// need makes sure the snapshot has group g; b.mu is held.
+// need makes sure the snapshot has group g; b.mu is held. A detached call
+// reads from the host every time instead: the host may give up on it (its
+// timeout) at any moment and take the request back, after which a read
+// answers nothing rather than a view of memory the request no longer owns.
 func (b *backendSession) need(g C.uint32_t) {
+	if b.state == callDetached {
+		b.cs.have &^= g
+	}
 	if b.cs.have&g != g {
 		C.ngo_fetch(b.cs, g)
 	}
@@ -266,7 +272,10 @@ func (s *NylonHttpPluginCtx) headerAt(i int, g C.uint32_t) (string, string, bool
 	if b.state == callIdle || i < 0 {
 		return "", "", false
 	}
-	b.need(g)
+	if i == 0 || b.state != callDetached || b.cs.have&g == 0 {
+		// (A detached call refreshes the list when a walk starts.)
+		b.need(g)
+	}
 	list, n := b.cs.hdr, int(b.cs.hdr_n)
 	if g == C.NGO_G_RESP_HEADERS {
 		list, n = b.cs.rhdr, int(b.cs.rhdr_n)
