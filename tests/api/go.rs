@@ -16,7 +16,7 @@ use nylon_transport::host::{MemoryContext, RequestSpec};
 use nylon_transport::transport::{V2Plugin, V2};
 
 use super::common::full_request;
-use super::go_build::{go_library, go_or_skip};
+use super::go_build::{go_in_sdk, go_library, go_or_skip};
 
 /// Each Go example, built and loaded once per test process.
 fn plugin(example: &str) -> Arc<V2Plugin> {
@@ -44,6 +44,16 @@ fn run_on(
     spec: RequestSpec,
     payload: Option<&[u8]>,
 ) -> RequestReport {
+    run_within(p, entry, spec, payload, Duration::from_secs(20))
+}
+
+fn run_within(
+    p: &Arc<V2Plugin>,
+    entry: &str,
+    spec: RequestSpec,
+    payload: Option<&[u8]>,
+    timeout: Duration,
+) -> RequestReport {
     let upstream = spec.upstream.clone();
     let mut ctx = MemoryContext::new(spec, payload.map(<[u8]>::to_vec));
     run_request(
@@ -53,7 +63,7 @@ fn run_on(
         &mut ctx,
         upstream.as_ref(),
         RunOptions {
-            timeout: Duration::from_secs(20),
+            timeout,
             trace: false,
         },
     )
@@ -337,6 +347,44 @@ fn go_handler_that_finishes_on_another_goroutine() {
     let v: serde_json::Value = serde_json::from_str(&r.response.body).unwrap();
     assert_eq!(v["path"], "/later", "reads through the detached call");
     assert_eq!(v["x_user"], "bob");
+}
+
+#[test]
+fn go_phase_the_host_gave_up_on() {
+    if !go_or_skip("go_late") {
+        return;
+    }
+    let p = plugin("echo");
+    // The goroutine waits for echo_release: the host's timeout passes first.
+    let r = run_within(
+        &p,
+        "echo_late",
+        spec(r#"{"path":"/late"}"#),
+        None,
+        Duration::from_millis(100),
+    );
+    assert_eq!(r.outcomes(), ["timeout"]);
+    // Now it reads and ends its phase, too late: the read answers nothing
+    // (not a view of the finished request), the end is refused.
+    let r = run_on(&p, "echo_release", RequestSpec::default(), None);
+    assert_eq!(r.header("x-late"), Some(r#""";true"#));
+    // The plugin still serves, and the late goroutine's session went back to
+    // the pool without disturbing anything.
+    for _ in 0..3 {
+        let r = run_on(&p, "echo", spec(r#"{"path":"/after-late"}"#), None);
+        assert!(r.response.body.contains(r#""path":"/after-late""#));
+    }
+}
+
+#[test]
+fn go_sdk_vets_and_passes_its_own_tests() {
+    if !go_or_skip("go_sdk") {
+        return;
+    }
+    // `go vet` type-checks sdk/api_test.go, which pins every signature of the
+    // upstream API; `go test` runs the package's own tests.
+    go_in_sdk(&["vet", "./..."]);
+    go_in_sdk(&["test", "./sdk/"]);
 }
 
 #[test]

@@ -48,6 +48,45 @@ pub(crate) fn go_or_skip(test: &str) -> bool {
     false
 }
 
+/// The Go command `go ARGS...`, run in `sdk/go` with the environment the
+/// builds use; panics with its output when it fails.
+pub(crate) fn go_in_sdk(args: &[&str]) {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go");
+    let output = go(&out_dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run `{} {}`: {e}", go_command(), args.join(" ")));
+    assert!(
+        output.status.success(),
+        "`go {}` in sdk/go failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A `go` command in `sdk/go`: cgo on, no module proxy, the local toolchain.
+fn go(out_dir: &Path) -> Command {
+    let mut cmd = Command::new(go_command());
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/go"))
+        .env("CGO_ENABLED", "1")
+        // No module proxy is reachable, and the SDK needs none.
+        .env("GOPROXY", "off")
+        .env(
+            "GOFLAGS",
+            // The caller's flags (for example `-race`) are kept.
+            format!("-mod=mod {}", std::env::var("GOFLAGS").unwrap_or_default()),
+        )
+        .env("GOTOOLCHAIN", "local");
+    if std::env::var_os("GOCACHE").is_none()
+        && std::env::var_os("HOME").is_none()
+        && std::env::var_os("XDG_CACHE_HOME").is_none()
+    {
+        cmd.env("GOCACHE", out_dir.join("cache"));
+    }
+    cmd
+}
+
 /// The shared library of Go example `example`, built with build `tags`
 /// (`go build -buildmode=c-shared`) once per test process. Go's build cache
 /// makes a rebuild of an unchanged example a link only.
@@ -61,24 +100,11 @@ pub(crate) fn go_library(example: &str, tags: &[&str]) -> PathBuf {
     if let Some(p) = built.get_or_insert_with(HashMap::new).get(&key) {
         return p.clone();
     }
-    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/go");
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go");
     std::fs::create_dir_all(&out_dir).expect("create the Go output directory");
     let out = out_dir.join(format!("lib{key}.so"));
-    let mut cmd = Command::new(go_command());
-    cmd.current_dir(&module)
-        .args(["build", "-buildmode=c-shared", "-trimpath"])
-        .env("CGO_ENABLED", "1")
-        // No module proxy is reachable, and the SDK needs none.
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local");
-    if std::env::var_os("GOCACHE").is_none()
-        && std::env::var_os("HOME").is_none()
-        && std::env::var_os("XDG_CACHE_HOME").is_none()
-    {
-        cmd.env("GOCACHE", out_dir.join("cache"));
-    }
+    let mut cmd = go(&out_dir);
+    cmd.args(["build", "-buildmode=c-shared", "-trimpath"]);
     if !tags.is_empty() {
         cmd.arg(format!("-tags={}", tags.join(",")));
     }

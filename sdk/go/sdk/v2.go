@@ -185,8 +185,14 @@ func (b *backendSession) fail(msg string) {
 // groupOf is the snapshot bit of field f.
 func groupOf(f field) C.uint32_t { return 1 << C.uint32_t(f) }
 
-// need makes sure the snapshot has group g; b.mu is held.
+// need makes sure the snapshot has group g; b.mu is held. A detached call
+// reads from the host every time instead: the host may give up on it (its
+// timeout) at any moment and take the request back, after which a read
+// answers nothing rather than a view of memory the request no longer owns.
 func (b *backendSession) need(g C.uint32_t) {
+	if b.state == callDetached {
+		b.cs.have &^= g
+	}
 	if b.cs.have&g != g {
 		C.ngo_fetch(b.cs, g)
 	}
@@ -198,12 +204,13 @@ func (s *NylonHttpPluginCtx) beField(f field) (string, bool) {
 	}
 	b := &s.be
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.state == callIdle {
+		b.mu.Unlock()
 		return "", false
 	}
 	b.need(groupOf(f))
 	v := b.cs.field[f]
+	b.mu.Unlock()
 	return viewString(unsafe.Pointer(v.ptr), int(v.len)), true
 }
 
@@ -213,12 +220,14 @@ func (s *NylonHttpPluginCtx) beNumber(n number) (uint64, bool) {
 	}
 	b := &s.be
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.state == callIdle {
+		b.mu.Unlock()
 		return 0, false
 	}
 	b.need(C.NGO_G_NUMBERS)
-	return uint64(b.cs.num[n]), true
+	v := uint64(b.cs.num[n])
+	b.mu.Unlock()
+	return v, true
 }
 
 // pair is header i of a snapshot list (name, value).
@@ -233,7 +242,7 @@ func pair(list *C.nylon_v2_str_t, i int) (string, string) {
 func (s *NylonHttpPluginCtx) beHeader(name string) (string, bool) {
 	b := &s.be
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	defer b.mu.Unlock() // (not on the scenario's path: once per request)
 	if b.state == callIdle {
 		return "", false
 	}
@@ -262,19 +271,24 @@ func (s *NylonHttpPluginCtx) beResponseHeaderAt(i int) (string, string, bool) {
 func (s *NylonHttpPluginCtx) headerAt(i int, g C.uint32_t) (string, string, bool) {
 	b := &s.be
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.state == callIdle || i < 0 {
+		b.mu.Unlock()
 		return "", "", false
 	}
-	b.need(g)
+	if i == 0 || b.state != callDetached || b.cs.have&g == 0 {
+		// (A detached call refreshes the list when a walk starts.)
+		b.need(g)
+	}
 	list, n := b.cs.hdr, int(b.cs.hdr_n)
 	if g == C.NGO_G_RESP_HEADERS {
 		list, n = b.cs.rhdr, int(b.cs.rhdr_n)
 	}
 	if i >= n {
+		b.mu.Unlock()
 		return "", "", false
 	}
 	name, value := pair(list, i)
+	b.mu.Unlock()
 	return name, value, true
 }
 
@@ -284,13 +298,14 @@ const cmdHeader = 16
 func (s *NylonHttpPluginCtx) beCommand(c command, a, bb string, n uint32) error {
 	b := &s.be
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.state == callIdle {
+		b.mu.Unlock()
 		return errClosed
 	}
 	cs := b.cs
 	size := (cmdHeader + len(a) + len(bb) + 7) &^ 7
 	if int(cs.cmd_cap-cs.cmd_len) < size && C.ngo_grow(cs, C.size_t(size)) == 0 {
+		b.mu.Unlock()
 		return errClosed
 	}
 	rec := viewBytes(unsafe.Add(unsafe.Pointer(cs.cmd), uintptr(cs.cmd_len)), size)
@@ -299,17 +314,20 @@ func (s *NylonHttpPluginCtx) beCommand(c command, a, bb string, n uint32) error 
 	copy(rec[cmdHeader:], a)
 	copy(rec[cmdHeader+len(a):], bb)
 	cs.cmd_len += C.size_t(size)
+	b.mu.Unlock()
 	return nil
 }
 
 func (s *NylonHttpPluginCtx) beFinish(f flow) error {
 	b := &s.be
 	b.mu.Lock()
+	if b.state == callRunning && b.flow == 0 {
+		b.flow = f
+		b.mu.Unlock()
+		return nil
+	}
 	defer b.mu.Unlock()
 	switch {
-	case b.state == callRunning && b.flow == 0:
-		b.flow = f
-		return nil
 	case b.state == callDetached && b.flow == 0:
 		b.flow = f
 		b.state = callIdle

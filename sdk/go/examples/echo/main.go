@@ -5,12 +5,17 @@
 //   - echo_async: the same JSON, built on another goroutine after the handler
 //     returned (the SDK detaches the phase; End completes it).
 //   - echo_panic: panics (the phase ends with an error; the process lives).
+//   - echo_late: hands its phase to a goroutine that waits for echo_release
+//     (run the request with a short timeout: the host gives up first).
+//   - echo_release: lets that goroutine read and end its phase, too late, and
+//     answers with what the read and the end gave (x-late-read, x-late-end).
 package main
 
 import "C"
 
 import (
 	"net/url"
+	"strconv"
 	"time"
 
 	sdk "github.com/nylon-transport/nylon-transport/sdk/go/sdk"
@@ -40,6 +45,12 @@ func everything(ctx *sdk.PhaseRequestFilter) map[string]any {
 		"status":       ctx.Response().Status(),
 	}
 }
+
+// The echo_late goroutine and echo_release.
+var (
+	release = make(chan struct{}, 1)
+	report  = make(chan string, 1)
+)
 
 func init() {
 	plugin := sdk.NewNylonPlugin()
@@ -76,6 +87,38 @@ func init() {
 		phase.RequestFilter(func(ctx *sdk.PhaseRequestFilter) {
 			ctx.Response().SetHeader("x-never", "applied")
 			panic("boom")
+		})
+	})
+	plugin.AddPhaseHandler("echo_late", func(phase *sdk.PhaseHandler) {
+		phase.RequestFilter(func(ctx *sdk.PhaseRequestFilter) {
+			// Read on the host's thread first: the late read below must not
+			// answer from what this one saw.
+			if ctx.Request().Path() == "" {
+				panic("no path")
+			}
+			go func() {
+				<-release
+				path := ctx.Request().Path()
+				stream, err := ctx.Response().Stream()
+				if err == nil {
+					err = stream.End()
+				}
+				report <- strconv.Quote(path) + ";" + strconv.FormatBool(err != nil)
+			}()
+		})
+	})
+	plugin.AddPhaseHandler("echo_release", func(phase *sdk.PhaseHandler) {
+		phase.RequestFilter(func(ctx *sdk.PhaseRequestFilter) {
+			release <- struct{}{}
+			res := ctx.Response()
+			select {
+			case r := <-report:
+				res.SetHeader("x-late", r)
+			case <-time.After(10 * time.Second):
+				res.SetHeader("x-late", "no report")
+			}
+			res.SetStatus(200)
+			ctx.End()
 		})
 	})
 }
