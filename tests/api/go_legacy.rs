@@ -484,3 +484,42 @@ fn go_legacy_scenario_frees_its_sessions_and_reads_each_thing_once() {
         assert_eq!(hooks.sessions(), 0, "{kind:?}: sessions left after close");
     }
 }
+
+#[test]
+fn go_legacy_phase_the_host_gave_up_on() {
+    if !go_or_skip("go_legacy_late") {
+        return;
+    }
+    let p = plugin("echo");
+    for kind in KINDS {
+        // The goroutine waits for echo_release: the host's timeout passes
+        // first, and the host closes the session.
+        let r = run_with(
+            kind,
+            &p,
+            "echo_late",
+            spec(r#"{"path":"/late"}"#),
+            None,
+            Duration::from_millis(100),
+        );
+        assert_eq!(r.outcomes(), ["timeout"], "{kind:?}");
+        // Now it reads and ends its phase, too late: the read answers
+        // nothing (the session is closed; a reader is never left waiting),
+        // the end is refused.
+        let r = run(kind, "echo", "echo_release", RequestSpec::default(), None);
+        assert_eq!(r.header("x-late"), Some(r#""";true"#), "{kind:?}");
+        for _ in 0..3 {
+            let r = run(
+                kind,
+                "echo",
+                "echo",
+                spec(r#"{"path":"/after-late"}"#),
+                None,
+            );
+            assert!(
+                r.response.body.contains(r#""path":"/after-late""#),
+                "{kind:?}"
+            );
+        }
+    }
+}
