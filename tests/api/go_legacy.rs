@@ -407,6 +407,7 @@ struct Hooks {
     _lib: libloading::Library,
     crossings: unsafe extern "C" fn(*mut u64, *mut u64),
     sessions: unsafe extern "C" fn() -> u64,
+    mallocs: unsafe extern "C" fn() -> u64,
 }
 
 impl Hooks {
@@ -420,10 +421,12 @@ impl Hooks {
                 .get(b"nylon_go_crossings\0")
                 .expect("nylon_go_crossings");
             let sessions = *lib.get(b"nylon_go_sessions\0").expect("nylon_go_sessions");
+            let mallocs = *lib.get(b"nylon_go_mallocs\0").expect("nylon_go_mallocs");
             Hooks {
                 _lib: lib,
                 crossings,
                 sessions,
+                mallocs,
             }
         }
     }
@@ -433,6 +436,11 @@ impl Hooks {
         // SAFETY: two writable u64s.
         unsafe { (self.crossings)(&mut go_to_c, &mut c_to_go) };
         (go_to_c, c_to_go)
+    }
+
+    fn mallocs(&self) -> u64 {
+        // SAFETY: the hook takes no argument.
+        unsafe { (self.mallocs)() }
     }
 
     fn sessions(&self) -> u64 {
@@ -452,6 +460,7 @@ fn go_legacy_scenario_frees_its_sessions_and_reads_each_thing_once() {
     const N: u64 = 200;
     for kind in KINDS {
         let (g0, c0) = hooks.crossings();
+        let m0 = hooks.mallocs();
         for _ in 0..N {
             let r = run_with(
                 kind,
@@ -472,8 +481,11 @@ fn go_legacy_scenario_frees_its_sessions_and_reads_each_thing_once() {
             assert_eq!(r.header("x-status-class"), Some("ok"));
         }
         let (g1, c1) = hooks.crossings();
+        let allocs = (hooks.mallocs() - m0) as f64 / N as f64;
         let (go_to_c, c_to_go) = ((g1 - g0) / N, (c1 - c0) / N);
-        eprintln!("Go scenario on legacy ({kind:?}), per request: {go_to_c} Go->C, {c_to_go} C->Go crossings");
+        eprintln!(
+            "Go scenario on legacy ({kind:?}), per request: {go_to_c} Go->C, {c_to_go} C->Go crossings, {allocs:.1} Go allocations"
+        );
         // Go->C: phase 1: payload, path, one header, the header list, two
         // sets, next (7); phase 2: status, one set, next (3); phase 3: next;
         // phase 4: duration, client IP, next (3).
