@@ -188,9 +188,11 @@ type backendSession struct {
 	wake   chan struct{} // a reply (or the close) for the read in flight
 
 	sendMu  sync.Mutex // serialises messages to the host and guards below
-	builder *fbs.Builder
 	scratch []byte
 }
+
+// builders encode SET_RESPONSE_HEADER messages.
+var builders sync.Pool
 
 // ---- Crossings (test hook) ----
 
@@ -479,6 +481,9 @@ func register_session_stream(sid C.uint32_t, entry *C.char, length C.uint32_t, c
 	s.be.sid = uint32(sid)
 	s.be.cb = cb
 	s.be.wake = make(chan struct{}, 1)
+	// Sized for a typical session's replies: one allocation, not a
+	// doubling per few replies.
+	s.be.arena = make([]byte, 0, 512)
 	// The entry's AddPhaseHandler function runs here, on the host's thread,
 	// as upstream's does.
 	if !s.open(id, int32(uint32(sid))) {
@@ -723,9 +728,15 @@ func (s *NylonHttpPluginCtx) headers(response bool) ([]fbs.Header, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if response {
+		if b.respHeaders == nil {
+			b.respHeaders = make([]fbs.Header, 0, 16)
+		}
 		b.respHeaders, _ = fbs.AppendHeaders(b.respHeaders[:0], r)
 		b.respSeq = b.phaseSeq
 		return b.respHeaders, true
+	}
+	if b.reqHeaders == nil {
+		b.reqHeaders = make([]fbs.Header, 0, 16)
 	}
 	b.reqHeaders, _ = fbs.AppendHeaders(b.reqHeaders[:0], r)
 	b.reqSeq = b.phaseSeq
@@ -783,11 +794,14 @@ func (s *NylonHttpPluginCtx) beCommand(c command, a, bb string, n uint32) error 
 	}
 	switch c {
 	case cmdSetHeader:
-		if b.builder == nil {
-			b.builder = fbs.NewBuilder(128)
+		// The message is only borrowed by the call (the host copies it),
+		// so the builder goes back to the pool right after.
+		fb, _ := builders.Get().(*fbs.Builder)
+		if fb == nil {
+			fb = fbs.NewBuilder(128)
 		}
-		msg := b.builder.HeaderKV(a, bb)
-		b.sendLocked(mSetHeader, stringOf(msg), "")
+		b.sendLocked(mSetHeader, stringOf(fb.HeaderKV(a, bb)), "")
+		builders.Put(fb)
 	case cmdRemoveHeader:
 		b.sendLocked(mRemoveHeader, a, "")
 	case cmdSetStatus:
