@@ -327,6 +327,18 @@ fn go_handler_panic_is_a_phase_error_and_the_plugin_lives() {
 }
 
 #[test]
+fn go_handler_set_by_another_handler_runs() {
+    if !go_or_skip("go_dynamic") {
+        return;
+    }
+    // The response filter is set during the request filter, after the
+    // session opened: it must still run.
+    let r = run("echo", "echo_dynamic", RequestSpec::default(), None);
+    assert_eq!(r.outcomes(), ["next", "next", "next", "next"]);
+    assert_eq!(r.header("x-dynamic"), Some("1"));
+}
+
+#[test]
 fn go_handler_that_finishes_on_another_goroutine() {
     if !go_or_skip("go_async") {
         return;

@@ -110,13 +110,7 @@ func ngoGoPhase(cs *C.ngo_session, phase C.uint32_t, flowOut *C.uint32_t) C.int3
 			b.fail("the entry's AddPhaseHandler function panicked")
 			return C.NYLON_V2_ERROR
 		}
-		var mask C.uint32_t
-		for ph := 1; ph <= 4; ph++ {
-			if s.hasHandler(ph) {
-				mask |= 1 << ph
-			}
-		}
-		cs.handlers = mask
+		handlersOf(s, cs)
 		cs.opened = 1
 		if !s.hasHandler(p) {
 			*flowOut = C.uint32_t(flowNext)
@@ -131,6 +125,9 @@ func ngoGoPhase(cs *C.ngo_session, phase C.uint32_t, flowOut *C.uint32_t) C.int3
 	b.mu.Unlock()
 
 	panicked, msg := s.runPhase(p)
+	// A handler may set the session's other handlers (upstream reads them
+	// at each phase): C skips a phase only if it still has none.
+	handlersOf(s, cs)
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -164,6 +161,7 @@ func ngoGoWsEvent(cs *C.ngo_session, kind C.uint32_t, data *C.uint8_t, n C.size_
 	b.mu.Unlock()
 
 	panicked, msg := s.runWebSocket(wsEvent(kind), viewString(unsafe.Pointer(data), int(n)))
+	handlersOf(s, cs)
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -173,6 +171,18 @@ func ngoGoWsEvent(cs *C.ngo_session, kind C.uint32_t, data *C.uint8_t, n C.size_
 		return C.NYLON_V2_PANIC
 	}
 	return C.NYLON_V2_OK
+}
+
+// handlersOf tells C which phases of s have a Go handler (the others it
+// answers NEXT itself, as the default handler would).
+func handlersOf(s *NylonHttpPluginCtx, cs *C.ngo_session) {
+	var mask C.uint32_t
+	for ph := 1; ph <= 4; ph++ {
+		if s.hasHandler(ph) {
+			mask |= 1 << ph
+		}
+	}
+	cs.handlers = mask
 }
 
 // fail records msg as the call's error (a crossing, on the failure path only).
@@ -331,6 +341,7 @@ func (s *NylonHttpPluginCtx) beFinish(f flow) error {
 	case b.state == callDetached && b.flow == 0:
 		b.flow = f
 		b.state = callIdle
+		handlersOf(s, b.cs)
 		if C.ngo_complete(b.cs, C.NYLON_V2_OK, C.uint32_t(f)) != C.NYLON_V2_OK {
 			return errClosed
 		}

@@ -119,8 +119,10 @@ static void fetch(ngo_session *s, uint32_t mask) {
 void ngo_fetch(ngo_session *s, uint32_t mask) {
     COUNT_GO_TO_C();
     // Learn it: the next call of this entry and phase reads it before
-    // entering Go.
-    __atomic_fetch_or(learnt(s), mask & NGO_G_ALL, __ATOMIC_RELAXED);
+    // entering Go. Not the request body: a host may have to read it from
+    // the client first, which only a handler that wants it should cause.
+    __atomic_fetch_or(learnt(s), mask & NGO_G_ALL & ~(1u << NYLON_V2_FIELD_REQUEST_BODY),
+                      __ATOMIC_RELAXED);
     fetch(s, mask);
 }
 

@@ -5,6 +5,8 @@
 //   - echo_async: the same JSON, built on another goroutine after the handler
 //     returned (the SDK detaches the phase; End completes it).
 //   - echo_panic: panics (the phase ends with an error; the process lives).
+//   - echo_dynamic: its request filter sets a response filter (which adds
+//     x-dynamic), as a plugin may: the SDK reads the handlers at each phase.
 //   - echo_late: hands its phase to a goroutine that waits for echo_release
 //     (run the request with a short timeout: the host gives up first).
 //   - echo_release: lets that goroutine read and end its phase, too late, and
@@ -119,6 +121,15 @@ func init() {
 			}
 			res.SetStatus(200)
 			ctx.End()
+		})
+	})
+	plugin.AddPhaseHandler("echo_dynamic", func(phase *sdk.PhaseHandler) {
+		phase.RequestFilter(func(ctx *sdk.PhaseRequestFilter) {
+			phase.ResponseFilter(func(ctx *sdk.PhaseResponseFilter) {
+				ctx.SetResponseHeader("x-dynamic", "1")
+				ctx.Next()
+			})
+			ctx.Next()
 		})
 	})
 }
