@@ -327,6 +327,20 @@ fn go_legacy_handler_panic_is_a_phase_error_and_the_plugin_lives() {
 }
 
 #[test]
+fn go_legacy_handler_set_by_a_handler_runs() {
+    if !go_or_skip("go_legacy_dynamic") {
+        return;
+    }
+    for kind in KINDS {
+        // The response filter is set during the request filter: the SDK
+        // looks the handlers up at each phase start, as upstream does.
+        let r = run(kind, "echo", "echo_dynamic", RequestSpec::default(), None);
+        assert_eq!(r.outcomes(), ["next", "next", "next", "next"], "{kind:?}");
+        assert_eq!(r.header("x-dynamic"), Some("1"), "{kind:?}");
+    }
+}
+
+#[test]
 fn go_legacy_handler_that_finishes_on_another_goroutine() {
     if !go_or_skip("go_legacy_async") {
         return;
