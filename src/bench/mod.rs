@@ -237,6 +237,9 @@ pub struct RowResult {
     /// threads, and so varies between runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ir_other_threads: Vec<String>,
+    /// What the row's variants do ([`note`]), with what this run adds (the
+    /// Go toolchain of `request_go`).
+    pub note: &'static str,
     /// The seed's figure before optimisation.
     pub seed_before: &'static str,
     /// The seed's target.
@@ -367,6 +370,7 @@ pub fn measure(
             extra,
             ir: std::collections::BTreeMap::new(),
             ir_other_threads: Vec::new(),
+            note: row.note,
             seed_before: row.seed_before,
             seed_target: row.seed_target,
             rounds,
@@ -563,6 +567,11 @@ pub fn table(report: &Report) -> String {
         let others = other_variants(r);
         if !others.is_empty() {
             let _ = writeln!(s, "{:<22} {others}", "");
+        }
+        if let Some(extra) = r.note.strip_prefix(note(r.name)) {
+            if !extra.trim().is_empty() {
+                let _ = writeln!(s, "{:<22} {}", "", extra.trim());
+            }
         }
     }
     let counted: Vec<(&RowResult, Vec<String>)> = report

@@ -112,7 +112,12 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     }
     let _ = writeln!(s, "## What each row measures (both sides)\n");
     for r in &report.rows {
-        let _ = writeln!(s, "- `{}`: {}", r.name, note(r.name));
+        let text = if r.note.is_empty() {
+            note(r.name)
+        } else {
+            r.note
+        };
+        let _ = writeln!(s, "- `{}`: {}", r.name, text);
     }
     let _ = writeln!(
         s,
