@@ -549,3 +549,40 @@ fn go_legacy_phase_the_host_gave_up_on() {
         }
     }
 }
+
+/// The bench's today's-style Go plugin (`sdk/go/internal/todaystyle`, the
+/// `request_go` row's baseline) runs the scenario correctly on the legacy
+/// transports, built as the bench builds it.
+#[test]
+fn go_today_style_plugin_runs_the_scenario() {
+    if !go_or_skip("go_today_style") {
+        return;
+    }
+    let (go, _) = nylon_transport::bench::go::toolchain().expect("a Go toolchain");
+    let path = nylon_transport::bench::go::build(&go, "internal/todaystyle", "", "go_todaystyle")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = LegacyPlugin::load(path).expect("load the today's-style plugin");
+    p.initialize(b"{}").expect("initialize");
+    let p = Arc::new(p);
+    for kind in KINDS {
+        for _ in 0..20 {
+            let r = run_with(
+                kind,
+                &p,
+                "scenario",
+                scenario_spec(),
+                Some(br#"{"user":"alice","limit":10}"#),
+                Duration::from_secs(20),
+            );
+            assert_eq!(
+                r.outcomes(),
+                ["next", "next", "next", "next"],
+                "{kind:?}: {:?}",
+                r.phases
+            );
+            assert_eq!(r.header("x-scenario"), Some("1"));
+            assert_eq!(r.header("x-user"), Some("alice"));
+            assert_eq!(r.header("x-status-class"), Some("ok"));
+        }
+    }
+}
