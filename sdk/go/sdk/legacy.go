@@ -26,7 +26,7 @@ package sdk
 //     read returns is a view of it, valid until the phase ends (Clone keeps
 //     one), and repeated reads of the same field in a phase are answered from
 //     it. The request headers (and the response headers) are FlatBuffers-
-//     decoded once per phase.
+//     decoded once per phase; Header(name) is answered from that list.
 //   - A phase without a handler is ended on the host's thread, in the
 //     phase-start call (the default handler only calls Next).
 //   - Messages to the host are passed without a copy (the C call borrows the
@@ -744,22 +744,26 @@ func (s *NylonHttpPluginCtx) headers(response bool) ([]fbs.Header, bool) {
 }
 
 func (s *NylonHttpPluginCtx) beHeader(name string) (string, bool) {
-	b := &s.be
-	// Answered from the headers already decoded in this phase when the
-	// value there is not empty (the host sends "" for a value that is not
-	// visible ASCII: the host's own lookup then decides).
-	b.mu.Lock()
-	if b.open && b.reqSeq == b.phaseSeq {
-		for _, h := range b.reqHeaders {
-			if equalFold(stringOf(h.Key), name) && len(h.Value) > 0 {
-				b.mu.Unlock()
+	// Answered from the request's header list (decoded once per phase; the
+	// list names every header): a name that is not in it is absent, with no
+	// read of its own (the original host never answers READ_REQUEST_HEADER
+	// for an absent header, which hangs the upstream SDK). Only a value the
+	// list gives as "" (empty, or not visible ASCII, which the host sends as
+	// "") is asked for with READ_REQUEST_HEADER, which then gets an answer.
+	hs, ok := s.headers(false)
+	if !ok {
+		return "", false
+	}
+	for _, h := range hs {
+		if equalFold(stringOf(h.Key), name) {
+			if len(h.Value) > 0 {
 				return stringOf(h.Value), true
 			}
+			r, ok := s.read(mRequestHeader, name)
+			return stringOf(r), ok
 		}
 	}
-	b.mu.Unlock()
-	r, ok := s.read(mRequestHeader, name)
-	return stringOf(r), ok
+	return "", true
 }
 
 func (s *NylonHttpPluginCtx) beHeaderAt(i int) (string, string, bool) {
