@@ -792,6 +792,12 @@ func (s *NylonHttpPluginCtx) beCommand(c command, a, bb string, n uint32) error 
 		// Ends the phase: nothing may follow, and no OnClose.
 		b.open, b.ws, b.wsClosed = false, false, true
 	}
+	if live && c == cmdWsUpgrade {
+		// Before the message: the host may send OnOpen at once, even
+		// inside this call, and a handler that upgrades from a goroutine of
+		// its own is not running on the session's worker.
+		b.ws = true
+	}
 	b.mu.Unlock()
 	if !live {
 		return errClosed
@@ -849,16 +855,20 @@ func (s *NylonHttpPluginCtx) beFinish(f flow) error {
 	b.sendMu.Lock()
 	defer b.sendMu.Unlock()
 	b.mu.Lock()
-	if !b.open || b.closed || b.ws {
+	if !b.open || b.closed {
 		b.mu.Unlock()
 		return errClosed
 	}
-	if f == flowWebSocket {
-		// The phase goes on: the connection's events arrive as WebSocket
-		// events, and it ends with Close (303) or the client's close.
-		b.ws = true
+	if f == flowWebSocket && b.ws {
+		// After the upgrade the phase goes on: the connection's events
+		// arrive as WebSocket events, and it ends with Close (303) or the
+		// client's close.
 		b.mu.Unlock()
 		return nil
+	}
+	if b.ws || f == flowWebSocket {
+		b.mu.Unlock()
+		return errClosed
 	}
 	b.open = false
 	b.mu.Unlock()

@@ -3,14 +3,15 @@
 // A minimal legacy host in C for the legacy backend's own Go tests
 // (legacy_testhost_test.go, run with -tags nylon_legacy,nylon_testhost, and
 // with -race in CI): it answers every read, inline inside the callback or
-// from a thread of its own (but never a read of 112, Error), and counts each
-// session's phase ends.
+// from a thread of its own (but never a read of 112, Error), sends OnOpen
+// inside the upgrade's call, and counts each session's phase ends.
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "_cgo_export.h"
 
@@ -45,6 +46,18 @@ static void th_callback(const FfiBuffer *b) {
 	if (m == 1 || m == 2 || m == 105 || m == 303 || m == 0x4E590001u) {
 		atomic_store(&th_last[sid], m);
 		atomic_fetch_add(&th_ends[sid], 1);
+		return;
+	}
+	if (m == 300) {
+		// An upgrade: OnOpen at once, inside this call, as a host may.
+		FfiBuffer open;
+		memset(&open, 0, sizeof open);
+		open.sid = b->sid;
+		open.method = 350;
+		event_stream(&open);
+		// Then take a while to return: OnOpen is queued before the upgrade
+		// call returns to the plugin, and a worker may run it meanwhile.
+		usleep(2000);
 		return;
 	}
 	int number = m == 108 || m == 109 || m == 111 || m == 210 || m == 211;

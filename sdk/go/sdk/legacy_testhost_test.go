@@ -91,6 +91,23 @@ func register() {
 				})
 			})
 		})
+		p.AddPhaseHandler("ws_late", func(phase *PhaseHandler) {
+			sid := phase.SessionId
+			phase.RequestFilter(func(ctx *PhaseRequestFilter) {
+				// Upgrades from a goroutine of its own, after the handler
+				// returned: OnOpen (sent inside the upgrade's call) must
+				// still reach the callbacks.
+				go func() {
+					err := ctx.WebSocketUpgrade(WebSocketCallbacks{
+						OnOpen: func(ws *WebSocketConn) { lateOpens.Store(sid, true) },
+					})
+					if err != nil {
+						fail("sid %d: upgrade: %v", sid, err)
+					}
+					lateUpgrades.Store(sid, true)
+				}()
+			})
+		})
 		p.AddPhaseHandler("stuck", func(phase *PhaseHandler) {
 			phase.RequestFilter(func(ctx *PhaseRequestFilter) {
 				// The test host never answers a read of 112 (Error): only
@@ -107,7 +124,11 @@ func register() {
 	})
 }
 
-var stuckDone atomic.Int32
+var (
+	stuckDone    atomic.Int32
+	lateOpens    sync.Map // sid -> true once OnOpen ran
+	lateUpgrades sync.Map // sid -> true once WebSocketUpgrade returned
+)
 
 // waitEnds waits until sid's phase n has ended (false after 20 s: a lost
 // wake-up). It runs on the test's own goroutines, so it reports with fail.
@@ -184,8 +205,10 @@ func TestLegacyWebSocketEventsRunInOrder(t *testing.T) {
 	if !thOpen(sid, "ws") {
 		t.Fatal("open refused")
 	}
-	thPhase(sid, 1)
-	thEvent(sid, 350, "")
+	thPhase(sid, 1) // the upgrade: the host sends OnOpen inside it
+	// A host sends the client's messages only after the upgrade (and its
+	// OnOpen): wait for the handler to have run.
+	waitIdle(t, sid, true)
 	var want []string
 	want = append(want, "open")
 	for i := 0; i < 500; i++ {
@@ -197,22 +220,9 @@ func TestLegacyWebSocketEventsRunInOrder(t *testing.T) {
 	want = append(want, "close")
 	v, _ := wsSeen.Load(int32(sid))
 	seen := v.(*[]string)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		// The events run on a worker: wait for the last one. The worker
-		// touches *seen; read it only once the session is idle.
-		s := lookup(sid)
-		s.be.mu.Lock()
-		idle := !s.be.scheduled
-		s.be.mu.Unlock()
-		if idle {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("WebSocket events never drained")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	// The events run on a worker: wait for the last one. The worker
+	// touches *seen; read it only once the session is idle.
+	waitIdle(t, sid, false)
 	if fmt.Sprint(*seen) != fmt.Sprint(want) {
 		t.Fatalf("events ran as %v", *seen)
 	}
@@ -249,4 +259,48 @@ func TestLegacyCloseWakesAWaitingRead(t *testing.T) {
 		time.Sleep(100 * time.Microsecond)
 	}
 	checkFailures(t)
+}
+
+func TestLegacyWebSocketUpgradeFromAGoroutine(t *testing.T) {
+	register()
+	thSetThreaded(false)
+	for sid := uint32(70001); sid <= 70050; sid++ {
+		if !thOpen(sid, "ws_late") {
+			t.Fatal("open refused")
+		}
+		thPhase(sid, 1)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			_, opened := lateOpens.Load(int32(sid))
+			_, upgraded := lateUpgrades.Load(int32(sid))
+			if opened && upgraded {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sid %d: OnOpen never ran", sid)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		thClose(sid)
+	}
+	checkFailures(t)
+}
+
+// waitIdle waits until sid has nothing queued or running (and, with ws,
+// has upgraded).
+func waitIdle(t *testing.T, sid uint32, ws bool) {
+	s := lookup(sid)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s.be.mu.Lock()
+		idle := !s.be.scheduled && (!ws || s.be.ws)
+		s.be.mu.Unlock()
+		if idle {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the session never went idle")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
