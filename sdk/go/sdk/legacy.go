@@ -23,9 +23,10 @@ package sdk
 //     its read by method id only), so a reply can never go to the wrong
 //     reader and an empty reply is never answered with stale data.
 //   - Replies are copied once, into a per-phase arena of the session; what a
-//     read returns is a view of it, valid until the phase ends (Clone keeps
-//     one), and repeated reads of the same field in a phase are answered from
-//     it. The request headers (and the response headers) are FlatBuffers-
+//     read returns is a view of it, and repeated reads of the same field in a
+//     phase are answered from it. An arena is never written again once its
+//     phase is over, so what a read returned stays valid as long as the
+//     plugin keeps it, as upstream's copies did. The request headers (and the response headers) are FlatBuffers-
 //     decoded once per phase; Header(name) is answered from that list.
 //   - A phase without a handler is ended on the host's thread, in the
 //     phase-start call (the default handler only calls Next).
@@ -380,7 +381,7 @@ func (s *NylonHttpPluginCtx) nextInline() bool {
 	}
 	b.open, b.ws, b.wsClosed = true, false, false
 	b.phaseSeq++
-	b.arena = b.arena[:0]
+	b.freshArena()
 	b.mu.Unlock()
 	_ = s.beFinish(flowNext)
 	return true
@@ -406,7 +407,7 @@ func (s *NylonHttpPluginCtx) drain() {
 		if ev.phase != 0 {
 			b.open, b.ws, b.wsClosed = true, false, false
 			b.phaseSeq++
-			b.arena = b.arena[:0]
+			b.freshArena()
 		}
 		b.mu.Unlock()
 		if ev.phase != 0 {
@@ -418,7 +419,7 @@ func (s *NylonHttpPluginCtx) drain() {
 		b.mu.Lock()
 		skip := !b.ws || (ev.kind == wsClose && b.wsClosed)
 		b.phaseSeq++
-		b.arena = b.arena[:0]
+		b.freshArena()
 		b.mu.Unlock()
 		if skip {
 			continue
@@ -564,6 +565,17 @@ func shutdown() {
 func plugin_free(p *C.uchar) {
 	// Never called by a host: no message hands plugin memory over.
 	C.free(unsafe.Pointer(p))
+}
+
+// freshArena starts a new arena for a phase or a WebSocket event; b.mu is
+// held. The old one is never written again: a string a read returned stays
+// valid for as long as the plugin keeps it (upstream's reads returned
+// copies, and plugins keep them in closures across phases), and the garbage
+// collector frees the old arena once nothing refers to it.
+func (b *backendSession) freshArena() {
+	if len(b.arena) > 0 {
+		b.arena = make([]byte, 0, cap(b.arena))
+	}
 }
 
 // ---- Messages ----

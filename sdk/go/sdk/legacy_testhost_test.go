@@ -37,7 +37,9 @@ func register() {
 		p.AddPhaseHandler("t", func(phase *PhaseHandler) {
 			sid := phase.SessionId
 			want := func(method int) string { return fmt.Sprintf("%d:%d", method, sid) }
+			var kept string // a read's result kept across phases, as plugins do
 			phase.RequestFilter(func(ctx *PhaseRequestFilter) {
+				kept = ctx.Request().Method()
 				// Five reads from five goroutines of one phase: each gets
 				// its own reply, never another read's.
 				var wg sync.WaitGroup
@@ -72,6 +74,9 @@ func register() {
 			phase.Logging(func(ctx *PhaseLogging) {
 				if d := ctx.Response().Duration(); d != int64(sid) {
 					fail("sid %d: duration %d", sid, d)
+				}
+				if kept != want(209) {
+					fail("sid %d: the method read in phase 1 is now %q", sid, kept)
 				}
 				ctx.Next()
 			})
