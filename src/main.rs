@@ -301,7 +301,15 @@ fn execute(command: Command) -> Result<ExitCode> {
             anchor,
         } => {
             let files = bench::instructions::PluginFiles { legacy, v2, anchor };
-            let mut rows = bench::build_rows(&files).map_err(anyhow::Error::msg)?;
+            let mut rows = bench::build_rows(
+                &files,
+                if name == "request_go" {
+                    bench::GoRow::Required
+                } else {
+                    bench::GoRow::Skip
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
             // Only this row's variants stay: the others' partner threads stop.
             rows.retain(|r| r.name == name);
             let row = rows

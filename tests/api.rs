@@ -6,6 +6,9 @@ mod api {
     mod c_plugin;
     mod cli;
     mod contended;
+    mod go;
+    pub(crate) mod go_build;
+    mod go_legacy;
     mod hostile;
     mod methods;
     mod phase_futures;

@@ -17,6 +17,7 @@ use serde::Serialize;
 pub mod anchor;
 pub mod contended;
 pub mod context;
+pub mod go;
 pub mod instructions;
 pub mod render;
 pub mod ring_rows;
@@ -108,6 +109,7 @@ pub const MULTI_THREAD_ROWS: &[&str] = &[
     "ring_round_trip",
     "ring_batched",
     "request_contended",
+    "request_go",
 ];
 
 impl Row {
@@ -180,6 +182,7 @@ pub fn note(name: &str) -> &'static str {
         "ring_round_trip" => "8 bytes to another process and back: two pipes to a child process (blocking reads) vs two SPSC rings in one memfd the child maps (spin, yield, futex)",
         "ring_batched" => "one-way throughput, ns per 64-byte frame (frames/s = 1e9/ns): crossbeam bounded(1024) of [u8; 64], send per frame, recv + try_iter vs ring push_many (32) / pop_many (256), 64 KiB, heap backend",
         "request_contended" => "8 host threads at once on 2 cores, each: open, 4 phases of the request scenario, close (per request, wall time over all threads), the legacy plugin running every phase on its own 4 threads as the Go SDK does. baseline: baseline host; fast: fast host; fast_deferred: fast host answering reads from the driver thread",
+        "request_go" => "one request of the scenario in Go, session open and close included, the same plugin logic on every variant (payload as a map, path, one header, all headers, two sets; status, one set; duration, client IP). baseline: a Go plugin in today's upstream-SDK style (a goroutine per phase, a mutex + condition variable and a goroutine per read, C.malloc per message, headers decoded and the payload json.Unmarshal'ed per read) on the baseline host; fast_legacy: our Go SDK built for the legacy ABI on the fast host; fast: our Go SDK on v2; today_fast: the today's-style plugin on the fast host.",
         _ => "",
     }
 }
@@ -234,6 +237,9 @@ pub struct RowResult {
     /// threads, and so varies between runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ir_other_threads: Vec<String>,
+    /// What the row's variants do ([`note`]), with what this run adds (the
+    /// Go toolchain of `request_go`).
+    pub note: &'static str,
     /// The seed's figure before optimisation.
     pub seed_before: &'static str,
     /// The seed's target.
@@ -364,6 +370,7 @@ pub fn measure(
             extra,
             ir: std::collections::BTreeMap::new(),
             ir_other_threads: Vec::new(),
+            note: row.note,
             seed_before: row.seed_before,
             seed_target: row.seed_target,
             rounds,
@@ -561,6 +568,11 @@ pub fn table(report: &Report) -> String {
         if !others.is_empty() {
             let _ = writeln!(s, "{:<22} {others}", "");
         }
+        if let Some(extra) = r.note.strip_prefix(note(r.name)) {
+            if !extra.trim().is_empty() {
+                let _ = writeln!(s, "{:<22} {}", "", extra.trim());
+            }
+        }
     }
     let counted: Vec<(&RowResult, Vec<String>)> = report
         .rows
@@ -674,15 +686,36 @@ pub fn attach_anchor(rows: &mut [Row], anchor: &anchor::Anchor) -> Result<(), St
     Ok(())
 }
 
+/// Whether [`build_rows`] builds the Go plugins and adds `request_go`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoRow {
+    /// Not built.
+    Skip,
+    /// Built when a Go toolchain is there and the build works; else left
+    /// out with a message on stderr.
+    IfGo,
+    /// Built; a failure is an error.
+    Required,
+}
+
 /// Builds every row over the example plugins at these paths, with the
-/// anchor attached (the `bench` command and its callgrind child alike).
+/// anchor attached (the `bench` command and its callgrind child alike), and
+/// `request_go` as `go_row` says.
 ///
 /// # Errors
 ///
 /// A message when a plugin does not load or a row cannot be built.
-pub fn build_rows(files: &instructions::PluginFiles) -> Result<Vec<Row>, String> {
+pub fn build_rows(files: &instructions::PluginFiles, go_row: GoRow) -> Result<Vec<Row>, String> {
     let plugins = load_plugins(files.legacy.clone(), files.v2.clone())?;
     let mut rows = rows::all(&plugins)?;
+    match (go_row, go::request_row) {
+        (GoRow::Skip, _) => {}
+        (GoRow::IfGo, build) => match build() {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("request_go skipped: {e}"),
+        },
+        (GoRow::Required, build) => rows.push(build()?),
+    }
     let anchor = anchor::Anchor::load(&files.anchor)?;
     attach_anchor(&mut rows, &anchor)?;
     Ok(rows)
@@ -705,7 +738,14 @@ pub fn run(
 ) -> Result<Report, String> {
     let (legacy, v2, anchor) = find_plugins()?;
     let files = instructions::PluginFiles { legacy, v2, anchor };
-    let mut rows = build_rows(&files)?;
+    let go_row = if only.iter().any(|n| n == "request_go") {
+        GoRow::Required
+    } else if only.is_empty() {
+        GoRow::IfGo
+    } else {
+        GoRow::Skip
+    };
+    let mut rows = build_rows(&files, go_row)?;
     if !only.is_empty() {
         if let Some(bad) = only
             .iter()

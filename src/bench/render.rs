@@ -112,7 +112,12 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     }
     let _ = writeln!(s, "## What each row measures (both sides)\n");
     for r in &report.rows {
-        let _ = writeln!(s, "- `{}`: {}", r.name, note(r.name));
+        let text = if r.note.is_empty() {
+            note(r.name)
+        } else {
+            r.note
+        };
+        let _ = writeln!(s, "- `{}`: {}", r.name, text);
     }
     let _ = writeln!(
         s,
@@ -196,6 +201,27 @@ fn goals(s: &mut String, report: &Report) {
                     b / d
                 ),
                 b / d >= 1.0,
+            );
+        }
+    }
+    if let (Some(b), Some(f)) = (get("request_go", "baseline"), get("request_go", "fast")) {
+        check(
+            format!(
+                "`request_go`: our Go SDK on v2 {} against a today's-style Go plugin on the baseline host {}, {:.1}x (goal >= 10x and < 2 µs)",
+                human(f),
+                human(b),
+                b / f
+            ),
+            b / f >= 10.0 && f < 2_000.0,
+        );
+        if let Some(l) = get("request_go", "fast_legacy") {
+            check(
+                format!(
+                    "`request_go`: our Go SDK on the legacy ABI, fast host, {} ({:.1}x the today's-style baseline; goal >= 3x)",
+                    human(l),
+                    b / l
+                ),
+                b / l >= 3.0,
             );
         }
     }

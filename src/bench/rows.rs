@@ -57,7 +57,7 @@ fn unexpected(what: &str, o: PhaseOutcome) -> String {
 }
 
 /// One request of the scenario over a legacy transport: open, four phases, close.
-fn legacy_request<T: Transport<Plugin = LegacyPlugin> + 'static>(
+pub(super) fn legacy_request<T: Transport<Plugin = LegacyPlugin> + 'static>(
     t: T,
     plugin: Arc<LegacyPlugin>,
     entry: &'static str,
@@ -66,7 +66,7 @@ fn legacy_request<T: Transport<Plugin = LegacyPlugin> + 'static>(
 }
 
 /// The scenario over the v2 ABI: open, four phases, close, per request.
-fn v2_request(plugin: Arc<V2Plugin>) -> Result<Variant, String> {
+pub(super) fn v2_request(plugin: Arc<V2Plugin>) -> Result<Variant, String> {
     let v2 = V2::default();
     let entry = plugin
         .entry_id("scenario")

@@ -157,6 +157,94 @@ mod tests {
         );
     }
 
+    /// The cases of the Go codec's golden file: `(key, value)` pairs for
+    /// `HeaderKeyValue`, header lists for `NylonHttpHeaders`. The lengths
+    /// cover every padding (0 to 3 bytes) and the vtable deduplication.
+    type Pairs = Vec<(String, String)>;
+
+    fn golden_cases() -> (Pairs, Vec<Pairs>) {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let kv = vec![
+            s("", ""),
+            s("k", "v"),
+            s("X-Id", "42"),
+            s("ab", "abc"),
+            s("abc", "abcd"),
+            s("content-type", "application/json"),
+            s("x-caf\u{e9}", "\u{1f600}"),
+            s(&"k".repeat(300), &"v".repeat(1000)),
+        ];
+        let scenario = [
+            ("host", "api.example.com"),
+            ("user-agent", "bench/1.0"),
+            ("accept", "application/json"),
+            ("accept-encoding", "gzip"),
+            ("authorization", "Bearer abc.def.ghi"),
+            ("x-request-id", "4bf92f3577b34da6"),
+            ("content-type", "application/json"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        let headers = vec![
+            vec![],
+            vec![s("a", "1")],
+            vec![s("", "")],
+            vec![s("a", "1"), s("b", "22"), s("a", "333"), s("dddd", "")],
+            scenario.iter().map(|(k, v)| s(k, v)).collect(),
+            (0..40)
+                .map(|i| s(&format!("x-h{i}"), &"v".repeat(i)))
+                .collect(),
+        ];
+        (kv, headers)
+    }
+
+    fn hex(b: &[u8]) -> String {
+        if b.is_empty() {
+            return "-".into();
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The golden file the Go codec is tested against (`go test` in
+    /// sdk/go/internal/fbs) holds what this codec encodes, byte for byte.
+    /// `NYLON_BLESS=1 cargo test --lib go_golden` rewrites it.
+    #[test]
+    fn go_golden_file_is_what_this_codec_encodes() {
+        let (kv, headers) = golden_cases();
+        let mut text = String::from(
+            "# Written by src/codec/headers.rs (NYLON_BLESS=1 cargo test --lib go_golden).\n\
+             # kv KEY VALUE MESSAGE | headers N KEY VALUE ... MESSAGE; hex, `-` for empty.\n",
+        );
+        for (k, v) in &kv {
+            let buf = encode_header_kv(k, v);
+            assert_eq!(decode_header_kv(&buf), Ok((k.as_str(), v.as_str())));
+            text += &format!(
+                "kv {} {} {}\n",
+                hex(k.as_bytes()),
+                hex(v.as_bytes()),
+                hex(&buf)
+            );
+        }
+        for hs in &headers {
+            let buf = encode_headers(hs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+            text += &format!("headers {}", hs.len());
+            for (k, v) in hs {
+                text += &format!(" {} {}", hex(k.as_bytes()), hex(v.as_bytes()));
+            }
+            text += &format!(" {}\n", hex(&buf));
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("sdk/go/internal/fbs/testdata/golden.txt");
+        if std::env::var_os("NYLON_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "{} differs from the Rust codec's output: run NYLON_BLESS=1 cargo test --lib go_golden",
+            path.display()
+        );
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bad in [
