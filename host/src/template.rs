@@ -133,6 +133,24 @@ enum Ast<'a> {
 }
 
 impl Template {
+    /// Compiles a payload written as YAML (`text` holds one value, as under `payload:`);
+    /// `${env(NAME)}` reads `env` now. The proxy gets its payloads from [`crate::Config`]; this
+    /// is for tools and tests.
+    ///
+    /// # Errors
+    ///
+    /// A [`crate::ConfigError`] at the offending value, named in `<payload>`.
+    pub fn parse_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, crate::ConfigError> {
+        crate::config::decode::payload(
+            text,
+            std::sync::Arc::from(std::path::Path::new("<payload>")),
+            env,
+        )
+    }
+
     /// Appends the payload, as JSON, to `out`, reading request values from `input`.
     ///
     /// Allocates nothing beyond growing `out`.

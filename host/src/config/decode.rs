@@ -57,13 +57,7 @@ struct Cx<'e> {
 /// Decodes the config text.
 pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config> {
     let cx = Cx { file, env };
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| ConfigError {
-        kind: K::Syntax,
-        file: cx.file.clone(),
-        line: Some((e.marker().line(), e.marker().col() + 1)),
-        key_path: String::new(),
-        message: format!("invalid YAML: {}", e.info()),
-    })?;
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| cx.scan_error(&e))?;
     let root = match docs.as_slice() {
         [] => None,
         [doc] => Some(doc),
@@ -122,6 +116,22 @@ pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config
         header_selector,
         router,
     })
+}
+
+/// Compiles a standalone payload (`text` is one YAML value), naming it `file` in errors.
+pub(crate) fn payload(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Template> {
+    let cx = Cx { file, env };
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| cx.scan_error(&e))?;
+    match docs.as_slice() {
+        [doc] => cx.payload(doc, ""),
+        _ => Err(ConfigError {
+            kind: K::Syntax,
+            file: cx.file.clone(),
+            line: None,
+            key_path: String::new(),
+            message: "expected exactly one YAML document".to_owned(),
+        }),
+    }
 }
 
 /// A mapping being decoded: keys are taken one by one; [`Map::finish`] rejects those left.
@@ -223,6 +233,16 @@ fn describe(node: &Node<'_>) -> &'static str {
 }
 
 impl Cx<'_> {
+    fn scan_error(&self, e: &saphyr::ScanError) -> ConfigError {
+        ConfigError {
+            kind: K::Syntax,
+            file: self.file.clone(),
+            line: Some((e.marker().line(), e.marker().col() + 1)),
+            key_path: String::new(),
+            message: format!("invalid YAML: {}", e.info()),
+        }
+    }
+
     fn loc(&self, node: &Node<'_>, path: &str) -> Location {
         Location {
             file: self.file.clone(),
