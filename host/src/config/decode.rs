@@ -181,8 +181,12 @@ impl<'n, 'a> Map<'n, 'a> {
         }
     }
 
-    fn has(&self, key: &str) -> bool {
-        self.entries.iter().any(|(k, _, _)| *k == key)
+    /// The node of `key` itself (not its value), when present.
+    fn key_node(&self, key: &str) -> Option<&'n Node<'a>> {
+        self.entries
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, k, _)| *k)
     }
 
     /// Rejects the first key not taken.
@@ -693,11 +697,10 @@ impl Cx<'_> {
                 }
             };
             for key in ["endpoints", "algorithm", "plugin", "static"] {
-                if m.has(key) && !own.contains(&key) {
-                    let (n, p) = m.get(key).expect("checked by has");
+                if let (Some(n), false) = (m.key_node(key), own.contains(&key)) {
                     return Err(self.err(
                         n,
-                        &p,
+                        &join(&ip, key),
                         K::UnknownKey,
                         format!("`{key}` does not apply to service_type `{ty}`"),
                     ));
