@@ -60,6 +60,11 @@ impl TemplateInput for Req {
         self.query.as_bytes()
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
+        // The trait passes names in lowercase (a proxy's header map may rely on it).
+        assert!(
+            !name.bytes().any(|b| b.is_ascii_uppercase()),
+            "header name `{name}` is not lowercase"
+        );
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
