@@ -200,6 +200,10 @@ impl StrTemplate {
     }
 
     /// Appends the value, raw (not escaped), to `out`. Allocates nothing beyond growing `out`.
+    ///
+    /// The bytes come from the request and are not checked: a caller that makes a header of them
+    /// must refuse control characters (a percent-decoded `query(...)` can hold CR LF), as
+    /// `http::HeaderValue::from_bytes` does.
     pub fn render<I: TemplateInput + ?Sized>(&self, input: &I, out: &mut Vec<u8>) {
         for p in self.parts.iter() {
             eval(p, input, out);

@@ -348,3 +348,11 @@ fn an_empty_file_is_an_empty_config() {
         Err(RouteError::NotFound)
     ));
 }
+
+#[test]
+fn the_config_is_shared_across_worker_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Config>();
+    send_sync::<nylon_host::Template>();
+    send_sync::<nylon_host::StrTemplate>();
+}
