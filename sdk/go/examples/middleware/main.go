@@ -41,8 +41,7 @@ func init() {
 		prefix.Store("after-shutdown")
 	})
 	plugin.AddPhaseHandler("middleware", func(phase *sdk.PhaseHandler) {
-		// Per-session state: the body so far, rewritten.
-		var body []byte
+		// Per-session state: the number of body chunks seen.
 		chunks := 0
 
 		phase.RequestFilter(func(ctx *sdk.PhaseRequestFilter) {
@@ -80,18 +79,19 @@ func init() {
 		phase.ResponseBodyFilter(func(ctx *sdk.PhaseResponseBodyFilter) {
 			res := ctx.Response()
 			// The host answers this read with this chunk (no body was set in
-			// this chunk's phase yet); append it, rewritten, to what the
-			// earlier chunks gave, and set the whole body.
+			// this chunk's phase yet); the body set here replaces this chunk
+			// only, so every chunk is kept, each rewritten (upper-cased), and
+			// the end-of-stream call (an empty chunk) adds the suffix.
 			chunk := res.ReadBody()
 			if int64(len(chunk)) != res.Bytes() {
 				panic("ReadBody and Bytes disagree")
 			}
 			chunks++
-			body = append(body, bytes.ToUpper(chunk)...)
+			out := bytes.ToUpper(chunk)
 			if len(chunk) == 0 {
-				body = append(body, str(ctx.GetPayload(), "suffix")...)
+				out = append(out, str(ctx.GetPayload(), "suffix")...)
 			}
-			res.BodyRaw(body)
+			res.BodyRaw(out)
 			ctx.Next()
 		})
 		phase.Logging(func(ctx *sdk.PhaseLogging) {
