@@ -183,6 +183,22 @@ impl RequestState {
         self.params = Some(params);
     }
 
+    /// Applies built-in request header changes (a header-modifier middleware).
+    pub fn apply_request_changes(&mut self, changes: &[HeaderChange]) {
+        for c in changes {
+            match c {
+                HeaderChange::Set(n, v) => {
+                    self.headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n.as_bytes()));
+                    self.headers
+                        .push((n.to_ascii_lowercase().into_bytes(), v.clone()));
+                }
+                HeaderChange::Remove(n) => self
+                    .headers
+                    .retain(|(h, _)| !h.eq_ignore_ascii_case(n.as_bytes())),
+            }
+        }
+    }
+
     /// Stores the request body read from the client.
     pub fn set_request_body(&mut self, body: Vec<u8>) {
         self.body = body;

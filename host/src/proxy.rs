@@ -158,8 +158,13 @@ impl Drop for RequestCtx {
 
 /// What the routing of one request needs from the host's configuration.
 pub trait Routes: Send + Sync + 'static {
-    /// Matches a request; `None` is a 404.
-    fn route(&self, req: &RequestSnapshot) -> Option<RoutePlan<'_>>;
+    /// Matches a request; an error is the status and message to answer with
+    /// (404, 405).
+    ///
+    /// # Errors
+    ///
+    /// No route, or a route that does not take this method.
+    fn route(&self, req: &RequestSnapshot) -> std::result::Result<RoutePlan<'_>, (u16, &'static str)>;
 }
 
 /// The plan for one matched request.
@@ -167,8 +172,12 @@ pub trait Routes: Send + Sync + 'static {
 pub struct RoutePlan<'a> {
     /// Route params in order.
     pub params: Vec<(String, String)>,
-    /// The path's middleware, in order.
+    /// The path's plugin middleware, in order.
     pub middleware: Vec<PluginStep<'a>>,
+    /// Built-in request header changes (sent upstream, seen by plugins).
+    pub request_headers: Vec<HeaderChange>,
+    /// Built-in response header changes (applied like a plugin's, first).
+    pub response_headers: Vec<HeaderChange>,
     /// What serves the request.
     pub service: ServiceStep<'a>,
 }
@@ -747,16 +756,45 @@ impl<R: Routes> ProxyHttp for NylonProxy<R> {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.host.stats.requests.fetch_add(1, Ordering::Relaxed);
         let snap = snapshot(session);
-        let Some(plan) = self.host.routes.route(&snap) else {
-            ctx.state = Some(RequestState::new(snap));
-            return self
-                .fail(session, ctx, 404, "not_found", "no route matches".into())
-                .await;
+        let plan = match self.host.routes.route(&snap) {
+            Ok(plan) => plan,
+            Err((code, message)) => {
+                ctx.state = Some(RequestState::new(snap));
+                let error = if code == 404 { "not_found" } else { "method_not_allowed" };
+                return self.fail(session, ctx, code, error, message.into()).await;
+            }
         };
         let has_plugins =
             !plan.middleware.is_empty() || matches!(plan.service, ServiceStep::Plugin(_));
         let mut state = RequestState::new(snap);
         state.set_params(plan.params);
+        if !plan.request_headers.is_empty() {
+            let req = session.req_header_mut();
+            for c in &plan.request_headers {
+                match c {
+                    HeaderChange::Set(n, v) => {
+                        if let (Ok(name), Ok(value)) = (
+                            http::HeaderName::from_bytes(n.as_bytes()),
+                            http::HeaderValue::from_bytes(v),
+                        ) {
+                            let _ = req.insert_header(name, value);
+                        }
+                    }
+                    HeaderChange::Remove(n) => {
+                        let _ = req.remove_header(n.as_str());
+                    }
+                }
+            }
+            state.apply_request_changes(&plan.request_headers);
+        }
+        for c in &plan.response_headers {
+            match c {
+                HeaderChange::Set(n, v) => {
+                    state.set_response_header(n, &String::from_utf8_lossy(v))
+                }
+                HeaderChange::Remove(n) => state.remove_response_header(n),
+            }
+        }
         if has_plugins {
             // Read the body now so a plugin can read it (method 200); Pingora's
             // retry buffer keeps it for the upstream.
