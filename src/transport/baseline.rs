@@ -8,6 +8,8 @@
 //! - an unbounded channel per session;
 //! - the phase start handed to another thread (today's `tokio::spawn`);
 //! - replies sent from the driver thread after the message is dequeued;
+//! - the driver's task woken per message (today's channel wakes its
+//!   receiving task; here the callback wakes the phase future's waker);
 //! - a fresh FlatBuffers builder per header read, `to_string` decimals and
 //!   serde_json params.
 //!
@@ -15,12 +17,16 @@
 //! reply for an absent header, the missing timeout, and the receiver leak.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::drops::Drops;
 use super::{
@@ -33,6 +39,7 @@ use crate::host::context::{HttpContext, WsRecv};
 use crate::host::dispatch::{dispatch, DispatchError, PhaseEnd, ReplyEncoding, Step, WsState};
 use crate::host::loader::LegacyPlugin;
 use crate::spawn::Spawner;
+use crate::transport::wait::{run_to_end, Latency, PhaseProgress, WaitPolicy};
 
 /// The largest payload the host accepts from a plugin in one message (64 MiB).
 ///
@@ -45,7 +52,14 @@ enum Msg {
     Bad(PayloadError),
 }
 
-type SessionMap = RwLock<HashMap<u32, Sender<Msg>>>;
+/// What the callback finds for a session: its queue and the task to wake.
+#[derive(Debug)]
+struct Inbox {
+    tx: Sender<Msg>,
+    waker: AtomicWaker,
+}
+
+type SessionMap = RwLock<HashMap<u32, Arc<Inbox>>>;
 
 /// Today's `ACTIVE_SESSIONS`: the global map every callback read-locks.
 static ACTIVE: LazyLock<SessionMap> = LazyLock::new(|| RwLock::new(HashMap::new()));
@@ -93,10 +107,11 @@ unsafe extern "C" fn baseline_callback(buf: *const FfiBuffer) {
             .get(&buf.sid)
             .cloned();
         match tx {
-            Some(tx) => {
-                if tx.send(msg).is_err() {
+            Some(inbox) => {
+                if inbox.tx.send(msg).is_err() {
                     DROPPED.count(buf.sid);
                 }
+                inbox.waker.wake();
             }
             None => {
                 DROPPED.count(buf.sid);
@@ -121,6 +136,8 @@ pub fn dropped_messages_for(sid: u32) -> u64 {
 #[derive(Debug)]
 pub struct Baseline {
     spawner: Spawner,
+    /// Recent latency of the driver's waits, for the synchronous form.
+    latency: Latency,
 }
 
 impl Default for Baseline {
@@ -135,6 +152,7 @@ impl Baseline {
     pub fn new() -> Self {
         Self {
             spawner: Spawner::new("nylon-baseline-phase"),
+            latency: Latency::default(),
         }
     }
 }
@@ -144,6 +162,7 @@ impl Baseline {
 pub struct BaselineSession {
     sid: u32,
     plugin: Arc<LegacyPlugin>,
+    inbox: Arc<Inbox>,
     rx: Receiver<Msg>,
     closed: bool,
     ws: WsState,
@@ -247,9 +266,140 @@ impl BaselineSession {
     }
 }
 
+/// The future of one baseline phase (see [`Transport::phase`]).
+///
+/// The first poll hands the phase start to another thread, as today's host
+/// does; every poll then processes the queued messages on the polling thread
+/// (the context is never lent to another thread: the callback only copies
+/// and queues), and the callback wakes the task when it queues one.
+pub struct BaselinePhase<'a> {
+    t: &'a Baseline,
+    s: &'a mut BaselineSession,
+    ctx: &'a mut dyn HttpContext,
+    phase: Phase,
+    started: bool,
+    done: bool,
+    reply: Vec<u8>,
+    /// Messages either way in WebSocket mode (the idle timeout's traffic).
+    traffic: u64,
+}
+
+impl std::fmt::Debug for BaselinePhase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaselinePhase")
+            .field("phase", &self.phase)
+            .field("started", &self.started)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BaselinePhase<'_> {
+    /// Processes what is queued; `Some` when the phase is over, `None` when
+    /// the queue (and, in WebSocket mode, the client) has nothing more.
+    fn drain(&mut self) -> Option<PhaseOutcome> {
+        let (s, ctx, reply) = (&mut *self.s, &mut *self.ctx, &mut self.reply);
+        loop {
+            if let Ok(msg) = s.rx.try_recv() {
+                if s.ws.active() {
+                    self.traffic += 1;
+                }
+                if let Some(out) = s.handle(msg, ctx, reply) {
+                    return Some(out);
+                }
+                continue;
+            }
+            if !s.ws.active() {
+                return None;
+            }
+            // WebSocket mode: the plugin's queued commands first, then the
+            // client. Today's host copies every client message into a new Vec.
+            let mut msg = Vec::new();
+            match ctx.websocket_recv(Duration::ZERO, &mut msg) {
+                WsRecv::Text => {
+                    s.send(Phase::Zero, Method::WebsocketOnMessageText as u32, &msg);
+                    self.traffic += 1;
+                }
+                WsRecv::Binary => {
+                    s.send(Phase::Zero, Method::WebsocketOnMessageBinary as u32, &msg);
+                    self.traffic += 1;
+                }
+                WsRecv::Closed => {
+                    // Commands the plugin queued before the close still apply.
+                    while let Ok(msg) = s.rx.try_recv() {
+                        if let Some(out) = s.handle(msg, ctx, reply) {
+                            return Some(out);
+                        }
+                    }
+                    s.ws.closed = true;
+                    s.send(Phase::Zero, Method::WebsocketOnClose as u32, &[]);
+                    ctx.websocket_close();
+                    return Some(PhaseOutcome::StreamEnd);
+                }
+                // Nothing from the client: the host wakes the task when it
+                // sends (the synchronous form polls).
+                WsRecv::Idle => return None,
+            }
+        }
+    }
+}
+
+impl Future for BaselinePhase<'_> {
+    type Output = PhaseOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(PhaseOutcome::Error(SessionError::Closed));
+        }
+        if !this.started {
+            if this.s.closed {
+                this.done = true;
+                return Poll::Ready(PhaseOutcome::Error(SessionError::Closed));
+            }
+            this.started = true;
+            let (phase, sid) = (this.phase, this.s.sid);
+            let plugin = Arc::clone(&this.s.plugin);
+            this.s
+                .record(Direction::ToPlugin, phase as u8, Method::PHASE_START, &[]);
+            this.t.spawner.spawn(Box::new(move || {
+                plugin.event_stream(&FfiBuffer::new(sid, phase, Method::PHASE_START, &[]));
+            }));
+        }
+        loop {
+            if let Some(o) = this.drain() {
+                this.done = true;
+                return Poll::Ready(o);
+            }
+            // Registered, then the queue looked at again: a message queued
+            // after that look finds this waker.
+            this.s.inbox.waker.register(cx.waker());
+            if this.s.rx.is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl PhaseProgress for BaselinePhase<'_> {
+    fn websocket(&self) -> Option<u64> {
+        self.s.ws.active().then_some(self.traffic)
+    }
+}
+
+impl Drop for BaselinePhase<'_> {
+    fn drop(&mut self) {
+        if self.started && !self.done {
+            // Cancelled: the session is forgotten, then the plugin is told.
+            self.s.fail(PhaseOutcome::Timeout);
+        }
+    }
+}
+
 impl Transport for Baseline {
     type Plugin = LegacyPlugin;
     type Session = BaselineSession;
+    type PhaseFuture<'a> = BaselinePhase<'a>;
 
     fn name(&self) -> &'static str {
         "baseline"
@@ -263,11 +413,15 @@ impl Transport for Baseline {
     ) -> Result<BaselineSession, OpenError> {
         let sid = next_sid();
         let (tx, rx) = unbounded();
+        let inbox = Arc::new(Inbox {
+            tx,
+            waker: AtomicWaker::new(),
+        });
         // Registered before the call, so the plugin may send during registration.
         ACTIVE
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(sid, tx);
+            .insert(sid, Arc::clone(&inbox));
         if !plugin.register_session(sid, entry, baseline_callback) {
             ACTIVE
                 .write()
@@ -278,11 +432,30 @@ impl Transport for Baseline {
         Ok(BaselineSession {
             sid,
             plugin: Arc::clone(plugin),
+            inbox,
             rx,
             closed: false,
             ws: WsState::default(),
             trace: options.trace.then(Vec::new),
         })
+    }
+
+    fn phase<'a>(
+        &'a self,
+        session: &'a mut BaselineSession,
+        phase: Phase,
+        ctx: &'a mut dyn HttpContext,
+    ) -> BaselinePhase<'a> {
+        BaselinePhase {
+            t: self,
+            s: session,
+            ctx,
+            phase,
+            started: false,
+            done: false,
+            reply: Vec::new(),
+            traffic: 0,
+        }
     }
 
     fn run_phase(
@@ -292,77 +465,12 @@ impl Transport for Baseline {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
-        if s.closed {
-            return PhaseOutcome::Error(SessionError::Closed);
-        }
-        let mut deadline = Instant::now() + timeout;
-        let plugin = Arc::clone(&s.plugin);
-        let sid = s.sid;
-        s.record(Direction::ToPlugin, phase as u8, Method::PHASE_START, &[]);
-        self.spawner.spawn(Box::new(move || {
-            plugin.event_stream(&FfiBuffer::new(sid, phase, Method::PHASE_START, &[]));
-        }));
-        let mut reply = Vec::new();
-        loop {
-            if s.ws.active() {
-                // WebSocket mode: the plugin's queued commands first, then the client.
-                match s.rx.try_recv() {
-                    Ok(msg) => {
-                        if let Some(out) = s.handle(msg, ctx, &mut reply) {
-                            return out;
-                        }
-                        // In WebSocket mode the timeout is an idle timeout,
-                        // re-armed by traffic in either direction.
-                        deadline = Instant::now() + timeout;
-                        continue;
-                    }
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
-                }
-                // Today's host copies every client message into a new Vec.
-                let mut msg = Vec::new();
-                match ctx.websocket_recv(Duration::from_millis(1), &mut msg) {
-                    WsRecv::Text => {
-                        s.send(Phase::Zero, Method::WebsocketOnMessageText as u32, &msg);
-                        deadline = Instant::now() + timeout;
-                        continue;
-                    }
-                    WsRecv::Binary => {
-                        s.send(Phase::Zero, Method::WebsocketOnMessageBinary as u32, &msg);
-                        deadline = Instant::now() + timeout;
-                        continue;
-                    }
-                    WsRecv::Closed => {
-                        // Commands the plugin queued before the close still apply.
-                        while let Ok(msg) = s.rx.try_recv() {
-                            if let Some(out) = s.handle(msg, ctx, &mut reply) {
-                                return out;
-                            }
-                        }
-                        s.ws.closed = true;
-                        s.send(Phase::Zero, Method::WebsocketOnClose as u32, &[]);
-                        ctx.websocket_close();
-                        return PhaseOutcome::StreamEnd;
-                    }
-                    WsRecv::Idle => {}
-                }
-            }
-            let wait = if s.ws.active() {
-                deadline.min(Instant::now() + Duration::from_millis(1))
-            } else {
-                deadline
-            };
-            match s.rx.recv_deadline(wait) {
-                Ok(msg) => {
-                    if let Some(out) = s.handle(msg, ctx, &mut reply) {
-                        return out;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    return s.fail(PhaseOutcome::Timeout)
-                }
-            }
-        }
+        run_to_end(
+            self.phase(s, phase, ctx),
+            WaitPolicy::Adaptive,
+            &self.latency,
+            timeout,
+        )
     }
 
     fn close(&self, mut s: BaselineSession) {

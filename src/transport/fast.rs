@@ -705,60 +705,43 @@ impl Fast {
     }
 }
 
-impl Transport for Fast {
-    type Plugin = LegacyPlugin;
-    type Session = FastSession;
+/// The future of one fast phase (see [`Transport::phase`]).
+///
+/// TODO: temporary: runs the blocking phase in its first poll.
+pub struct FastPhase<'a> {
+    t: &'a Fast,
+    s: &'a mut FastSession,
+    ctx: &'a mut dyn HttpContext,
+    phase: Phase,
+}
 
-    fn name(&self) -> &'static str {
-        "fast"
+impl std::fmt::Debug for FastPhase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPhase")
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
     }
+}
 
-    fn open(
-        &self,
-        plugin: &Arc<LegacyPlugin>,
-        entry: &str,
-        options: SessionOptions,
-    ) -> Result<FastSession, OpenError> {
-        let idx = TABLE
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .ok_or(OpenError::TooManySessions)?;
-        let slot = &TABLE.slots[idx as usize];
-        let sid = sid_for(slot.generation.fetch_add(1, Ordering::Relaxed), idx);
-        {
-            let mut g = lock(slot);
-            g.sid = sid;
-            g.event_stream = Some(plugin.symbols().event_stream);
-            g.mode = self.config.reply_mode;
-            g.lent = None;
-            g.outcome = None;
-            g.parked = false;
-            g.ws = WsState::default();
-            g.ws_traffic = 0;
-            g.ws_ready = false;
-            g.enc.request_headers_cached = false;
-            g.backlog.clear();
-            g.backlog_bytes = 0;
-            g.overflowed = false;
-            g.reads.clear();
-            g.trace = options.trace.then(Vec::new);
-            slot.sid.store(sid, Ordering::Release);
-        }
-        let mut session = FastSession {
-            sid,
-            plugin: Arc::clone(plugin),
-            closed: false,
-        };
-        if !plugin.register_session(sid, entry, fast_callback) {
-            self.release(&mut session);
-            return Err(OpenError::Rejected(entry.to_string()));
-        }
-        Ok(session)
+impl std::future::Future for FastPhase<'_> {
+    type Output = PhaseOutcome;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<PhaseOutcome> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.t.run_phase_blocking(
+            this.s,
+            this.phase,
+            this.ctx,
+            Duration::from_secs(60),
+        ))
     }
+}
 
-    fn run_phase(
+impl Fast {
+    fn run_phase_blocking(
         &self,
         s: &mut FastSession,
         phase: Phase,
@@ -842,6 +825,85 @@ impl Transport for Fast {
                 PhaseOutcome::Timeout
             }
         }
+    }
+}
+
+impl Transport for Fast {
+    type Plugin = LegacyPlugin;
+    type Session = FastSession;
+    type PhaseFuture<'a> = FastPhase<'a>;
+
+    fn name(&self) -> &'static str {
+        "fast"
+    }
+
+    fn open(
+        &self,
+        plugin: &Arc<LegacyPlugin>,
+        entry: &str,
+        options: SessionOptions,
+    ) -> Result<FastSession, OpenError> {
+        let idx = TABLE
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or(OpenError::TooManySessions)?;
+        let slot = &TABLE.slots[idx as usize];
+        let sid = sid_for(slot.generation.fetch_add(1, Ordering::Relaxed), idx);
+        {
+            let mut g = lock(slot);
+            g.sid = sid;
+            g.event_stream = Some(plugin.symbols().event_stream);
+            g.mode = self.config.reply_mode;
+            g.lent = None;
+            g.outcome = None;
+            g.parked = false;
+            g.ws = WsState::default();
+            g.ws_traffic = 0;
+            g.ws_ready = false;
+            g.enc.request_headers_cached = false;
+            g.backlog.clear();
+            g.backlog_bytes = 0;
+            g.overflowed = false;
+            g.reads.clear();
+            g.trace = options.trace.then(Vec::new);
+            slot.sid.store(sid, Ordering::Release);
+        }
+        let mut session = FastSession {
+            sid,
+            plugin: Arc::clone(plugin),
+            closed: false,
+        };
+        if !plugin.register_session(sid, entry, fast_callback) {
+            self.release(&mut session);
+            return Err(OpenError::Rejected(entry.to_string()));
+        }
+        Ok(session)
+    }
+
+    fn phase<'a>(
+        &'a self,
+        session: &'a mut FastSession,
+        phase: Phase,
+        ctx: &'a mut dyn HttpContext,
+    ) -> FastPhase<'a> {
+        FastPhase {
+            t: self,
+            s: session,
+            ctx,
+            phase,
+        }
+    }
+
+    fn run_phase(
+        &self,
+        s: &mut FastSession,
+        phase: Phase,
+        ctx: &mut dyn HttpContext,
+        timeout: Duration,
+    ) -> PhaseOutcome {
+        self.run_phase_blocking(s, phase, ctx, timeout)
     }
 
     fn close(&self, mut s: FastSession) {

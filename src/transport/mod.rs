@@ -4,6 +4,7 @@
 //! against each. [`baseline`] reproduces today's design and its costs.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ pub mod fast;
 pub mod v2;
 pub mod wait;
 
-pub use baseline::Baseline;
-pub use fast::{Fast, FastConfig, ReplyMode};
+pub use baseline::{Baseline, BaselinePhase};
+pub use fast::{Fast, FastConfig, FastPhase, ReplyMode};
 pub use v2::{V2Plugin, V2};
 pub use wait::WaitPolicy;
 
@@ -136,11 +137,45 @@ pub struct SessionOptions {
 }
 
 /// A way to carry the legacy protocol between the host and a plugin.
+///
+/// # Phases as futures
+///
+/// [`Transport::phase`] starts one phase and returns a future of its
+/// outcome; [`Transport::run_phase`] is the synchronous form, a thin wrapper
+/// that polls that future and waits on the calling thread.
+///
+/// - A phase the plugin ends inside the host's call (the common case on the
+///   fast and v2 transports) is `Ready` on the first poll, at no cost beyond
+///   the call itself: no lock, clock read or allocation is added for it.
+/// - A phase that ends later, on a plugin thread, wakes the task through the
+///   waker of its last poll (an `AtomicWaker` per session): nothing spins and
+///   no thread is parked for it in the asynchronous form.
+/// - The context is lent to the plugin's threads exactly while the future is
+///   alive: reads and commands from a plugin thread reach it under the
+///   session's own lock while the task is suspended, and the future's `Drop`
+///   revokes it under that lock, so after the drop returns no callback can
+///   touch it.
+/// - Dropping a future that was polled but has not completed cancels the
+///   phase: the session is closed on both sides (the plugin is told
+///   `close_session`) and later phases return `Error(Closed)`. A host
+///   implements the phase timeout by dropping the future when its timer fires
+///   and reporting [`PhaseOutcome::Timeout`]. A future dropped before its
+///   first poll never started the phase and changes nothing.
+/// - After a WebSocket upgrade the phase lasts as long as the connection.
+///   Each poll then delivers what the context's non-blocking
+///   `websocket_recv(Duration::ZERO, ..)` has; the transport has no way to
+///   know when client data arrives, so a host must wake the task itself when
+///   it does (the synchronous form polls about every millisecond).
 pub trait Transport: Send + Sync {
     /// The kind of plugin it drives.
     type Plugin;
     /// One open session.
     type Session: Send;
+    /// The future of one phase. It borrows the session and the context until
+    /// it completes or is dropped.
+    type PhaseFuture<'a>: Future<Output = PhaseOutcome> + Send + 'a
+    where
+        Self: 'a;
 
     /// The transport's name (`baseline`, `fast`).
     fn name(&self) -> &'static str;
@@ -157,10 +192,30 @@ pub trait Transport: Send + Sync {
         options: SessionOptions,
     ) -> Result<Self::Session, OpenError>;
 
-    /// Runs one phase to its end, its timeout, or an error.
+    /// Starts one phase; the future ends with the phase (see the
+    /// [trait docs](Transport#phases-as-futures)).
     ///
-    /// After `Timeout` or `Error` the session is closed on both sides and every
-    /// later message for it is dropped; later phases return `Error(Closed)`.
+    /// `Ready` on the first poll when the plugin ended the phase inside the
+    /// call. A phase that ends later on a plugin thread wakes the task
+    /// through the waker. Dropping the future before it completes cancels the
+    /// phase and closes the session.
+    ///
+    /// After `Timeout`, `Error` or a cancellation the session is closed on
+    /// both sides and every later message for it is dropped; later phases
+    /// return `Error(Closed)`.
+    fn phase<'a>(
+        &'a self,
+        session: &'a mut Self::Session,
+        phase: Phase,
+        ctx: &'a mut dyn HttpContext,
+    ) -> Self::PhaseFuture<'a>;
+
+    /// Runs one phase to its end, its timeout, or an error, on this thread:
+    /// polls [`Transport::phase`] and, while it is pending, waits as the
+    /// transport's [`WaitPolicy`] says (spin while recent phases ended fast,
+    /// then yield, then park until the waker fires or the deadline passes).
+    /// At the deadline the future is dropped (the session is closed) and the
+    /// outcome is `Timeout`. For the CLI, the tests and the benches.
     fn run_phase(
         &self,
         session: &mut Self::Session,

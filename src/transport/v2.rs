@@ -6,20 +6,29 @@
 //! Commands are appended to the session's [`Commands`] buffer (bounded, its
 //! memory reused across phases) and applied in order when the phase returns.
 //! An asynchronous plugin detaches the call, returns `PENDING`, and completes
-//! it from its own thread with `complete`; the driver waits as
-//! [`super::wait`] describes (a short spin and a few yields only while the
-//! recent completion latency is short, then a park on its own thread, which
-//! `complete` unparks; no condvar shared between sessions).
+//! it from its own thread with `complete`, which wakes the phase's task
+//! through the session's `AtomicWaker` (no condvar shared between sessions).
+//! The synchronous form waits as [`super::wait`] describes (a short spin and
+//! a few yields only while the recent completion latency is short, then a
+//! park on its own thread, which the waker unparks).
+//!
+//! While a detached call is pending, the context stays lent to it: the host
+//! functions reach it under the call's `busy` lock, and the phase future's
+//! `Drop` revokes it under that same lock.
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::fmt;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::Thread;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
 
 use crossbeam_queue::ArrayQueue;
 use libloading::Library;
@@ -30,7 +39,7 @@ use crate::abi::v2::{self, field, number, CallHandle, Flow, HostTable, PluginTab
 use crate::codec::fast::write_params;
 use crate::host::context::{HttpContext, WsMessage, WsRecv};
 use crate::host::loader::{load_v2, LoadError};
-use crate::transport::wait::{now_ns, Latency, Settle, WaitPolicy};
+use crate::transport::wait::{run_to_end, Latency, PhaseProgress, WaitPolicy};
 
 /// Command bytes one phase may buffer, at most (16 MiB); past it commands
 /// return `FULL` and the phase fails with `QueueFull`.
@@ -254,8 +263,8 @@ struct CallSync {
     done: AtomicBool,
     status: AtomicI32,
     flow: AtomicU32,
-    /// When `complete` was called (`wait::now_ns`), for the latency estimate.
-    completed_ns: AtomicU64,
+    /// The task waiting for a detached call; `complete` wakes it.
+    waker: AtomicWaker,
 }
 
 struct CallInner {
@@ -264,7 +273,6 @@ struct CallInner {
     url: Vec<u8>,
     params: Vec<u8>,
     error: Vec<u8>,
-    driver: Option<Thread>,
 }
 
 /// The state behind a [`CallHandle`]: one per session, reused every phase.
@@ -300,7 +308,6 @@ impl CallState {
                 url: Vec::with_capacity(128),
                 params: Vec::with_capacity(64),
                 error: Vec::new(),
-                driver: None,
             }),
         })
     }
@@ -667,24 +674,26 @@ unsafe extern "C" fn h_complete(call: *mut CallHandle, status: i32, flow: u32) -
         lock_busy(state);
         // SAFETY: we hold `busy`.
         let inner = unsafe { &mut *state.inner.get() };
+        let mut waker = None;
         let st = if inner.ctx.is_none() || state.sync.done.load(Ordering::Relaxed) {
             // Too late (timed out) or twice: refused.
             Status::CLOSED.0
         } else {
             state.sync.status.store(status, Ordering::Relaxed);
             state.sync.flow.store(flow, Ordering::Relaxed);
-            // Only detached calls get here: a clock read on the pending path.
-            state.sync.completed_ns.store(now_ns(), Ordering::Relaxed);
             // SYNC POINT: the plugin's commands and result become visible to
             // the driver, which acquires `done`.
             state.sync.done.store(true, Ordering::Release);
-            if let Some(t) = &inner.driver {
-                t.unpark();
-            }
+            // Taken under `busy`, woken after it: the driver may reuse or
+            // free the call as soon as `busy` is released.
+            waker = state.sync.waker.take();
             Status::OK.0
         };
         // SYNC POINT: releases the call.
         state.sync.busy.store(false, Ordering::Release);
+        if let Some(w) = waker {
+            w.wake();
+        }
         st
     }));
     r.unwrap_or(Status::PANIC.0)
@@ -894,23 +903,25 @@ impl V2 {
         outcome
     }
 
-    /// Runs the plugin's `phase` (or `ws_event`) call and waits for it.
+    /// Starts the plugin's `phase` (or `ws_event`) call.
     ///
     /// The common case, a call that ends inside the call, touches no atomic
     /// but one load, reads no clock and takes no lock.
     #[inline]
-    fn call_plugin(
+    fn start_call(
         &self,
         s: &mut V2Session,
         ctx: &mut dyn HttpContext,
-        timeout: Duration,
         invoke: impl FnOnce(*mut c_void, *mut CallHandle, &mut u32) -> i32,
-    ) -> Result<u32, PhaseOutcome> {
+    ) -> Started {
         let Some(call) = s.call.as_deref() else {
-            return Err(PhaseOutcome::Error(SessionError::Closed));
+            return Started::Done(Err(PhaseOutcome::Error(SessionError::Closed)));
         };
-        // SAFETY: lifetime erasure only; revoked below before returning, and
-        // only used while this function is blocked.
+        // SAFETY: lifetime erasure only. The pointer is revoked below when
+        // the call ends inside it; a detached call keeps it until the phase
+        // future revokes it under `busy` (when `complete` has been seen, or in
+        // the future's `Drop`), and the future holds the `&mut` it came from
+        // all that time, so it never outlives `ctx`.
         let erased: *mut (dyn HttpContext + 'static) = unsafe {
             std::mem::transmute::<*mut (dyn HttpContext + '_), *mut (dyn HttpContext + 'static)>(
                 ctx,
@@ -931,7 +942,7 @@ impl V2 {
         // SYNC POINT: acquires `detach`'s Release store when the plugin
         // handed the call to another thread (which then owns the call).
         if call.sync.shared.load(Ordering::Acquire) {
-            return self.detached(s, st, timeout);
+            return self.detached(s, st);
         }
         // Never handed to another thread: the call has returned, so only
         // this thread can touch the call now.
@@ -939,49 +950,68 @@ impl V2 {
         let inner = unsafe { call.owner() };
         inner.ctx = None;
         if st == Status::OK.0 && !inner.cmds.overflowed {
-            return Ok(flow);
+            return Started::Done(Ok(flow));
         }
-        Err(self.failed(s, st, false))
+        Started::Done(Err(self.failed(s, st, false)))
     }
 
-    /// The rest of [`V2::call_plugin`] for a call the plugin detached.
+    /// The rest of [`V2::start_call`] for a call the plugin detached.
     #[cold]
     #[inline(never)]
-    fn detached(&self, s: &mut V2Session, st: i32, timeout: Duration) -> Result<u32, PhaseOutcome> {
+    fn detached(&self, s: &mut V2Session, st: i32) -> Started {
+        if st == Status::PENDING.0 {
+            return Started::Pending;
+        }
         let Some(call) = s.call.as_deref() else {
-            return Err(PhaseOutcome::Error(SessionError::Closed));
+            return Started::Done(Err(PhaseOutcome::Error(SessionError::Closed)));
         };
-        let (st, flow) = if st == Status::PENDING.0 {
-            match self.wait(call, timeout) {
-                Some(done) => done,
-                None => {
-                    revoke(call);
-                    return Err(self.fail(s, PhaseOutcome::Timeout, true));
-                }
-            }
-        } else {
-            // Detached, yet answered at once: another thread may still hold
-            // the handle, so the call cannot be reused. A protocol error.
-            revoke(call);
-            let e = SessionError::Plugin(format!(
-                "the plugin detached the call but returned status {st} instead of PENDING"
-            ));
-            return Err(self.fail(s, PhaseOutcome::Error(e), true));
+        // Detached, yet answered at once: another thread may still hold
+        // the handle, so the call cannot be reused. A protocol error.
+        revoke(call);
+        let e = SessionError::Plugin(format!(
+            "the plugin detached the call but returned status {st} instead of PENDING"
+        ));
+        Started::Done(Err(self.fail(s, PhaseOutcome::Error(e), true)))
+    }
+
+    /// Polls a detached call: `Ready` once the plugin called `complete`.
+    #[cold]
+    #[inline(never)]
+    fn poll_detached(
+        &self,
+        s: &mut V2Session,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<u32, PhaseOutcome>> {
+        let Some(call) = s.call.as_deref() else {
+            return Poll::Ready(Err(PhaseOutcome::Error(SessionError::Closed)));
         };
+        // Registered before `done` is read: a `complete` that comes after
+        // the read finds this waker (the `AtomicWaker` protocol).
+        call.sync.waker.register(cx.waker());
+        // SYNC POINT: acquires the plugin's commands and result (the Release
+        // store of `done` in `h_complete`).
+        if !call.sync.done.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        // Not needed any more: do not keep the task alive.
+        drop(call.sync.waker.take());
+        let st = call.sync.status.load(Ordering::Relaxed);
+        let flow = call.sync.flow.load(Ordering::Relaxed);
         revoke(call);
         if st != Status::OK.0 {
-            return Err(self.failed(s, st, true));
+            return Poll::Ready(Err(self.failed(s, st, true)));
         }
         // SAFETY: the call is revoked; nobody else touches it now.
         let inner = unsafe { call.owner() };
         if inner.cmds.overflowed {
-            return Err(self.fail(s, PhaseOutcome::Error(SessionError::QueueFull), true));
+            let o = self.fail(s, PhaseOutcome::Error(SessionError::QueueFull), true);
+            return Poll::Ready(Err(o));
         }
-        // Completed in time and revoked under `busy`: no plugin thread can
-        // reach the call any more, so it is reusable.
+        // Completed and revoked under `busy`: no plugin thread can reach the
+        // call any more, so it is reusable.
         call.sync.shared.store(false, Ordering::Relaxed);
         call.sync.done.store(false, Ordering::Relaxed);
-        Ok(flow)
+        Poll::Ready(Ok(flow))
     }
 
     /// Fails the session for status `st` (or a command overflow), with the
@@ -1006,47 +1036,6 @@ impl V2 {
         };
         inner.error.clear();
         self.fail(s, PhaseOutcome::Error(e), detached)
-    }
-
-    /// Waits for `complete` on a detached call: spin and yield while the
-    /// recent latency is short, then park until `complete` unparks this
-    /// thread or the deadline passes (see [`super::wait`]).
-    fn wait(&self, call: &CallState, timeout: Duration) -> Option<(i32, u32)> {
-        let deadline = Instant::now() + timeout;
-        let mut settle = Settle::new(self.wait, &self.latency);
-        // Register this thread for unpark before checking `done`.
-        {
-            lock_busy(call);
-            // SAFETY: we hold `busy`.
-            unsafe { &mut *call.inner.get() }.driver = Some(std::thread::current());
-            call.sync.busy.store(false, Ordering::Release);
-        }
-        loop {
-            // SYNC POINT: acquires the plugin's commands and result.
-            if call.sync.done.load(Ordering::Acquire) {
-                settle.record(
-                    &self.latency,
-                    call.sync.completed_ns.load(Ordering::Relaxed),
-                );
-                return Some((
-                    call.sync.status.load(Ordering::Relaxed),
-                    call.sync.flow.load(Ordering::Relaxed),
-                ));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            if !settle.spent() {
-                // SYNC POINT: as above; `done` is acquired again at the top.
-                settle.run(|| call.sync.done.load(Ordering::Acquire));
-            } else {
-                // Woken by `complete` (which unparks the registered driver
-                // after setting `done`), by a stale unpark token, or by the
-                // deadline; the loop checks `done` again in every case.
-                std::thread::park_timeout(deadline - now);
-            }
-        }
     }
 
     /// Applies the buffered commands in order; `Err` for a downstream failure.
@@ -1144,73 +1133,6 @@ impl V2 {
         }
         Ok(end)
     }
-
-    fn ws_event(
-        &self,
-        s: &mut V2Session,
-        ctx: &mut dyn HttpContext,
-        timeout: Duration,
-        kind: u32,
-        data: &[u8],
-    ) -> Result<Option<PhaseOutcome>, PhaseOutcome> {
-        let table = s.plugin.table;
-        self.call_plugin(s, ctx, timeout, |state, call, _flow| {
-            // SAFETY: state is the session's; data outlives the call.
-            unsafe { (table.ws_event)(state, kind, Str::from_bytes(data), call) }
-        })?;
-        if !s.has_commands() {
-            return Ok(None);
-        }
-        self.apply(s, ctx)
-            .map_err(|e| self.fail(s, PhaseOutcome::Error(e), false))
-    }
-
-    fn websocket(
-        &self,
-        s: &mut V2Session,
-        ctx: &mut dyn HttpContext,
-        timeout: Duration,
-    ) -> PhaseOutcome {
-        match self.ws_event(s, ctx, timeout, v2::ws::OPEN, &[]) {
-            Ok(Some(o)) => return o,
-            Ok(None) => {}
-            Err(o) => return o,
-        }
-        // The idle timeout's clock starts at the first idle poll after
-        // traffic: a busy connection reads no clock per message.
-        let mut idle_since: Option<Instant> = None;
-        let mut data = std::mem::take(&mut s.ws_buf);
-        let outcome = loop {
-            let kind = match ctx.websocket_recv(Duration::from_millis(1), &mut data) {
-                WsRecv::Text => v2::ws::TEXT,
-                WsRecv::Binary => v2::ws::BINARY,
-                WsRecv::Closed => {
-                    s.ws_closed = true;
-                    ctx.websocket_close();
-                    break match self.ws_event(s, ctx, timeout, v2::ws::CLOSE, &[]) {
-                        Err(o) => o,
-                        Ok(_) => PhaseOutcome::StreamEnd,
-                    };
-                }
-                WsRecv::Idle => {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= timeout {
-                        break self.fail(s, PhaseOutcome::Timeout, false);
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                    continue;
-                }
-            };
-            idle_since = None;
-            match self.ws_event(s, ctx, timeout, kind, &data) {
-                Ok(Some(o)) => break o,
-                Ok(None) => {}
-                Err(o) => break o,
-            }
-        };
-        s.ws_buf = data;
-        outcome
-    }
 }
 
 /// `b` as text: checked ASCII on the fast path (header names and most values
@@ -1252,13 +1174,274 @@ fn revoke(call: &CallState) {
     // SAFETY: we hold `busy`; a sync phase call has returned.
     let inner = unsafe { &mut *call.inner.get() };
     inner.ctx = None;
-    inner.driver = None;
     call.sync.busy.store(false, Ordering::Release);
+}
+
+/// How a call into the plugin started.
+enum Started {
+    /// It ended inside the call: the flow, or the outcome of a failure.
+    Done(Result<u32, PhaseOutcome>),
+    /// The plugin detached it and returned `PENDING`: `complete` ends it.
+    Pending,
+}
+
+/// What a pending detached call was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaited {
+    /// The phase call itself.
+    Phase,
+    /// A WebSocket event (open, a client message).
+    Event,
+    /// The close event, after which the phase ends.
+    Close,
+}
+
+/// Where a [`V2Phase`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum V2State {
+    /// Not polled yet.
+    Start,
+    /// A detached call is in the plugin's hands, the context lent to it.
+    Detached(Awaited),
+    /// Upgraded: the open event is next.
+    WsOpen,
+    /// WebSocket mode, between two events.
+    WebSocket,
+    /// Finished.
+    Done,
+}
+
+/// The future of one v2 phase (see [`Transport::phase`]).
+///
+/// The phase call runs in the first poll; a call the plugin ends inside it
+/// makes that poll `Ready`. A detached call keeps the context lent until
+/// `complete` (which wakes the task) or until the future is dropped (which
+/// revokes it under the call's `busy` lock and closes the session).
+pub struct V2Phase<'a> {
+    t: &'a V2,
+    s: &'a mut V2Session,
+    ctx: &'a mut dyn HttpContext,
+    phase: Phase,
+    state: V2State,
+    /// WebSocket events delivered so far (the idle timeout's traffic).
+    traffic: u64,
+}
+
+impl fmt::Debug for V2Phase<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V2Phase")
+            .field("phase", &self.phase)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl V2Phase<'_> {
+    /// What follows a phase call that ended: its commands, then its flow.
+    /// `None` when the phase goes on as a WebSocket.
+    #[inline]
+    fn after_phase(&mut self, r: Result<u32, PhaseOutcome>) -> Option<PhaseOutcome> {
+        let flow = match r {
+            Ok(f) => f,
+            Err(o) => return Some(o),
+        };
+        let (t, s, ctx) = (self.t, &mut *self.s, &mut *self.ctx);
+        if s.has_commands() {
+            match t.apply(s, ctx) {
+                Err(e) => return Some(t.fail(s, PhaseOutcome::Error(e), false)),
+                Ok(Some(o)) => return Some(o),
+                Ok(None) => {}
+            }
+        }
+        let Some(flow) = Flow::from_u32(flow) else {
+            let e = SessionError::Plugin(format!("invalid flow value {flow}"));
+            return Some(t.fail(s, PhaseOutcome::Error(e), false));
+        };
+        Some(match flow {
+            Flow::Next => PhaseOutcome::Next,
+            Flow::End => PhaseOutcome::End,
+            Flow::StreamEnd => match ctx.response_stream_end() {
+                Ok(()) => PhaseOutcome::StreamEnd,
+                Err(e) => t.fail(s, PhaseOutcome::Error(SessionError::Plugin(e)), false),
+            },
+            Flow::WebSocket if s.ws_open => {
+                self.state = V2State::WsOpen;
+                return None;
+            }
+            Flow::WebSocket => {
+                let e = SessionError::Plugin("WebSocket flow without an upgrade".into());
+                t.fail(s, PhaseOutcome::Error(e), false)
+            }
+        })
+    }
+
+    /// What follows a WebSocket event call that ended: its commands.
+    fn after_event(
+        &mut self,
+        r: Result<u32, PhaseOutcome>,
+    ) -> Result<Option<PhaseOutcome>, PhaseOutcome> {
+        r?;
+        let (t, s, ctx) = (self.t, &mut *self.s, &mut *self.ctx);
+        if !s.has_commands() {
+            return Ok(None);
+        }
+        t.apply(s, ctx)
+            .map_err(|e| t.fail(s, PhaseOutcome::Error(e), false))
+    }
+
+    /// Delivers one WebSocket event (its data is the session's `ws_buf`,
+    /// left untouched until the event's call has ended).
+    fn event(&mut self, kind: u32, with_data: bool) -> Started {
+        self.traffic += 1;
+        let (t, s, ctx) = (self.t, &mut *self.s, &mut *self.ctx);
+        let table = s.plugin.table;
+        let data = if with_data {
+            Str::from_bytes(&s.ws_buf)
+        } else {
+            Str::from_bytes(&[])
+        };
+        t.start_call(s, ctx, |state, call, _flow| {
+            // SAFETY: state is the session's; `data` points into the
+            // session's `ws_buf`, which is not touched until the call ends
+            // (a detached call included), nor freed while the session lives.
+            unsafe { (table.ws_event)(state, kind, data, call) }
+        })
+    }
+
+    /// Everything after the first poll's inline case.
+    #[cold]
+    #[inline(never)]
+    fn resume(&mut self, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        loop {
+            let (awaited, r) = match self.state {
+                V2State::Start | V2State::Done => {
+                    self.state = V2State::Done;
+                    return Poll::Ready(PhaseOutcome::Error(SessionError::Closed));
+                }
+                V2State::Detached(awaited) => match self.t.poll_detached(self.s, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => (awaited, r),
+                },
+                V2State::WsOpen => match self.event(v2::ws::OPEN, false) {
+                    Started::Done(r) => (Awaited::Event, r),
+                    Started::Pending => {
+                        self.state = V2State::Detached(Awaited::Event);
+                        continue;
+                    }
+                },
+                V2State::WebSocket => {
+                    let mut data = std::mem::take(&mut self.s.ws_buf);
+                    let got = self.ctx.websocket_recv(Duration::ZERO, &mut data);
+                    self.s.ws_buf = data;
+                    let (kind, awaited) = match got {
+                        WsRecv::Text => (v2::ws::TEXT, Awaited::Event),
+                        WsRecv::Binary => (v2::ws::BINARY, Awaited::Event),
+                        WsRecv::Closed => {
+                            self.s.ws_closed = true;
+                            self.ctx.websocket_close();
+                            (v2::ws::CLOSE, Awaited::Close)
+                        }
+                        // Nothing from the client: the host wakes the task
+                        // when it sends (the synchronous form polls).
+                        WsRecv::Idle => return Poll::Pending,
+                    };
+                    match self.event(kind, awaited == Awaited::Event) {
+                        Started::Done(r) => (awaited, r),
+                        Started::Pending => {
+                            self.state = V2State::Detached(awaited);
+                            continue;
+                        }
+                    }
+                }
+            };
+            // A call ended (inline, or detached and completed).
+            let done = match awaited {
+                Awaited::Phase => match self.after_phase(r) {
+                    Some(o) => o,
+                    None => continue,
+                },
+                Awaited::Event => match self.after_event(r) {
+                    Ok(None) => {
+                        self.state = V2State::WebSocket;
+                        continue;
+                    }
+                    Ok(Some(o)) | Err(o) => o,
+                },
+                Awaited::Close => match self.after_event(r) {
+                    Err(o) => o,
+                    Ok(_) => PhaseOutcome::StreamEnd,
+                },
+            };
+            self.state = V2State::Done;
+            return Poll::Ready(done);
+        }
+    }
+}
+
+impl Future for V2Phase<'_> {
+    type Output = PhaseOutcome;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        let this = self.get_mut();
+        if this.state == V2State::Start {
+            if this.s.closed {
+                this.state = V2State::Done;
+                return Poll::Ready(PhaseOutcome::Error(SessionError::Closed));
+            }
+            let (phase_fn, phase) = (this.s.phase_fn, this.phase as u32);
+            let started = this.t.start_call(this.s, this.ctx, |state, call, flow| {
+                // SAFETY: state is the session's; call and flow outlive the call.
+                unsafe { phase_fn(state, phase, call, flow) }
+            });
+            match started {
+                Started::Done(r) => {
+                    if let Some(o) = this.after_phase(r) {
+                        this.state = V2State::Done;
+                        return Poll::Ready(o);
+                    }
+                }
+                Started::Pending => this.state = V2State::Detached(Awaited::Phase),
+            }
+        }
+        this.resume(cx)
+    }
+}
+
+impl PhaseProgress for V2Phase<'_> {
+    fn websocket(&self) -> Option<u64> {
+        match self.state {
+            V2State::WsOpen
+            | V2State::WebSocket
+            | V2State::Detached(Awaited::Event | Awaited::Close) => Some(self.traffic),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for V2Phase<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        match self.state {
+            V2State::Start | V2State::Done => {}
+            V2State::Detached(_) => {
+                // Cancelled while the plugin holds the call: the context is
+                // taken back under `busy` (waiting out a host function in
+                // progress), then the session is closed on both sides.
+                if let Some(call) = self.s.call.as_deref() {
+                    revoke(call);
+                }
+                self.t.fail(self.s, PhaseOutcome::Timeout, true);
+            }
+            V2State::WsOpen | V2State::WebSocket => self.t.release(self.s),
+        }
+    }
 }
 
 impl Transport for V2 {
     type Plugin = V2Plugin;
     type Session = V2Session;
+    type PhaseFuture<'a> = V2Phase<'a>;
 
     fn name(&self) -> &'static str {
         "fast-v2"
@@ -1277,6 +1460,23 @@ impl Transport for V2 {
     }
 
     #[inline]
+    fn phase<'a>(
+        &'a self,
+        session: &'a mut V2Session,
+        phase: Phase,
+        ctx: &'a mut dyn HttpContext,
+    ) -> V2Phase<'a> {
+        V2Phase {
+            t: self,
+            s: session,
+            ctx,
+            phase,
+            state: V2State::Start,
+            traffic: 0,
+        }
+    }
+
+    #[inline]
     fn run_phase(
         &self,
         s: &mut V2Session,
@@ -1284,41 +1484,7 @@ impl Transport for V2 {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
-        if s.closed {
-            return PhaseOutcome::Error(SessionError::Closed);
-        }
-        let phase_fn = s.phase_fn;
-        let flow = match self.call_plugin(s, ctx, timeout, |state, call, flow| {
-            // SAFETY: state is the session's; call and flow outlive the call.
-            unsafe { phase_fn(state, phase as u32, call, flow) }
-        }) {
-            Ok(f) => f,
-            Err(o) => return o,
-        };
-        if s.has_commands() {
-            match self.apply(s, ctx) {
-                Err(e) => return self.fail(s, PhaseOutcome::Error(e), false),
-                Ok(Some(o)) => return o,
-                Ok(None) => {}
-            }
-        }
-        let Some(flow) = Flow::from_u32(flow) else {
-            let e = SessionError::Plugin(format!("invalid flow value {flow}"));
-            return self.fail(s, PhaseOutcome::Error(e), false);
-        };
-        match flow {
-            Flow::Next => PhaseOutcome::Next,
-            Flow::End => PhaseOutcome::End,
-            Flow::StreamEnd => match ctx.response_stream_end() {
-                Ok(()) => PhaseOutcome::StreamEnd,
-                Err(e) => self.fail(s, PhaseOutcome::Error(SessionError::Plugin(e)), false),
-            },
-            Flow::WebSocket if s.ws_open => self.websocket(s, ctx, timeout),
-            Flow::WebSocket => {
-                let e = SessionError::Plugin("WebSocket flow without an upgrade".into());
-                self.fail(s, PhaseOutcome::Error(e), false)
-            }
-        }
+        run_to_end(self.phase(s, phase, ctx), self.wait, &self.latency, timeout)
     }
 
     fn close(&self, mut s: V2Session) {

@@ -31,10 +31,23 @@
 //! stops spinning, and it soon stops yielding too.
 //!
 //! [`WaitPolicy::Spin`] keeps the earlier fixed spin, for comparison.
+//!
+//! The waiting itself is [`run_to_end`], the synchronous form of every
+//! transport's phase future: it polls the future once with a no-op waker (a
+//! phase that ends inside the call is done then, at no cost), and only when
+//! that poll is pending polls again with this thread's waker and waits for
+//! it to fire, as above. The waker stamps the moment the plugin's side woke
+//! it, which is the end of the latency sample.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::LazyLock;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use super::PhaseOutcome;
 
 /// The longest spin (taken only while recent waits mostly ended within it;
 /// with a plugin thread running on another core a wait lasts 1-2 µs).
@@ -177,6 +190,164 @@ impl Settle {
             now_ns()
         };
         latency.record(end.saturating_sub(self.start_ns));
+    }
+}
+
+/// What the synchronous wrapper needs to know of a pending phase future.
+pub(crate) trait PhaseProgress {
+    /// `Some(traffic)` once the phase is in WebSocket mode, where `traffic`
+    /// counts the messages that went either way: the phase then lasts as long
+    /// as the connection, its timeout is an idle timeout re-armed by traffic,
+    /// and its client is polled about every millisecond.
+    fn websocket(&self) -> Option<u64>;
+}
+
+/// A waker that unparks one thread and stamps when it was woken.
+#[derive(Debug)]
+struct ThreadWaker {
+    thread: Thread,
+    /// `now_ns` of the last wake not yet seen by the waiting thread; 0 for none.
+    woken_ns: AtomicU64,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Only a pending phase gets here: an inline one reads no clock.
+        // SYNC POINT: pairs with the Acquire loads of the waiting thread's
+        // spin and park loop (a hint only: the phase's own state is
+        // synchronized by its transport's lock or atomics).
+        self.woken_ns.store(now_ns(), Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+thread_local! {
+    /// This thread's waker, made once (registering the same waker again
+    /// clones nothing).
+    static THREAD_WAKER: (Arc<ThreadWaker>, Waker) = {
+        let w = Arc::new(ThreadWaker {
+            thread: std::thread::current(),
+            woken_ns: AtomicU64::new(0),
+        });
+        (Arc::clone(&w), Waker::from(w))
+    };
+}
+
+/// Runs a phase future to its end on this thread, or to `timeout` (then the
+/// future is dropped, which cancels the phase, and the outcome is `Timeout`).
+///
+/// The first poll uses a no-op waker: a phase that ends inside the call
+/// returns here without touching the thread's waker, a clock or a counter.
+#[inline(always)]
+pub(crate) fn run_to_end<F>(
+    mut fut: F,
+    policy: WaitPolicy,
+    latency: &Latency,
+    timeout: Duration,
+) -> PhaseOutcome
+where
+    F: Future<Output = PhaseOutcome> + PhaseProgress + Unpin,
+{
+    match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(o) => o,
+        Poll::Pending => wait_pending(fut, policy, latency, timeout),
+    }
+}
+
+/// The rest of [`run_to_end`] for a phase that went pending.
+#[cold]
+#[inline(never)]
+fn wait_pending<F>(fut: F, policy: WaitPolicy, latency: &Latency, timeout: Duration) -> PhaseOutcome
+where
+    F: Future<Output = PhaseOutcome> + PhaseProgress + Unpin,
+{
+    // Two reference counts taken on the pending path only; a new waker
+    // during thread teardown (a phase run from a thread-local's destructor).
+    let (tw, waker) = THREAD_WAKER
+        .try_with(|(tw, waker)| (Arc::clone(tw), waker.clone()))
+        .unwrap_or_else(|_| {
+            let w = Arc::new(ThreadWaker {
+                thread: std::thread::current(),
+                woken_ns: AtomicU64::new(0),
+            });
+            (Arc::clone(&w), Waker::from(w))
+        });
+    wait_with(fut, &tw, &waker, policy, latency, timeout)
+}
+
+fn wait_with<F>(
+    mut fut: F,
+    tw: &ThreadWaker,
+    waker: &Waker,
+    policy: WaitPolicy,
+    latency: &Latency,
+    timeout: Duration,
+) -> PhaseOutcome
+where
+    F: Future<Output = PhaseOutcome> + PhaseProgress + Unpin,
+{
+    let mut cx = Context::from_waker(waker);
+    let mut deadline = Instant::now() + timeout;
+    let mut traffic = None;
+    let mut settle = Settle::new(policy, latency);
+    // A stale wake from an earlier phase only costs one extra poll.
+    tw.woken_ns.store(0, Ordering::Relaxed);
+    // SYNC POINT: as in `ThreadWaker::wake_by_ref`.
+    let woken = || tw.woken_ns.load(Ordering::Acquire) != 0;
+    loop {
+        // Taken before the poll, so that a wake during the poll is seen after it.
+        let signalled = tw.woken_ns.swap(0, Ordering::Acquire);
+        let ready = Pin::new(&mut fut).poll(&mut cx);
+        let websocket = fut.websocket();
+        if let Poll::Ready(o) = ready {
+            // A WebSocket phase lasts as long as the connection: not a latency.
+            if websocket.is_none() {
+                settle.record(latency, signalled);
+            }
+            return o;
+        }
+        if let Some(t) = websocket {
+            if traffic != Some(t) {
+                // An idle timeout, re-armed by traffic in either direction.
+                traffic = Some(t);
+                deadline = Instant::now() + timeout;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(fut);
+                return PhaseOutcome::Timeout;
+            }
+            // Nothing wakes us when the client sends: poll it every millisecond.
+            std::thread::park_timeout(Duration::from_millis(1).min(deadline - now));
+            continue;
+        }
+        if signalled != 0 {
+            // Woken for something other than the end (a deferred read): the
+            // plugin has to answer again, so a new wait starts.
+            settle.record(latency, signalled);
+            settle = Settle::new(policy, latency);
+        }
+        // Spin and yield (only while the recent latency says it pays).
+        if !settle.spent() && settle.run(woken) {
+            continue;
+        }
+        // Park until the waker fires or the deadline passes; never on a
+        // shorter timer, so a lost wake-up shows as a missed deadline.
+        loop {
+            if woken() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(fut);
+                return PhaseOutcome::Timeout;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
     }
 }
 
