@@ -125,15 +125,17 @@ impl HostTransport {
     ) -> HostPhase<'a> {
         match (self, session) {
             (Self::Baseline(t), HostSession::Baseline(s)) => {
-                std::future::ready(t.run_phase(s, phase, ctx, std::time::Duration::from_secs(5)))
+                HostPhase::Baseline {
+                    f: t.phase(s, phase, ctx),
+                }
             }
-            (Self::Fast(t), HostSession::Fast(s)) => {
-                std::future::ready(t.run_phase(s, phase, ctx, std::time::Duration::from_secs(5)))
-            }
-            (Self::V2(t), HostSession::V2(s)) => {
-                std::future::ready(t.run_phase(s, phase, ctx, std::time::Duration::from_secs(5)))
-            }
-            _ => std::future::ready(mismatch()),
+            (Self::Fast(t), HostSession::Fast(s)) => HostPhase::Fast {
+                f: t.phase(s, phase, ctx),
+            },
+            (Self::V2(t), HostSession::V2(s)) => HostPhase::V2 {
+                f: t.phase(s, phase, ctx),
+            },
+            _ => HostPhase::Mismatch,
         }
     }
 
@@ -184,10 +186,41 @@ pub enum HostSession {
     V2(<V2 as Transport>::Session),
 }
 
-/// TEMP shim
-pub type HostPhase<'a> = std::future::Ready<PhaseOutcome>;
-const _: Option<&dyn Future<Output = ()>> = None;
-const _: Option<Pin<&mut ()>> = None;
-fn _c(_: &mut Context<'_>) -> Poll<()> {
-    Poll::Pending
+pin_project_lite::pin_project! {
+    /// The future of one phase on one of the transports (each variant's `f`
+    /// is that transport's future).
+    #[project = HostPhaseProj]
+    #[allow(missing_docs)]
+    pub enum HostPhase<'a> {
+        /// On [`Baseline`].
+        Baseline {
+            #[pin]
+            f: <Baseline as Transport>::PhaseFuture<'a>,
+        },
+        /// On [`Fast`].
+        Fast {
+            #[pin]
+            f: <Fast as Transport>::PhaseFuture<'a>,
+        },
+        /// On [`V2`].
+        V2 {
+            #[pin]
+            f: <V2 as Transport>::PhaseFuture<'a>,
+        },
+        /// The session came from another transport.
+        Mismatch,
+    }
+}
+
+impl Future for HostPhase<'_> {
+    type Output = PhaseOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        match self.project() {
+            HostPhaseProj::Baseline { f } => f.poll(cx),
+            HostPhaseProj::Fast { f } => f.poll(cx),
+            HostPhaseProj::V2 { f } => f.poll(cx),
+            HostPhaseProj::Mismatch => Poll::Ready(mismatch()),
+        }
+    }
 }
