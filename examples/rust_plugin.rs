@@ -11,7 +11,10 @@
 //! - hostile ones for the tests: `silent`, `unknown_method`, `malformed`,
 //!   `bad_length`, `event_to_host`, `flood`, `threads`, `victim`, `stale`.
 //! - on the plugin's own threads (the Go SDK's way): `threaded`, `delayed`
-//!   (see the block at the end).
+//!   (see the block at the end); `late_read`: reads and commands from its
+//!   own thread only once the host has closed the session.
+//! - `body_rewrite`: the body filter as plugin authors write it: reads the
+//!   body (107), appends `+x`, sets it (103), on every chunk.
 //! - for the benchmarks: `scenario` (the request scenario), `empty`,
 //!   `read_command`, `ws_sink` (the anchor rows' operations), `ws_echo`,
 //!   `reads`, `commands`.
@@ -77,6 +80,8 @@ impl Plugin for Example {
             "stale" => Box::new(Stale),
             "scenario" => Box::new(Scenario),
             "late" => Box::new(Late(None)),
+            "late_read" => Box::new(LateRead(None)),
+            "body_rewrite" => Box::new(BodyRewrite),
             "forge" => Box::new(Forge),
             "slow" => Box::new(Slow),
             "flood_after" => Box::new(FloodAfter),
@@ -346,6 +351,43 @@ impl Session for Late {
             send(sid, Method::Next as u32, &[]);
         });
         Ok(Flow::Hold)
+    }
+}
+
+/// Goes pending, and once the host has closed the session (a cancelled
+/// phase), reads the path, sets a header and says NEXT from its own thread:
+/// three messages the host must drop without touching the phase's context.
+struct LateRead(Option<std::sync::mpsc::Sender<()>>);
+
+impl Session for LateRead {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let sid = cx.sid();
+        let kv = nylon_transport::codec::encode_header_kv("x-late", "1");
+        let send = cx.raw_sender();
+        let (closed, wait_closed) = std::sync::mpsc::channel::<()>();
+        self.0 = Some(closed);
+        // Tells the host the handler runs (the phase stays pending).
+        cx.set_response_header("x-late-started", "1");
+        std::thread::spawn(move || {
+            // The sender drops with this session, when the host closes it.
+            let _ = wait_closed.recv_timeout(std::time::Duration::from_secs(30));
+            send(sid, Method::ReadRequestPath as u32, &[]);
+            send(sid, Method::SetResponseHeader as u32, &kv);
+            send(sid, Method::Next as u32, &[]);
+        });
+        Ok(Flow::Hold)
+    }
+}
+
+/// Rewrites every body chunk: reads it (107), appends `+x`, sets it (103).
+struct BodyRewrite;
+
+impl Session for BodyRewrite {
+    fn response_body_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let mut body = cx.response_body()?;
+        body.extend_from_slice(b"+x");
+        cx.set_response_body(&body);
+        Ok(Flow::Next)
     }
 }
 

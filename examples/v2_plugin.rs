@@ -12,6 +12,9 @@
 //!   one read and one command; a WebSocket message ignored).
 //! - `late_report`: lets the last `silent_async` phase's thread make its late
 //!   calls, joins it, and reports what they returned as response headers.
+//! - `async_late`: as `async`, its thread ends the phase 50 ms later.
+//! - `body_rewrite`: the body filter as plugin authors write it: reads the
+//!   body, appends `+x`, sets it, on every chunk.
 //! - for the proxy's end-to-end tests and load test (`host/`): `e2e_headers`,
 //!   `e2e_auth`, `e2e_payload`, `e2e_stream`, `e2e_append`, `delay_1ms`, the
 //!   legacy example's entries of those names with the same logic. With
@@ -45,6 +48,8 @@ impl Plugin for Example {
         "read_command",
         "ws_sink",
         "late_report",
+        "async_late",
+        "body_rewrite",
         "e2e_headers",
         "e2e_auth",
         "e2e_payload",
@@ -87,7 +92,7 @@ impl Plugin for Example {
             2 => Box::new(End),
             3 => Box::new(Stream),
             4 => Box::new(Ws),
-            5 => Box::new(Async),
+            5 => Box::new(Async(std::time::Duration::from_millis(5))),
             6 => Box::new(Fails),
             7 => Box::new(Panics),
             8 => Box::new(SilentAsync),
@@ -99,12 +104,14 @@ impl Plugin for Example {
             14 => Box::new(ReadCommand),
             15 => Box::new(WsSink),
             16 => Box::new(LateReport),
-            17 => Box::new(E2eHeaders),
-            18 => Box::new(E2eAuth),
-            19 => Box::new(E2ePayload),
-            20 => Box::new(E2eStream),
-            21 => Box::new(E2eAppend(0)),
-            22 => Box::new(Delay1ms),
+            17 => Box::new(Async(std::time::Duration::from_millis(50))),
+            18 => Box::new(BodyRewrite),
+            19 => Box::new(E2eHeaders),
+            20 => Box::new(E2eAuth),
+            21 => Box::new(E2ePayload),
+            22 => Box::new(E2eStream),
+            23 => Box::new(E2eAppend(0)),
+            24 => Box::new(Delay1ms),
             _ => return None,
         })
     }
@@ -319,17 +326,31 @@ impl Handler for Ws {
     }
 }
 
-struct Async;
+/// Ends its request filter on its own thread after the delay.
+struct Async(std::time::Duration);
 
 impl Handler for Async {
     fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
         let detached = cx.detach();
+        let delay = self.0;
         std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(delay);
             let path = detached.path().to_string();
             detached.set_header("x-async-path", &path);
             let _ = detached.complete(Ok(Flow::Next));
         });
+        Ok(Flow::Next)
+    }
+}
+
+/// Rewrites every body chunk: reads it, appends `+x`, sets it.
+struct BodyRewrite;
+
+impl Handler for BodyRewrite {
+    fn response_body_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let mut body = cx.response_body().to_vec();
+        body.extend_from_slice(b"+x");
+        cx.set_body(&body);
         Ok(Flow::Next)
     }
 }

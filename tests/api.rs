@@ -8,6 +8,7 @@ mod api {
     mod contended;
     mod hostile;
     mod methods;
+    mod phase_futures;
     mod v2;
 
     /// The v2 example plugin's code, linked in-process (its exported symbol is

@@ -37,6 +37,25 @@ pub enum WsRecv {
 ///
 /// Reads return borrowed data; commands take effect on the response the host
 /// will send. Header names are matched case-insensitively.
+///
+/// # The response body in the body filter
+///
+/// The body filter (phase 3) runs once per body chunk, and a plugin rewrites
+/// a chunk by reading the body and setting it. So, in that phase:
+///
+/// - [`HttpContext::response_body`] returns the body set (by
+///   [`HttpContext::set_response_body`], method 103) during **this chunk's**
+///   phase, if one was set, else the current chunk;
+/// - a body set during one chunk's phase replaces that chunk, and only that
+///   chunk, in what the client receives; it does not leak into the next
+///   chunk's phase, which starts with its own chunk and no set body.
+///
+/// A host implements this by forgetting the set body when it starts the
+/// phase of the next chunk. A handler that reads the body, appends to it and
+/// sets it on every chunk thus sends every chunk once, each with its
+/// addition. (Before the body filter, a set body is the response body: an
+/// `END` in the request filter, or a body set in the response filter,
+/// replaces the upstream body, and the body filter sees it as one chunk.)
 pub trait HttpContext: Send {
     /// The request method token.
     fn request_method(&self) -> &str;
@@ -92,10 +111,12 @@ pub trait HttpContext: Send {
             i += 1;
         }
     }
-    /// Replaces the response body.
+    /// Replaces the response body (in the body filter: the current chunk; see
+    /// [the trait docs](HttpContext#the-response-body-in-the-body-filter)).
     fn set_response_body(&mut self, body: &[u8]);
-    /// The response body as a plugin sees it: the body a plugin set, else the
-    /// current body chunk (in the body filter phase), else empty.
+    /// The response body as a plugin sees it: the body a plugin set (in the
+    /// body filter: during this chunk's phase), else the current body chunk
+    /// (in the body filter phase), else empty.
     fn response_body(&self) -> &[u8];
     /// Writes the response header of a streamed response now.
     ///
@@ -315,13 +336,17 @@ impl MemoryContext {
         self.headers = merged;
     }
 
-    /// Sets the body chunk the body filter phase is looking at.
+    /// Starts the body filter phase of the next chunk: sets the chunk it looks
+    /// at, and forgets a body set during the previous chunk's phase (see
+    /// [`HttpContext`]'s rule for the body filter).
     pub fn set_current_chunk(&mut self, chunk: &[u8]) {
         self.current_chunk.clear();
         self.current_chunk.extend_from_slice(chunk);
+        self.body = None;
     }
 
-    /// The body a plugin set, if any.
+    /// The body a plugin set, if any (in the body filter, during the current
+    /// chunk's phase: what replaces that chunk).
     pub fn body_override(&self) -> Option<&[u8]> {
         self.body.as_deref()
     }
@@ -649,6 +674,18 @@ mod tests {
             .map(|(n, v)| (n.as_str(), v.as_slice()))
             .collect();
         assert_eq!(names, [("x-b", &b"up"[..]), ("x-a", &b"plugin"[..])]);
+    }
+
+    #[test]
+    fn a_body_set_for_one_chunk_replaces_that_chunk_only() {
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        ctx.set_current_chunk(b"one");
+        assert_eq!(ctx.response_body(), b"one");
+        ctx.set_response_body(b"one+x");
+        assert_eq!(ctx.response_body(), b"one+x", "this chunk's set body");
+        ctx.set_current_chunk(b"two");
+        assert_eq!(ctx.response_body(), b"two", "the next chunk starts afresh");
+        assert_eq!(ctx.body_override(), None);
     }
 
     #[test]

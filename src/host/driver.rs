@@ -148,10 +148,8 @@ pub fn run_request<T: Transport>(
                 .collect();
             true
         }
-        PhaseOutcome::End => {
-            body_chunks.push(ctx.body_override().unwrap_or_default().to_vec());
-            true
-        }
+        // The plugin's body (if any) is taken after the response filter.
+        PhaseOutcome::End => true,
         PhaseOutcome::StreamEnd => false,
         PhaseOutcome::Timeout | PhaseOutcome::Error(_) => {
             failed = Some(first.clone());
@@ -164,6 +162,11 @@ pub fn run_request<T: Transport>(
         if matches!(o, PhaseOutcome::Timeout | PhaseOutcome::Error(_)) {
             failed = Some(o);
         }
+        // A body set before the body filter (an END in the request filter,
+        // a body set in the response filter) is the response body.
+        if let Some(b) = ctx.body_override() {
+            body_chunks = vec![b.to_vec()];
+        }
         if body_chunks.is_empty() {
             // The end-of-stream call of the body filter.
             body_chunks.push(Vec::new());
@@ -172,15 +175,14 @@ pub fn run_request<T: Transport>(
             if failed.is_some() {
                 break;
             }
+            // Each chunk's phase starts with no set body: a body set in it
+            // replaces that chunk only.
             ctx.set_current_chunk(chunk);
             let o = run(&mut session, Phase::ResponseBodyFilter, ctx);
             if matches!(o, PhaseOutcome::Timeout | PhaseOutcome::Error(_)) {
                 failed = Some(o);
             }
-            match ctx.body_override() {
-                Some(b) => body = b.to_vec(),
-                None => body.extend_from_slice(chunk),
-            }
+            body.extend_from_slice(ctx.body_override().unwrap_or(chunk));
         }
     } else if first == PhaseOutcome::StreamEnd {
         body = ctx.body_override().unwrap_or_default().to_vec();

@@ -28,10 +28,17 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -46,7 +53,7 @@ use crate::host::dispatch::{dispatch, DispatchError, PhaseEnd, ReplyEncoding, St
 use crate::host::loader::LegacyPlugin;
 use crate::spawn::Spawner;
 use crate::transport::baseline::MAX_PAYLOAD;
-use crate::transport::wait::{now_ns, Latency, Settle, WaitPolicy};
+use crate::transport::wait::{run_to_end, Latency, PhaseProgress, WaitPolicy};
 
 /// Number of session slots (concurrently open fast sessions, all plugins).
 pub const SLOTS: usize = 1 << SLOT_BITS;
@@ -92,15 +99,17 @@ impl Default for FastConfig {
 
 /// A context pointer lent to the callbacks while a phase runs.
 ///
-/// Only dereferenced under the slot's mutex, and revoked under it before
-/// `run_phase` returns, so it never outlives the `&mut` it came from.
+/// Only dereferenced under the slot's mutex, and revoked under it before the
+/// lending phase future completes or in its `Drop`, so it never outlives the
+/// `&mut` the future holds.
 #[derive(Clone, Copy)]
 struct LentContext {
     ctx: *mut (dyn HttpContext + 'static),
 }
 
 // SAFETY: the pointee is `HttpContext: Send`, and the pointer is only used
-// under the slot mutex while the lending `run_phase` call is blocked.
+// under the slot mutex while the lending phase future is alive (whichever
+// thread polls it; its task is suspended or inside that same lock).
 unsafe impl Send for LentContext {}
 
 enum Queued {
@@ -114,13 +123,9 @@ struct Inner {
     mode: ReplyMode,
     lent: Option<LentContext>,
     outcome: Option<PhaseOutcome>,
-    parked: bool,
-    /// The driver waits for a pending phase: the plugin's next signal is
-    /// stamped for the latency estimate.
+    /// A pending phase future registered its waker and waits: the plugin's
+    /// next signal must wake it (an inline phase is never woken).
     waiting: bool,
-    /// When the plugin signalled a waiting driver (`now_ns`, 0 for none):
-    /// the end of a pending wait, without the driver's own wake-up in it.
-    signalled_ns: u64,
     ws: WsState,
     /// Messages processed in WebSocket mode; the driver re-arms its idle
     /// deadline when this moves.
@@ -139,10 +144,10 @@ struct Inner {
 struct Slot {
     sid: AtomicU32,
     generation: AtomicU32,
-    /// Set when the driver has something to look at (outcome, deferred read).
-    signal: AtomicBool,
     inner: Mutex<Inner>,
-    wake: Condvar,
+    /// The task of the session's pending phase, woken when it has something
+    /// to look at (an outcome, a deferred read, the WebSocket opened).
+    waker: AtomicWaker,
 }
 
 struct Table {
@@ -159,16 +164,13 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
         .map(|_| Slot {
             sid: AtomicU32::new(0),
             generation: AtomicU32::new(0),
-            signal: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 sid: 0,
                 event_stream: None,
                 mode: ReplyMode::Inline,
                 lent: None,
                 outcome: None,
-                parked: false,
                 waiting: false,
-                signalled_ns: 0,
                 ws: WsState::default(),
                 ws_traffic: 0,
                 ws_ready: false,
@@ -179,7 +181,7 @@ static TABLE: LazyLock<Table> = LazyLock::new(|| {
                 reads: VecDeque::new(),
                 trace: None,
             }),
-            wake: Condvar::new(),
+            waker: AtomicWaker::new(),
         })
         .collect();
     let free = Mutex::new((0..SLOTS as u32).rev().collect());
@@ -297,25 +299,22 @@ impl Inner {
         }
     }
 
-    /// Ends the phase with `outcome`; the caller wakes the driver if parked.
-    fn finish(&mut self, slot: &Slot, outcome: PhaseOutcome) -> bool {
+    /// Ends the phase with `outcome` (and revokes the context); true when
+    /// the caller must wake the phase's task (`slot.waker`, after unlocking).
+    fn finish(&mut self, outcome: PhaseOutcome) -> bool {
         if self.outcome.is_none() {
             self.outcome = Some(outcome);
         }
         self.lent = None;
-        self.signal(slot)
+        self.signal()
     }
 
-    /// Tells the driver there is something to look at; true when it is
-    /// parked and the caller must wake it (`slot.wake`, after unlocking).
-    fn signal(&mut self, slot: &Slot) -> bool {
-        // SYNC POINT: pairs with the driver's Acquire load in its spin.
-        slot.signal.store(true, Ordering::Release);
-        if self.waiting && self.signalled_ns == 0 {
-            // Only a pending phase gets here: an inline one reads no clock.
-            self.signalled_ns = now_ns();
-        }
-        self.parked
+    /// Whether the driver must be told there is something to look at: true
+    /// when its phase future is pending, and the caller must wake its task
+    /// (`slot.waker`, after unlocking). The future looks at the state under
+    /// this same lock before it returns `Pending`, so no signal is lost.
+    fn signal(&self) -> bool {
+        self.waiting
     }
 }
 
@@ -329,7 +328,7 @@ enum After {
 }
 
 /// Processes one message under the slot lock. A reply is left in `reply`.
-fn process(slot: &Slot, g: &mut Inner, method: u32, payload: &[u8], reply: &mut Vec<u8>) -> After {
+fn process(g: &mut Inner, method: u32, payload: &[u8], reply: &mut Vec<u8>) -> After {
     let Some(lent) = g.lent else {
         return After::Nothing;
     };
@@ -337,8 +336,9 @@ fn process(slot: &Slot, g: &mut Inner, method: u32, payload: &[u8], reply: &mut 
     if g.ws.active() {
         g.ws_traffic += 1;
     }
-    // SAFETY: `lent` is only set while the lending run_phase call is blocked
-    // and revoked under this same lock before it returns; we hold the lock.
+    // SAFETY: `lent` is only set while the lending phase future is alive and
+    // revoked under this same lock before it completes or in its `Drop`; we
+    // hold the lock.
     let ctx = unsafe { &mut *lent.ctx };
     let Inner { ws, enc, .. } = g;
     match dispatch(method, payload, ctx, ws, enc, reply) {
@@ -358,7 +358,7 @@ fn process(slot: &Slot, g: &mut Inner, method: u32, payload: &[u8], reply: &mut 
                 PhaseEnd::End => PhaseOutcome::End,
                 PhaseEnd::StreamEnd => PhaseOutcome::StreamEnd,
             };
-            if g.finish(slot, o) {
+            if g.finish(o) {
                 After::Wake
             } else {
                 After::Nothing
@@ -376,7 +376,7 @@ fn process(slot: &Slot, g: &mut Inner, method: u32, payload: &[u8], reply: &mut 
             After::Reply(Method::WebsocketOnError as u32)
         }
         Err(e) => {
-            if g.finish(slot, PhaseOutcome::Error(SessionError::Dispatch(e))) {
+            if g.finish(PhaseOutcome::Error(SessionError::Dispatch(e))) {
                 After::Wake
             } else {
                 After::Nothing
@@ -389,7 +389,7 @@ fn process(slot: &Slot, g: &mut Inner, method: u32, payload: &[u8], reply: &mut 
 fn complete(slot: &Slot, sid: u32, es: Option<EventStreamFn>, after: After, reply: &[u8]) {
     match after {
         After::Nothing => {}
-        After::Wake => slot.wake.notify_all(),
+        After::Wake => slot.waker.wake(),
         After::ReplyWake(method) => {
             // The event first: the driver must not deliver client messages
             // before the plugin has seen the open event.
@@ -399,8 +399,7 @@ fn complete(slot: &Slot, sid: u32, es: Option<EventStreamFn>, after: After, repl
                 g.ws_ready = true;
             }
             drop(g);
-            slot.signal.store(true, Ordering::Release);
-            slot.wake.notify_all();
+            slot.waker.wake();
         }
         After::Reply(method) => {
             if let Some(es) = es {
@@ -449,14 +448,14 @@ unsafe extern "C" fn fast_callback(buf: *const FfiBuffer) {
             Ok(p) => p,
             Err(e) => {
                 let wake = if g.lent.is_some() {
-                    g.finish(slot, PhaseOutcome::Error(SessionError::Payload(e)))
+                    g.finish(PhaseOutcome::Error(SessionError::Payload(e)))
                 } else {
                     push_backlog(&mut g, Queued::Bad(e));
                     false
                 };
                 drop(g);
                 if wake {
-                    slot.wake.notify_all();
+                    slot.waker.wake();
                 }
                 return;
             }
@@ -469,20 +468,20 @@ unsafe extern "C" fn fast_callback(buf: *const FfiBuffer) {
         let is_read = Method::from_u32(buf.method).is_some_and(|m| m.kind() == MethodKind::Read);
         if g.mode == ReplyMode::Deferred && is_read {
             let wake = if g.reads.len() >= DEFERRED_READS {
-                g.finish(slot, PhaseOutcome::Error(SessionError::QueueFull))
+                g.finish(PhaseOutcome::Error(SessionError::QueueFull))
             } else {
                 g.reads.push_back((buf.method, payload.to_vec()));
-                g.signal(slot)
+                g.signal()
             };
             drop(g);
             if wake {
-                slot.wake.notify_all();
+                slot.waker.wake();
             }
             return;
         }
         let es = g.event_stream;
         with_reply_buf(|reply| {
-            let after = process(slot, &mut g, buf.method, payload, reply);
+            let after = process(&mut g, buf.method, payload, reply);
             drop(g);
             complete(slot, buf.sid, es, after, reply);
         });
@@ -564,11 +563,14 @@ impl Fast {
             slot.sid.store(0, Ordering::Release);
             g.sid = 0;
             g.lent = None;
+            g.waiting = false;
             g.event_stream = None;
             g.backlog.clear();
             g.backlog_bytes = 0;
             g.reads.clear();
         }
+        // A pending phase's task is not kept alive by the free slot.
+        drop(slot.waker.take());
         s.plugin.close_session(s.sid);
         // The slot is free again once the plugin has been told.
         TABLE
@@ -577,68 +579,192 @@ impl Fast {
             .unwrap_or_else(|e| e.into_inner())
             .push(s.sid & SLOT_MASK);
     }
+}
 
-    /// Waits until the phase ends or the deadline passes; services the
-    /// WebSocket client and deferred reads meanwhile. A phase that already
-    /// ended costs one lock: no clock read, no latency sample.
-    fn wait(&self, s: &FastSession, slot: &Slot, timeout: Duration) -> Option<PhaseOutcome> {
-        let mut g = lock(slot);
-        if let Some(o) = g.outcome.take() {
-            slot.signal.store(false, Ordering::Relaxed);
-            return Some(o);
+/// Takes the next client WebSocket message, if any, as the event to send.
+/// On client close, ends the phase and returns the close event (353).
+fn poll_client(g: &mut MutexGuard<'_, Inner>) -> Option<(u32, Vec<u8>)> {
+    let lent = g.lent?;
+    // SAFETY: as in `process`: lent by a live phase future, used under the lock.
+    let ctx = unsafe { &mut *lent.ctx };
+    let mut data = Vec::new();
+    let method = match ctx.websocket_recv(Duration::ZERO, &mut data) {
+        WsRecv::Text => Method::WebsocketOnMessageText,
+        WsRecv::Binary => Method::WebsocketOnMessageBinary,
+        WsRecv::Idle => return None,
+        WsRecv::Closed => {
+            g.ws.closed = true;
+            ctx.websocket_close();
+            g.finish(PhaseOutcome::StreamEnd);
+            // The caller sends the close event once the lock is released;
+            // the plugin may call back from inside it.
+            data.clear();
+            Method::WebsocketOnClose
         }
-        // Pending: the plugin answers from another thread (or, in deferred
-        // mode, asks for reads first).
-        let mut deadline = Instant::now() + timeout;
-        let mut traffic = g.ws_traffic;
-        // The busy part of the current wait: a new one after each deferred
-        // read, since the plugin then has to answer again.
-        let mut settle = Settle::new(self.config.wait, &self.latency);
-        // A WebSocket phase lasts as long as the connection: not a latency.
-        let mut websocket = g.ws.upgraded;
-        g.signalled_ns = 0;
-        g.waiting = !websocket;
-        loop {
-            slot.signal.store(false, Ordering::Relaxed);
-            if g.ws.upgraded {
-                websocket = true;
-                g.waiting = false;
+    };
+    // Traffic: re-arms the idle timeout.
+    g.ws_traffic += 1;
+    g.record(Direction::ToPlugin, 0, method as u32, &data);
+    Some((method as u32, data))
+}
+
+/// Where a [`FastPhase`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FastState {
+    /// Not polled yet.
+    Start,
+    /// Started and not ended: the context is lent to the session's slot.
+    Running,
+    /// Finished (the context revoked).
+    Done,
+}
+
+/// The future of one fast phase (see [`Transport::phase`]).
+///
+/// The first poll lends the context to the session's slot and starts the
+/// phase (inline, or on the worker pool in deferred mode); a phase the
+/// plugin ends inside that call is `Ready` there. While it is pending, the
+/// plugin's callbacks reach the context under the slot lock and wake the
+/// task through the slot's `AtomicWaker`; a poll answers deferred reads and,
+/// in WebSocket mode, delivers the client's messages. `Drop` of a pending
+/// phase revokes the context under the slot lock and closes the session.
+pub struct FastPhase<'a> {
+    t: &'a Fast,
+    s: &'a mut FastSession,
+    /// The context, kept as a pointer: it is lent to the slot while the phase
+    /// runs, and a `&mut` moved along with this future would be re-asserted
+    /// as unique on each move while the plugin's threads use the lent copy.
+    ctx: NonNull<dyn HttpContext + 'a>,
+    _ctx: PhantomData<&'a mut (dyn HttpContext + 'a)>,
+    phase: Phase,
+    state: FastState,
+    /// The session upgraded to a WebSocket during this phase.
+    websocket: bool,
+    /// WebSocket traffic seen at the last poll (the idle timeout's).
+    traffic: u64,
+}
+
+// SAFETY: the pointer stands for the `&'a mut dyn HttpContext` the future
+// was made from (`HttpContext: Send`), and is only dereferenced under the
+// slot lock (by this future's polls or the plugin's callbacks) or by the
+// future itself while nothing is lent.
+unsafe impl Send for FastPhase<'_> {}
+
+impl std::fmt::Debug for FastPhase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPhase")
+            .field("phase", &self.phase)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastPhase<'_> {
+    /// Lends the context and starts the phase: `Some` when it ended inside
+    /// the call. The inline case takes two slot locks and reads no clock.
+    #[inline]
+    fn start(&mut self) -> Option<PhaseOutcome> {
+        let s = &mut *self.s;
+        if s.closed {
+            return Some(PhaseOutcome::Error(SessionError::Closed));
+        }
+        let slot = slot_of(s.sid);
+        // SAFETY: lifetime erasure only. The pointer is revoked under the
+        // slot lock before this future completes or in its `Drop`, and is
+        // only dereferenced under that lock, so it never outlives `'a`.
+        let erased: *mut (dyn HttpContext + 'static) = unsafe {
+            std::mem::transmute::<*mut (dyn HttpContext + '_), *mut (dyn HttpContext + 'static)>(
+                self.ctx.as_ptr(),
+            )
+        };
+        let backlog = {
+            let mut g = lock(slot);
+            if g.overflowed {
+                drop(g);
+                self.t.release(s);
+                return Some(PhaseOutcome::Error(SessionError::QueueFull));
             }
-            if g.ws_traffic != traffic {
-                // In WebSocket mode the timeout is an idle timeout, re-armed
-                // by traffic in either direction.
-                traffic = g.ws_traffic;
-                deadline = Instant::now() + timeout;
+            g.outcome = None;
+            g.waiting = false;
+            g.lent = Some(LentContext { ctx: erased });
+            g.record(
+                Direction::ToPlugin,
+                self.phase as u8,
+                Method::PHASE_START,
+                &[],
+            );
+            !g.backlog.is_empty()
+        };
+        self.state = FastState::Running;
+        // Leftovers from between phases first; they may end the phase.
+        if !backlog || !drain_backlog(s.sid, slot) {
+            let start = FfiBuffer::new(s.sid, self.phase, Method::PHASE_START, &[]);
+            match &self.t.spawner {
+                None => s.plugin.event_stream(&start),
+                Some(spawner) => {
+                    let plugin = Arc::clone(&s.plugin);
+                    let (sid, phase) = (s.sid, self.phase);
+                    spawner.spawn(Box::new(move || {
+                        plugin.event_stream(&FfiBuffer::new(sid, phase, Method::PHASE_START, &[]));
+                    }));
+                }
+            }
+        }
+        let mut g = lock(slot);
+        let o = g.outcome.take()?;
+        g.lent = None;
+        drop(g);
+        Some(self.end(o))
+    }
+
+    /// The phase ended with `o`: the session is closed after a failure.
+    #[inline]
+    fn end(&mut self, o: PhaseOutcome) -> PhaseOutcome {
+        self.state = FastState::Done;
+        match o {
+            PhaseOutcome::Next | PhaseOutcome::End | PhaseOutcome::StreamEnd => o,
+            o => {
+                self.t.release(self.s);
+                o
+            }
+        }
+    }
+
+    /// A poll of a pending phase: its outcome, else its deferred reads and
+    /// WebSocket client answered, then `Pending` with the waker registered.
+    #[cold]
+    #[inline(never)]
+    fn resume(&mut self, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        let sid = self.s.sid;
+        let slot = slot_of(sid);
+        let mut g = lock(slot);
+        loop {
+            if g.ws.upgraded {
+                // A WebSocket phase lasts as long as the connection.
+                self.websocket = true;
             }
             if let Some(o) = g.outcome.take() {
-                if !websocket {
-                    settle.record(&self.latency, g.signalled_ns);
-                }
+                g.lent = None;
                 g.waiting = false;
-                return Some(o);
+                drop(g);
+                return Poll::Ready(self.end(o));
             }
-            // Deferred reads, answered from this thread.
+            // Deferred reads, answered from the polling thread.
             if let Some((method, payload)) = g.reads.pop_front() {
-                if !websocket {
-                    settle.record(&self.latency, g.signalled_ns);
-                }
                 let es = g.event_stream;
                 with_reply_buf(|reply| {
-                    let after = process(slot, &mut g, method, &payload, reply);
+                    let after = process(&mut g, method, &payload, reply);
                     drop(g);
-                    complete(slot, s.sid, es, after, reply);
+                    complete(slot, sid, es, after, reply);
                 });
                 g = lock(slot);
-                g.signalled_ns = 0;
-                settle = Settle::new(self.config.wait, &self.latency);
                 continue;
             }
             if g.ws.active() && g.ws_ready {
-                if let Some(event) = self.poll_client(slot, &mut g) {
+                if let Some(event) = poll_client(&mut g) {
                     let es = g.event_stream;
                     drop(g);
-                    complete(slot, s.sid, es, After::Reply(event.0), &event.1);
-                    deadline = Instant::now() + timeout;
+                    complete(slot, sid, es, After::Reply(event.0), &event.1);
                     g = lock(slot);
                     continue;
                 }
@@ -646,188 +772,84 @@ impl Fast {
                     continue;
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                g.waiting = false;
-                return None;
-            }
-            if !settle.spent() && !g.ws.active() {
-                // Spin and yield without the lock: a plugin thread that is
-                // about to end the phase must not wait for us.
-                drop(g);
-                // SYNC POINT: pairs with the Release store in `Inner::signal`.
-                settle.run(|| slot.signal.load(Ordering::Acquire));
-                g = lock(slot);
-                continue;
-            }
-            // Park on this session's own condvar until the plugin's message
-            // wakes us (`Inner::signal` sees `parked`) or the deadline; never
-            // on a shorter timer outside WebSocket mode, so a lost wake-up
-            // cannot pass for a slow plugin.
-            let wait = if g.ws.active() {
-                Duration::from_millis(1).min(deadline - now)
-            } else {
-                deadline - now
-            };
-            g.parked = true;
-            g = slot
-                .wake
-                .wait_timeout(g, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            g.parked = false;
+            // Nothing to do until the plugin signals. Registered and looked
+            // at under the lock the plugin signals under: nothing is lost.
+            slot.waker.register(cx.waker());
+            g.waiting = true;
+            self.traffic = g.ws_traffic;
+            return Poll::Pending;
         }
     }
+}
 
-    /// Takes the next client WebSocket message, if any, as the event to send.
-    /// On client close, ends the phase and returns the close event (353).
-    fn poll_client(&self, slot: &Slot, g: &mut MutexGuard<'_, Inner>) -> Option<(u32, Vec<u8>)> {
-        let lent = g.lent?;
-        // SAFETY: as in `process`: lent by our own caller, used under the lock.
-        let ctx = unsafe { &mut *lent.ctx };
-        let mut data = Vec::new();
-        let method = match ctx.websocket_recv(Duration::ZERO, &mut data) {
-            WsRecv::Text => Method::WebsocketOnMessageText,
-            WsRecv::Binary => Method::WebsocketOnMessageBinary,
-            WsRecv::Idle => return None,
-            WsRecv::Closed => {
-                g.ws.closed = true;
-                ctx.websocket_close();
-                g.finish(slot, PhaseOutcome::StreamEnd);
-                // The caller sends the close event once the lock is released;
-                // the plugin may call back from inside it.
-                data.clear();
-                Method::WebsocketOnClose
+/// Processes the messages kept between phases, in arrival order; true when
+/// they ended the phase.
+#[cold]
+#[inline(never)]
+fn drain_backlog(sid: u32, slot: &Slot) -> bool {
+    loop {
+        let mut g = lock(slot);
+        if g.outcome.is_some() {
+            return true;
+        }
+        let Some(q) = g.backlog.pop_front() else {
+            return false;
+        };
+        let (method, data) = match q {
+            Queued::Data(m, d) => {
+                g.backlog_bytes -= d.len();
+                (m, d)
+            }
+            Queued::Bad(e) => {
+                g.finish(PhaseOutcome::Error(SessionError::Payload(e)));
+                return true;
             }
         };
-        g.record(Direction::ToPlugin, 0, method as u32, &data);
-        Some((method as u32, data))
+        let es = g.event_stream;
+        with_reply_buf(|reply| {
+            let after = process(&mut g, method, &data, reply);
+            drop(g);
+            complete(slot, sid, es, after, reply);
+        });
     }
 }
 
-/// The future of one fast phase (see [`Transport::phase`]).
-///
-/// TODO: temporary: runs the blocking phase in its first poll.
-pub struct FastPhase<'a> {
-    t: &'a Fast,
-    s: &'a mut FastSession,
-    ctx: &'a mut dyn HttpContext,
-    phase: Phase,
-}
-
-impl std::fmt::Debug for FastPhase<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FastPhase")
-            .field("phase", &self.phase)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::future::Future for FastPhase<'_> {
+impl Future for FastPhase<'_> {
     type Output = PhaseOutcome;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<PhaseOutcome> {
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
         let this = self.get_mut();
-        std::task::Poll::Ready(this.t.run_phase_blocking(
-            this.s,
-            this.phase,
-            this.ctx,
-            Duration::from_secs(60),
-        ))
-    }
-}
-
-impl Fast {
-    fn run_phase_blocking(
-        &self,
-        s: &mut FastSession,
-        phase: Phase,
-        ctx: &mut dyn HttpContext,
-        timeout: Duration,
-    ) -> PhaseOutcome {
-        if s.closed {
-            return PhaseOutcome::Error(SessionError::Closed);
-        }
-        let slot = slot_of(s.sid);
-        // SAFETY: lifetime erasure only; the pointer is revoked below, under
-        // the slot lock, before this function returns, and only dereferenced
-        // under that lock, so it never outlives `ctx`.
-        let erased: *mut (dyn HttpContext + 'static) = unsafe {
-            std::mem::transmute::<*mut (dyn HttpContext + '_), *mut (dyn HttpContext + 'static)>(
-                ctx,
-            )
-        };
-        {
-            let mut g = lock(slot);
-            if g.overflowed {
-                drop(g);
-                self.release(s);
-                return PhaseOutcome::Error(SessionError::QueueFull);
-            }
-            g.outcome = None;
-            slot.signal.store(false, Ordering::Relaxed);
-            g.lent = Some(LentContext { ctx: erased });
-            g.record(Direction::ToPlugin, phase as u8, Method::PHASE_START, &[]);
-        }
-        // Leftovers from between phases, in arrival order.
-        loop {
-            let mut g = lock(slot);
-            let Some(q) = g.backlog.pop_front() else {
-                break;
-            };
-            let (method, data) = match q {
-                Queued::Data(m, d) => {
-                    g.backlog_bytes -= d.len();
-                    (m, d)
+        match this.state {
+            FastState::Start => match this.start() {
+                Some(o) => {
+                    this.state = FastState::Done;
+                    Poll::Ready(o)
                 }
-                Queued::Bad(e) => {
-                    g.finish(slot, PhaseOutcome::Error(SessionError::Payload(e)));
-                    break;
-                }
-            };
-            let es = g.event_stream;
-            with_reply_buf(|reply| {
-                let after = process(slot, &mut g, method, &data, reply);
-                drop(g);
-                complete(slot, s.sid, es, after, reply);
-            });
-        }
-        if lock(slot).outcome.is_none() {
-            let start = FfiBuffer::new(s.sid, phase, Method::PHASE_START, &[]);
-            match &self.spawner {
-                None => s.plugin.event_stream(&start),
-                Some(spawner) => {
-                    let plugin = Arc::clone(&s.plugin);
-                    let sid = s.sid;
-                    spawner.spawn(Box::new(move || {
-                        plugin.event_stream(&FfiBuffer::new(sid, phase, Method::PHASE_START, &[]));
-                    }));
-                }
-            }
-        }
-        let outcome = self.wait(s, slot, timeout);
-        {
-            let mut g = lock(slot);
-            g.lent = None;
-            slot.signal.store(false, Ordering::Relaxed);
-        }
-        match outcome {
-            Some(o @ (PhaseOutcome::Next | PhaseOutcome::End | PhaseOutcome::StreamEnd)) => o,
-            Some(o) => {
-                self.release(s);
-                o
-            }
-            None => {
-                self.release(s);
-                PhaseOutcome::Timeout
-            }
+                None => this.resume(cx),
+            },
+            FastState::Running => this.resume(cx),
+            FastState::Done => Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
         }
     }
 }
 
+impl PhaseProgress for FastPhase<'_> {
+    fn websocket(&self) -> Option<u64> {
+        self.websocket.then_some(self.traffic)
+    }
+}
+
+impl Drop for FastPhase<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.state == FastState::Running {
+            // Cancelled: `release` revokes the context under the slot lock
+            // (after any callback inside it is done), then tells the plugin.
+            self.t.release(self.s);
+        }
+    }
+}
 impl Transport for Fast {
     type Plugin = LegacyPlugin;
     type Session = FastSession;
@@ -858,7 +880,7 @@ impl Transport for Fast {
             g.mode = self.config.reply_mode;
             g.lent = None;
             g.outcome = None;
-            g.parked = false;
+            g.waiting = false;
             g.ws = WsState::default();
             g.ws_traffic = 0;
             g.ws_ready = false;
@@ -891,8 +913,12 @@ impl Transport for Fast {
         FastPhase {
             t: self,
             s: session,
-            ctx,
+            ctx: NonNull::from(ctx),
+            _ctx: PhantomData,
             phase,
+            state: FastState::Start,
+            websocket: false,
+            traffic: 0,
         }
     }
 
@@ -903,7 +929,12 @@ impl Transport for Fast {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
-        self.run_phase_blocking(s, phase, ctx, timeout)
+        run_to_end(
+            self.phase(s, phase, ctx),
+            self.config.wait,
+            &self.latency,
+            timeout,
+        )
     }
 
     fn close(&self, mut s: FastSession) {

@@ -20,7 +20,7 @@ use nylon_transport::transport::{
     Baseline, Fast, FastConfig, PhaseOutcome, ReplyMode, SessionOptions, Transport, V2Plugin, V2,
 };
 
-use super::common::{rust_plugin, Kind, KINDS};
+use super::common::{rust_plugin, AsyncForm, Kind, KINDS};
 
 /// Longer than any bound below: a parked driver that nobody wakes sleeps
 /// this long.
@@ -29,13 +29,19 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(30);
 const BOUND: Duration = Duration::from_secs(10);
 
 fn on_kind<R>(kind: Kind, f: impl FnOnce(&dyn LegacyRunner) -> R) -> R {
+    let deferred = || {
+        Fast::new(FastConfig {
+            reply_mode: ReplyMode::Deferred,
+            ..FastConfig::default()
+        })
+    };
     match kind {
         Kind::Baseline => f(&Baseline::new()),
         Kind::Fast => f(&Fast::new(FastConfig::default())),
-        Kind::FastDeferred => f(&Fast::new(FastConfig {
-            reply_mode: ReplyMode::Deferred,
-            ..FastConfig::default()
-        })),
+        Kind::FastDeferred => f(&deferred()),
+        Kind::AsyncBaseline => f(&AsyncForm(Baseline::new())),
+        Kind::AsyncFast => f(&AsyncForm(Fast::new(FastConfig::default()))),
+        Kind::AsyncFastDeferred => f(&AsyncForm(deferred())),
     }
 }
 

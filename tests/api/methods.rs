@@ -347,3 +347,23 @@ fn all_41_methods_cross_the_boundary() {
         assert!(missing.is_empty(), "never crossed: {missing:?}");
     }
 }
+
+#[test]
+fn a_body_filter_that_rewrites_every_chunk_sends_every_chunk_once_with_its_addition() {
+    // The pattern plugin authors write: read the body (107), append, set it
+    // (103), on every chunk of a multi-chunk upstream body.
+    let spec: RequestSpec = serde_json::from_str(
+        r#"{"upstream":{"status":200,"body_chunks":["one,","two,","three"]}}"#,
+    )
+    .unwrap();
+    for kind in KINDS {
+        let r = run(kind, "body_rewrite", spec.clone(), None);
+        assert_eq!(
+            r.outcomes(),
+            ["next"; 6],
+            "{kind:?}: request, response, three chunks, logging: {:?}",
+            r.phases
+        );
+        assert_eq!(r.response.body, "one,+xtwo,+xthree+x", "{kind:?}");
+    }
+}
