@@ -188,7 +188,8 @@ impl RequestState {
         for c in changes {
             match c {
                 HeaderChange::Set(n, v) => {
-                    self.headers.retain(|(h, _)| !h.eq_ignore_ascii_case(n.as_bytes()));
+                    self.headers
+                        .retain(|(h, _)| !h.eq_ignore_ascii_case(n.as_bytes()));
                     self.headers
                         .push((n.to_ascii_lowercase().into_bytes(), v.clone()));
                 }

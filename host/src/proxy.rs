@@ -164,7 +164,10 @@ pub trait Routes: Send + Sync + 'static {
     /// # Errors
     ///
     /// No route, or a route that does not take this method.
-    fn route(&self, req: &RequestSnapshot) -> std::result::Result<RoutePlan<'_>, (u16, &'static str)>;
+    fn route(
+        &self,
+        req: &RequestSnapshot,
+    ) -> std::result::Result<RoutePlan<'_>, (u16, &'static str)>;
 }
 
 /// The plan for one matched request.
@@ -388,31 +391,38 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// Polls a phase future to its end on this thread: once with a no-op waker
-/// (a phase that ends inside the call is done here), then, if it is still
-/// pending, parks until the plugin's completion unparks the thread or
-/// `timeout` passes (then the future is dropped, which cancels the phase).
-/// Returns the outcome and whether the thread had to wait.
-fn poll_blocking<F: Future<Output = PhaseOutcome>>(
-    fut: F,
+/// Waits on this thread for a phase future that did not end on its first
+/// poll: parks until the plugin's completion unparks the thread or `timeout`
+/// passes (then the caller drops the future, which cancels the phase).
+///
+/// On Pingora's multi-thread runtime the wait runs inside
+/// `tokio::task::block_in_place`, which hands this worker's other tasks to
+/// another thread first: without it, a transport that answers a plugin's
+/// reads from the phase's task (baseline) stalls, because the tasks that
+/// would answer sit behind the blocked workers while the plugin's threads
+/// wait for those answers.
+fn wait_blocking<F: Future<Output = PhaseOutcome> + ?Sized>(
+    mut fut: std::pin::Pin<&mut F>,
     timeout: Duration,
-) -> (PhaseOutcome, bool) {
-    let mut fut = pin!(fut);
-    if let Poll::Ready(o) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        return (o, false);
-    }
-    let deadline = Instant::now() + timeout;
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(o) = fut.as_mut().poll(&mut cx) {
-            return (o, true);
+) -> PhaseOutcome {
+    let mut wait = || {
+        let deadline = Instant::now() + timeout;
+        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(o) = fut.as_mut().poll(&mut cx) {
+                return o;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return PhaseOutcome::Timeout;
+            }
+            std::thread::park_timeout(deadline - now);
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return (PhaseOutcome::Timeout, true);
-        }
-        std::thread::park_timeout(deadline - now);
+    };
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
     }
 }
 
@@ -507,14 +517,17 @@ impl<R: Routes> NylonProxy<R> {
                 ),
                 PhaseWait::Future => {
                     let fut = plugin.transport.phase(hs, Phase::ResponseBodyFilter, state);
-                    let (o, waited) = poll_blocking(fut, plugin.timeout);
-                    if waited {
-                        self.host
-                            .stats
-                            .body_blocking_waits
-                            .fetch_add(1, Ordering::Relaxed);
+                    let mut fut = pin!(fut);
+                    match futures_poll_once(fut.as_mut()) {
+                        Some(o) => o,
+                        None => {
+                            self.host
+                                .stats
+                                .body_blocking_waits
+                                .fetch_add(1, Ordering::Relaxed);
+                            wait_blocking(fut.as_mut(), plugin.timeout)
+                        }
                     }
-                    o
                 }
             };
             s.payload = state.swap_payload(previous);
@@ -760,7 +773,11 @@ impl<R: Routes> ProxyHttp for NylonProxy<R> {
             Ok(plan) => plan,
             Err((code, message)) => {
                 ctx.state = Some(RequestState::new(snap));
-                let error = if code == 404 { "not_found" } else { "method_not_allowed" };
+                let error = if code == 404 {
+                    "not_found"
+                } else {
+                    "method_not_allowed"
+                };
                 return self.fail(session, ctx, code, error, message.into()).await;
             }
         };

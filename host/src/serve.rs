@@ -16,8 +16,7 @@ use pingora::server::{RunArgs, Server};
 use tokio::sync::Semaphore;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrorKind, MiddlewareKind, PluginCall, ServiceKind,
-    TransportChoice,
+    Config, ConfigError, ConfigErrorKind, MiddlewareKind, PluginCall, ServiceKind, TransportChoice,
 };
 use crate::ctx::{HeaderChange, RequestSnapshot};
 use crate::proxy::{
@@ -191,7 +190,8 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
     let config = Config::load(&opts.config)?;
     let mut plugins = Vec::with_capacity(config.plugins.len());
     for p in &config.plugins {
-        let fail = |why: String| ConfigError::at(&p.file_location, ConfigErrorKind::PluginLoad, why);
+        let fail =
+            |why: String| ConfigError::at(&p.file_location, ConfigErrorKind::PluginLoad, why);
         let report = nylon_transport::host::inspect(&p.file)
             .map_err(|e| fail(format!("cannot load `{}`: {e}", p.file.display())))?;
         let (handle, transport) = if report.abi == "v2" {
@@ -247,7 +247,11 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             ))
         }
     })?;
-    let round_robin = config.services.iter().map(|_| RoundRobin::default()).collect();
+    let round_robin = config
+        .services
+        .iter()
+        .map(|_| RoundRobin::default())
+        .collect();
     Ok(Host {
         routes: ConfigRoutes {
             config,
@@ -279,8 +283,10 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
     let listen: Vec<SocketAddr> = server_cfg.listen.clone();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service =
-        pingora::proxy::http_proxy_service(&server.configuration, NylonProxy::new(Arc::clone(&host)));
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        NylonProxy::new(Arc::clone(&host)),
+    );
     for addr in &listen {
         service.add_tcp(&addr.to_string());
     }

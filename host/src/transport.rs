@@ -124,11 +124,9 @@ impl HostTransport {
         ctx: &'a mut dyn HttpContext,
     ) -> HostPhase<'a> {
         match (self, session) {
-            (Self::Baseline(t), HostSession::Baseline(s)) => {
-                HostPhase::Baseline {
-                    f: t.phase(s, phase, ctx),
-                }
-            }
+            (Self::Baseline(t), HostSession::Baseline(s)) => HostPhase::Baseline {
+                f: t.phase(s, phase, ctx),
+            },
             (Self::Fast(t), HostSession::Fast(s)) => HostPhase::Fast {
                 f: t.phase(s, phase, ctx),
             },

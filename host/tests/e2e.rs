@@ -25,7 +25,7 @@ enum Kind {
 }
 
 /// The config of a suite: every route the cases use.
-fn config(kind: Kind, file: &Path, upstream: SocketAddr, shutdown_file: &Path) -> String {
+fn config(kind: Kind, file: &Path, copy: &Path, upstream: SocketAddr, dir: &Path) -> String {
     let header = format!(
         r#"server:
   listen: "127.0.0.1:{{port}}"
@@ -36,9 +36,15 @@ plugins:
   - name: ex
     type: ffi
     file: "{file}"
-    timeout: 2s
+    timeout: 10s
     config:
       shutdown_file: "{shutdown}"
+  - name: slow
+    type: ffi
+    file: "{copy}"
+    timeout: 1s
+    config:
+      shutdown_file: "{shutdown_copy}"
 services:
   - name: up
     service_type: http
@@ -47,7 +53,9 @@ services:
         port: {up_port}
 "#,
         file = file.display(),
-        shutdown = shutdown_file.display(),
+        copy = copy.display(),
+        shutdown = dir.join("shutdown.log").display(),
+        shutdown_copy = dir.join("shutdown-copy.log").display(),
         up_port = upstream.port(),
     );
     let (silent, error) = match kind {
@@ -59,7 +67,7 @@ services:
         r#"      - path: "/timeout"
         service: {{ name: up }}
         middleware:
-          - plugin: ex
+          - plugin: slow
             entry: {silent}
       - path: "/error"
         service: {{ name: up }}
@@ -89,7 +97,11 @@ routes:
 {common_routes}"#
         ),
         Kind::Rust | Kind::V2 => {
-            let all = if kind == Kind::Rust { "all_methods" } else { "all" };
+            let all = if kind == Kind::Rust {
+                "all_methods"
+            } else {
+                "all"
+            };
             format!(
                 r#"{header}  - name: payload
     service_type: plugin
@@ -214,7 +226,10 @@ async fn case_reads(kind: Kind, proxy: &Proxy) {
     } else {
         assert_eq!(header(&r, "x-params"), r#"{"id":"5"}"#);
     }
-    assert_eq!(r.text().await.expect("body"), "upstream POST /all/5?a=1 id= body=the body");
+    assert_eq!(
+        r.text().await.expect("body"),
+        "upstream POST /all/5?a=1 id= body=the body"
+    );
 }
 
 /// An auth middleware: 401 from the plugin without the header, the upstream
@@ -233,7 +248,10 @@ async fn case_auth(proxy: &Proxy) {
         .expect("GET /auth");
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-auth"), "ok");
-    assert_eq!(r.text().await.expect("body"), "upstream GET /auth id= body=");
+    assert_eq!(
+        r.text().await.expect("body"),
+        "upstream GET /auth id= body="
+    );
 }
 
 /// A templated payload, rendered per request, reaches a plugin service.
@@ -258,7 +276,11 @@ async fn case_payload(proxy: &Proxy) {
 /// inside the call.
 async fn case_stream(proxy: &Proxy) {
     let c = client();
-    let r = c.get(proxy.url("/stream/9")).send().await.expect("GET /stream/9");
+    let r = c
+        .get(proxy.url("/stream/9"))
+        .send()
+        .await
+        .expect("GET /stream/9");
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "content-type"), "text/plain");
     assert_eq!(
@@ -322,17 +344,24 @@ async fn case_c_basic(proxy: &Proxy) {
     assert_eq!(r.text().await.expect("body"), "from C");
 }
 
-/// A plugin that never ends its phase: 504 (after the 2 s phase timeout) and
+/// A plugin that never ends its phase: 504 (after its 1 s phase timeout) and
 /// the proxy serves the next request; a plugin error: 502.
 async fn case_faults(proxy: &Proxy) {
     let c = client();
-    let r = c.get(proxy.url("/timeout")).send().await.expect("GET /timeout");
+    let r = c
+        .get(proxy.url("/timeout"))
+        .send()
+        .await
+        .expect("GET /timeout");
     assert_eq!(r.status(), 504);
     let v: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
     assert_eq!(v["error"], "plugin_timeout");
     let r = c.get(proxy.url("/plain")).send().await.expect("GET /plain");
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.expect("body"), "upstream GET /plain id= body=");
+    assert_eq!(
+        r.text().await.expect("body"),
+        "upstream GET /plain id= body="
+    );
     let r = c.get(proxy.url("/error")).send().await.expect("GET /error");
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
@@ -393,11 +422,15 @@ async fn suite(kind: Kind, transport: &str) {
         Kind::V2 => example("v2_plugin"),
         Kind::C => c_plugin(),
     };
+    // A second copy of the library (its own global state, as a second plugin
+    // in production would have) serves the timeout route with a short
+    // timeout, so the other routes can have a generous one.
+    let copy = dir.join("libcopy.so");
+    std::fs::copy(&file, &copy).expect("copy the plugin");
     let upstream = Upstream::start().await;
-    let shutdown_file = dir.join("shutdown.log");
     let proxy = Proxy::start(
         &dir,
-        &config(kind, &file, upstream.addr, &shutdown_file),
+        &config(kind, &file, &copy, upstream.addr, &dir),
         &["--transport", transport],
     );
     case_headers(kind, &proxy).await;
@@ -430,12 +463,14 @@ async fn suite(kind: Kind, transport: &str) {
         "every session closed: {stats}"
     );
     if kind != Kind::C {
-        let lines = std::fs::read_to_string(&shutdown_file).unwrap_or_default();
-        assert_eq!(
-            lines.lines().count(),
-            1,
-            "the plugin's shutdown ran once: {lines:?}\n{log}"
-        );
+        for f in ["shutdown.log", "shutdown-copy.log"] {
+            let lines = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            assert_eq!(
+                lines.lines().count(),
+                1,
+                "{f}: the plugin's shutdown ran once: {lines:?}\n{log}"
+            );
+        }
     }
 }
 

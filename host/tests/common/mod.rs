@@ -39,13 +39,23 @@ pub(crate) fn example(name: &str) -> PathBuf {
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "nylon-transport", "--example", name])
-            .current_dir(root());
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "nylon-transport",
+            "--example",
+            name,
+        ])
+        .current_dir(root());
         if profile_dir().ends_with("release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build --example");
-        assert!(status.success(), "building the example plugin {name} failed");
+        assert!(
+            status.success(),
+            "building the example plugin {name} failed"
+        );
         built.push(name.to_string());
     }
     path
@@ -63,7 +73,9 @@ pub(crate) fn c_plugin() -> PathBuf {
     if !fresh {
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let status = Command::new(cc)
-            .args(["-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11"])
+            .args([
+                "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
+            ])
             .arg("-I")
             .arg(root().join("include"))
             .arg("-o")
@@ -262,8 +274,15 @@ impl Proxy {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return proxy;
             }
-            if let Some(st) = proxy.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("nylon-serve exited with {st} before listening:\n{}", proxy.log_text());
+            if let Some(st) = proxy
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "nylon-serve exited with {st} before listening:\n{}",
+                    proxy.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -301,7 +320,10 @@ impl Proxy {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                panic!("nylon-serve did not exit within 30 s of SIGTERM:\n{}", self.log_text());
+                panic!(
+                    "nylon-serve did not exit within 30 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
