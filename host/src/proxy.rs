@@ -817,25 +817,23 @@ impl<R: Routes> ProxyHttp for NylonProxy<R> {
             // retry buffer keeps it for the upstream.
             session.as_mut().enable_retry_buffering();
             let mut body = Vec::new();
-            loop {
-                match session.read_request_body().await? {
-                    Some(chunk) => {
-                        if body.len() + chunk.len() > MAX_REQUEST_BODY {
-                            ctx.state = Some(state);
-                            return self
-                                .fail(
-                                    session,
-                                    ctx,
-                                    413,
-                                    "request_too_large",
-                                    format!("a request body through plugins is limited to {MAX_REQUEST_BODY} bytes"),
-                                )
-                                .await;
-                        }
-                        body.extend_from_slice(&chunk);
-                    }
-                    None => break,
+            while let Some(chunk) = session.read_request_body().await? {
+                if body.len() + chunk.len() > MAX_REQUEST_BODY {
+                    ctx.state = Some(state);
+                    return self
+                        .fail(
+                            session,
+                            ctx,
+                            413,
+                            "request_too_large",
+                            format!(
+                                "a request body through plugins is limited to \
+                                 {MAX_REQUEST_BODY} bytes"
+                            ),
+                        )
+                        .await;
                 }
+                body.extend_from_slice(&chunk);
             }
             state.set_request_body(body);
         }

@@ -291,6 +291,22 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
         service.add_tcp(&addr.to_string());
     }
     server.add_service(service);
+    for p in &host.routes.plugins {
+        let abi = match p.handle {
+            PluginHandle::Legacy(_) => "legacy",
+            PluginHandle::V2(_) => "v2",
+        };
+        eprintln!(
+            "nylon-serve: plugin `{}`: {abi} ABI on the {} transport, phase timeout {} ms, \
+             sessions in flight {}",
+            p.name,
+            p.transport.name(),
+            p.timeout.as_millis(),
+            p.sessions.as_ref().map_or("unbounded".to_string(), |s| s
+                .available_permits()
+                .to_string()),
+        );
+    }
     eprintln!(
         "nylon-serve: listening on {} ({} plugins)",
         listen

@@ -1,0 +1,186 @@
+//! End to end: the limits and the start-up errors of `nylon-serve`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, example, scratch_dir, Proxy, Upstream};
+
+fn base(file: &std::path::Path, upstream: std::net::SocketAddr, plugin_extra: &str) -> String {
+    format!(
+        r#"server:
+  listen: "127.0.0.1:{{port}}"
+  threads: 2
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 1
+plugins:
+  - name: ex
+    type: ffi
+    file: "{file}"
+{plugin_extra}services:
+  - name: up
+    service_type: http
+    endpoints:
+      - ip: 127.0.0.1
+        port: {port}
+"#,
+        file = file.display(),
+        port = upstream.port(),
+    )
+}
+
+/// A plugin whose sessions are all in flight refuses the next request at
+/// once with 503 (no queue); the session's end frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_with_every_session_in_flight_gives_a_fast_503() {
+    let dir = scratch_dir("busy");
+    let upstream = Upstream::start().await;
+    let cfg = base(
+        &example("rust_plugin"),
+        upstream.addr,
+        "    max_sessions: 1\n    timeout: 3s\n",
+    ) + r#"routes:
+  - route: { type: host, value: "127.0.0.1" }
+    name: app
+    paths:
+      - path: "/hold"
+        service: { name: up }
+        middleware:
+          - plugin: ex
+            entry: silent
+"#;
+    let proxy = Proxy::start(&dir, &cfg, &[]);
+    let c = client();
+    // A holds the only session until its phase times out (504).
+    let a = tokio::spawn({
+        let (c, url) = (c.clone(), proxy.url("/hold"));
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let mut refused = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refused.is_none() && !a.is_finished() && tokio::time::Instant::now() < deadline {
+        let r = c.get(proxy.url("/hold")).send().await.expect("GET /hold");
+        if r.status() == 503 {
+            refused = Some(r.text().await.expect("body"));
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let refused = refused.expect("a second request while the first holds the session gets 503");
+    assert!(refused.contains("plugin_busy"), "{refused}");
+    let a = a.await.expect("task").expect("A answered");
+    assert_eq!(a, 504);
+    // The place is free again: the next request runs the plugin (and times out).
+    let r = c.get(proxy.url("/hold")).send().await.expect("GET /hold");
+    assert_eq!(r.status(), 504);
+}
+
+/// A phase that ends on the plugin's own thread 1 ms later is served both as
+/// a future (the default) and with the thread-blocking wait; the per-plugin
+/// transport in the config wins over the command line's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phase_ended_on_a_plugin_thread_is_served_in_both_wait_modes() {
+    let upstream = Upstream::start().await;
+    for (name, extra) in [
+        ("rust_plugin", "    transport: baseline\n"),
+        ("v2_plugin", ""),
+    ] {
+        let cfg = base(&example(name), upstream.addr, extra)
+            + r#"routes:
+  - route: { type: host, value: "127.0.0.1" }
+    name: app
+    paths:
+      - path: "/delay/{id}"
+        service: { name: up }
+        middleware:
+          - plugin: ex
+            entry: delay_1ms
+"#;
+        for wait in ["future", "block"] {
+            let dir = scratch_dir(&format!("delay-{name}-{wait}"));
+            let proxy = Proxy::start(&dir, &cfg, &["--phase-wait", wait, "--transport", "fast"]);
+            let c = client();
+            let mut tasks = Vec::new();
+            for i in 0..50 {
+                let (c, url) = (c.clone(), proxy.url(&format!("/delay/{i}")));
+                tasks.push(tokio::spawn(async move {
+                    let r = c.get(url).send().await.expect("GET /delay");
+                    (r.status().as_u16(), r.text().await.expect("body"))
+                }));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                let (status, body) = t.await.expect("task");
+                assert_eq!(status, 200, "{name} {wait} request {i}");
+                assert_eq!(body, format!("upstream GET /delay/{i} id= body="));
+            }
+            let log = proxy.log_text();
+            let want = if name == "rust_plugin" {
+                "legacy ABI on the baseline transport"
+            } else {
+                "v2 ABI on the fast-v2 transport"
+            };
+            assert!(log.contains(want), "{name}: {log}");
+        }
+    }
+}
+
+/// A config naming an entry the plugin does not export, or a plugin file
+/// that does not load, stops the start with the file, line and key.
+#[test]
+fn a_bad_entry_or_plugin_file_names_file_line_and_key() {
+    let dir = scratch_dir("badcfg");
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    for (file, entry, want) in [
+        (
+            example("rust_plugin"),
+            "no_such_entry",
+            "has no entry `no_such_entry`",
+        ),
+        (dir.join("missing.so"), "x", "cannot load"),
+    ] {
+        let cfg = base(&file, up, "")
+            + &format!(
+                r#"routes:
+  - route: {{ type: host, value: "127.0.0.1" }}
+    name: app
+    paths:
+      - path: "/x"
+        service: {{ name: up }}
+        middleware:
+          - plugin: ex
+            entry: {entry}
+"#
+            );
+        let path = dir.join("bad.yaml");
+        std::fs::write(&path, cfg.replace("{port}", "1")).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nylon-serve"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .expect("run nylon-serve --check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(want), "{err}");
+        assert!(err.contains(&format!("{}:", path.display())), "{err}");
+        // The error names the line of the offending key (1-based).
+        let (needle, key) = if entry == "no_such_entry" {
+            (
+                "entry: no_such_entry",
+                "routes[0].paths[0].middleware[0].entry",
+            )
+        } else {
+            ("file: ", "plugins[0].file")
+        };
+        let line = cfg
+            .lines()
+            .position(|l| l.trim_start().starts_with(needle))
+            .expect("the key is in the config")
+            + 1;
+        assert!(
+            err.contains(&format!("bad.yaml:{line}:")),
+            "line {line}: {err}"
+        );
+        assert!(err.contains(key), "{err}");
+    }
+}
