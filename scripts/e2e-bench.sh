@@ -160,8 +160,9 @@ for line in open(path):
     if not m: continue
     label, text = m.group(1), m.group(3)
     rps = float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1))
-    p50 = ms(re.search(r'50%\s+(\S+)', text).group(1))
-    p99 = ms(re.search(r'99%\s+(\S+)', text).group(1))
+    dist = text[text.index('Latency Distribution'):]
+    p50 = ms(re.search(r' 50%\s+(\S+)', dist).group(1))
+    p99 = ms(re.search(r' 99%\s+(\S+)', dist).group(1))
     non2xx = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
     errs = re.search(r'Socket errors: (.*?)(?:Requests|$)', text)
     rows.setdefault(label, []).append((rps, p50, p99, int(non2xx.group(1)) if non2xx else 0,

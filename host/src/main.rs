@@ -31,6 +31,12 @@ struct Cli {
     /// Pingora worker threads (overrides `server.threads`).
     #[arg(long)]
     threads: Option<usize>,
+    /// The plugins do not change body lengths in their body filters: keep the
+    /// upstream's Content-Length instead of re-framing every response through
+    /// a plugin as chunked (a plugin that changes a length anyway gets that
+    /// response cut short).
+    #[arg(long)]
+    keep_content_length: bool,
     /// Load the config and the plugins, check every entry, and exit.
     #[arg(long)]
     check: bool,
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
             },
             phase_timeout: Duration::from_millis(cli.phase_timeout_ms),
             threads: cli.threads,
+            keep_content_length: cli.keep_content_length,
         };
         if cli.check {
             let host = nylon_host::serve::load(&opts)?;

@@ -107,6 +107,12 @@ pub struct LoadedPlugin {
     pub sessions: Option<Arc<Semaphore>>,
     /// Per-phase timeout.
     pub timeout: Duration,
+    /// Whether its body filter may change a body's length: then a response
+    /// through it drops the upstream's `Content-Length` and goes out chunked.
+    /// When false, the upstream's framing is kept (no extra terminating chunk
+    /// per response), and a body filter that changes a chunk's length anyway
+    /// cuts that response short instead of sending a wrong length.
+    pub rewrites_body: bool,
 }
 
 /// One open session of a request.
@@ -142,6 +148,8 @@ pub struct RequestCtx {
     peer: Option<std::net::SocketAddr>,
     /// The response was already written (by a plugin or the host).
     responded: bool,
+    /// The upstream's `Content-Length` was kept (no session may rewrite).
+    kept_length: bool,
     stats: Option<Arc<Stats>>,
 }
 
@@ -532,6 +540,17 @@ impl<R: Routes> NylonProxy<R> {
             };
             s.payload = state.swap_payload(previous);
             if let Some(set) = state.take_chunk_body() {
+                if ctx.kept_length && set.len() != chunk.len() {
+                    s.failed = true;
+                    let message = format!(
+                        "plugin `{}` changed a body's length, but is configured not to \
+                         (the upstream's Content-Length was kept)",
+                        plugin.name
+                    );
+                    state.set_error(message.clone());
+                    self.host.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::explain(HTTPStatus(502), message));
+                }
                 chunk = Bytes::from(set);
             }
             if is_fault(&outcome) {
@@ -762,6 +781,7 @@ impl<R: Routes> ProxyHttp for NylonProxy<R> {
             sessions: Mutex::new(Vec::new()),
             peer: None,
             responded: false,
+            kept_length: false,
             stats: Some(Arc::clone(&self.host.stats)),
         }
     }
@@ -949,10 +969,17 @@ impl<R: Routes> ProxyHttp for NylonProxy<R> {
         if let Some(status) = state.status_override() {
             upstream_response.set_status(status)?;
         }
-        // A body filter may change the body's length.
-        upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-        if upstream_response.version != http::Version::HTTP_2 {
-            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        // A body filter may change the body's length: unless no plugin of
+        // this request does, the response goes out chunked.
+        if sessions.iter().any(|s| s.plugin.rewrites_body) {
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            if upstream_response.version != http::Version::HTTP_2 {
+                upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+        } else {
+            ctx.kept_length = upstream_response
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH);
         }
         *ctx.sessions.get_mut().unwrap_or_else(|e| e.into_inner()) = sessions;
         if let Some((code, _, message)) = failure {

@@ -40,6 +40,9 @@ pub struct ServeOptions {
     pub phase_timeout: Duration,
     /// Pingora worker threads, overriding the config.
     pub threads: Option<usize>,
+    /// Plugins do not change body lengths in their body filter: keep the
+    /// upstream's `Content-Length` (see [`LoadedPlugin::rewrites_body`]).
+    pub keep_content_length: bool,
 }
 
 /// The config's routes over the loaded plugins.
@@ -220,6 +223,7 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             transport,
             sessions: p.max_sessions.map(|n| Arc::new(Semaphore::new(n.get()))),
             timeout: p.timeout.unwrap_or(opts.phase_timeout),
+            rewrites_body: !opts.keep_content_length,
         }));
     }
     config.check_entries(|p, entry| {

@@ -184,3 +184,74 @@ fn a_bad_entry_or_plugin_file_names_file_line_and_key() {
         assert!(err.contains(key), "{err}");
     }
 }
+
+/// `--keep-content-length`: a response through a plugin keeps the
+/// upstream's Content-Length (no re-framing); a body filter that changes a
+/// length anyway never produces a body that disagrees with its header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_content_length_keeps_the_framing_and_refuses_a_length_change() {
+    let dir = scratch_dir("keepcl");
+    let upstream = Upstream::start().await;
+    let cfg = base(&example("rust_plugin"), upstream.addr, "")
+        + r#"routes:
+  - route: { type: host, value: "127.0.0.1" }
+    name: app
+    paths:
+      - path: "/headers/{id}"
+        service: { name: up }
+        middleware:
+          - plugin: ex
+            entry: e2e_headers
+      - path: "/append/{id}"
+        service: { name: up }
+        middleware:
+          - plugin: ex
+            entry: e2e_append
+"#;
+    let proxy = Proxy::start(&dir, &cfg, &["--keep-content-length"]);
+    let c = client();
+    let r = c
+        .get(proxy.url("/headers/3"))
+        .header("x-request-id", "k")
+        .send()
+        .await
+        .expect("GET /headers/3");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers().get("x-mw-request").map(|v| v.as_bytes()),
+        Some(&b"k"[..])
+    );
+    let want = "upstream GET /headers/3 id=k body=";
+    assert_eq!(
+        r.headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()),
+        Some(want.len().to_string().as_str()),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(r.text().await.expect("body"), want);
+    // e2e_append lengthens the body: the response is cut or refused, never
+    // a body longer than its Content-Length.
+    match c.get(proxy.url("/append/1")).send().await {
+        Err(_) => {}
+        Ok(r) if r.status() != 200 => assert_eq!(r.status(), 502),
+        Ok(r) => {
+            let declared = r.content_length();
+            match r.bytes().await {
+                Err(_) => {}
+                Ok(b) => panic!(
+                    "a length change went out whole: {:?} with Content-Length {declared:?}",
+                    String::from_utf8_lossy(&b)
+                ),
+            }
+        }
+    }
+    let r = c
+        .get(proxy.url("/headers/4"))
+        .header("x-request-id", "after")
+        .send()
+        .await
+        .expect("the proxy still serves");
+    assert_eq!(r.status(), 200);
+}
