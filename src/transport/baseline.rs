@@ -136,7 +136,7 @@ pub fn dropped_messages_for(sid: u32) -> u64 {
 #[derive(Debug)]
 pub struct Baseline {
     spawner: Spawner,
-    /// Recent latency of the driver's waits, for the synchronous form.
+    /// Recorded by the synchronous wrapper (its fixed backoff reads none).
     latency: Latency,
 }
 
@@ -465,9 +465,12 @@ impl Transport for Baseline {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
+        // As a host that blocks in its channel's receive (the baseline's wait
+        // before phases were futures): a brief backoff, then park until the
+        // callback's wake.
         run_to_end(
             self.phase(s, phase, ctx),
-            WaitPolicy::Adaptive,
+            WaitPolicy::Backoff,
             &self.latency,
             timeout,
         )

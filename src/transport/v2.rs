@@ -20,9 +20,11 @@ use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -39,7 +41,7 @@ use crate::abi::v2::{self, field, number, CallHandle, Flow, HostTable, PluginTab
 use crate::codec::fast::write_params;
 use crate::host::context::{HttpContext, WsMessage, WsRecv};
 use crate::host::loader::{load_v2, LoadError};
-use crate::transport::wait::{run_to_end, Latency, PhaseProgress, WaitPolicy};
+use crate::transport::wait::{run_started, Latency, PhaseProgress, WaitPolicy};
 
 /// Command bytes one phase may buffer, at most (16 MiB); past it commands
 /// return `FULL` and the phase fails with `QueueFull`.
@@ -911,7 +913,7 @@ impl V2 {
     fn start_call(
         &self,
         s: &mut V2Session,
-        ctx: &mut dyn HttpContext,
+        ctx: *mut (dyn HttpContext + '_),
         invoke: impl FnOnce(*mut c_void, *mut CallHandle, &mut u32) -> i32,
     ) -> Started {
         let Some(call) = s.call.as_deref() else {
@@ -921,7 +923,7 @@ impl V2 {
         // the call ends inside it; a detached call keeps it until the phase
         // future revokes it under `busy` (when `complete` has been seen, or in
         // the future's `Drop`), and the future holds the `&mut` it came from
-        // all that time, so it never outlives `ctx`.
+        // all that time, so it never outlives the context.
         let erased: *mut (dyn HttpContext + 'static) = unsafe {
             std::mem::transmute::<*mut (dyn HttpContext + '_), *mut (dyn HttpContext + 'static)>(
                 ctx,
@@ -1220,12 +1222,21 @@ enum V2State {
 pub struct V2Phase<'a> {
     t: &'a V2,
     s: &'a mut V2Session,
-    ctx: &'a mut dyn HttpContext,
+    /// The context, kept as a pointer: it is lent to the plugin's call, and a
+    /// `&mut` moved along with this future would be re-asserted as unique on
+    /// each move while a plugin thread uses the lent copy.
+    ctx: NonNull<dyn HttpContext + 'a>,
+    _ctx: PhantomData<&'a mut (dyn HttpContext + 'a)>,
     phase: Phase,
     state: V2State,
     /// WebSocket events delivered so far (the idle timeout's traffic).
     traffic: u64,
 }
+
+// SAFETY: the pointer stands for the `&'a mut dyn HttpContext` the future
+// was made from (`HttpContext: Send`); it is used by the future's polls while
+// nothing is lent, and by the plugin's host functions under the call's rules.
+unsafe impl Send for V2Phase<'_> {}
 
 impl fmt::Debug for V2Phase<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1237,37 +1248,77 @@ impl fmt::Debug for V2Phase<'_> {
 }
 
 impl V2Phase<'_> {
+    /// The context, for the driver while nothing is lent.
+    ///
+    /// # Safety
+    ///
+    /// - No call holds the context (it was never lent, or it was revoked).
+    #[inline(always)]
+    unsafe fn ctx(&mut self) -> &mut dyn HttpContext {
+        // SAFETY: the pointer came from the `&'a mut` this future holds for
+        // `'a`, and no other reference to it is live (the caller's contract).
+        unsafe { self.ctx.as_mut() }
+    }
+
+    /// The first poll's work: the phase call. `Ok` when the phase ended
+    /// inside it, else the state of what is pending. (On the parts, not on
+    /// the future: `run_phase` builds the future only when it is pending.)
+    #[inline(always)]
+    fn start(
+        t: &V2,
+        s: &mut V2Session,
+        ctx: NonNull<dyn HttpContext + '_>,
+        phase: Phase,
+    ) -> Result<PhaseOutcome, V2State> {
+        if s.closed {
+            return Ok(PhaseOutcome::Error(SessionError::Closed));
+        }
+        let (phase_fn, phase) = (s.phase_fn, phase as u32);
+        let started = t.start_call(s, ctx.as_ptr(), |state, call, flow| {
+            // SAFETY: state is the session's; call and flow outlive the call.
+            unsafe { phase_fn(state, phase, call, flow) }
+        });
+        match started {
+            Started::Done(r) => Self::after_phase(t, s, ctx, r),
+            Started::Pending => Err(V2State::Detached(Awaited::Phase)),
+        }
+    }
+
     /// What follows a phase call that ended: its commands, then its flow.
-    /// `None` when the phase goes on as a WebSocket.
-    #[inline]
-    fn after_phase(&mut self, r: Result<u32, PhaseOutcome>) -> Option<PhaseOutcome> {
+    /// `Err(WsOpen)` when the phase goes on as a WebSocket.
+    #[inline(always)]
+    fn after_phase(
+        t: &V2,
+        s: &mut V2Session,
+        mut ctx: NonNull<dyn HttpContext + '_>,
+        r: Result<u32, PhaseOutcome>,
+    ) -> Result<PhaseOutcome, V2State> {
         let flow = match r {
             Ok(f) => f,
-            Err(o) => return Some(o),
+            Err(o) => return Ok(o),
         };
-        let (t, s, ctx) = (self.t, &mut *self.s, &mut *self.ctx);
+        // SAFETY: the call has ended and was revoked: nothing else holds the
+        // context, which the future (or `run_phase`) borrows for `'_`.
+        let ctx = unsafe { ctx.as_mut() };
         if s.has_commands() {
             match t.apply(s, ctx) {
-                Err(e) => return Some(t.fail(s, PhaseOutcome::Error(e), false)),
-                Ok(Some(o)) => return Some(o),
+                Err(e) => return Ok(t.fail(s, PhaseOutcome::Error(e), false)),
+                Ok(Some(o)) => return Ok(o),
                 Ok(None) => {}
             }
         }
         let Some(flow) = Flow::from_u32(flow) else {
             let e = SessionError::Plugin(format!("invalid flow value {flow}"));
-            return Some(t.fail(s, PhaseOutcome::Error(e), false));
+            return Ok(t.fail(s, PhaseOutcome::Error(e), false));
         };
-        Some(match flow {
+        Ok(match flow {
             Flow::Next => PhaseOutcome::Next,
             Flow::End => PhaseOutcome::End,
             Flow::StreamEnd => match ctx.response_stream_end() {
                 Ok(()) => PhaseOutcome::StreamEnd,
                 Err(e) => t.fail(s, PhaseOutcome::Error(SessionError::Plugin(e)), false),
             },
-            Flow::WebSocket if s.ws_open => {
-                self.state = V2State::WsOpen;
-                return None;
-            }
+            Flow::WebSocket if s.ws_open => return Err(V2State::WsOpen),
             Flow::WebSocket => {
                 let e = SessionError::Plugin("WebSocket flow without an upgrade".into());
                 t.fail(s, PhaseOutcome::Error(e), false)
@@ -1281,7 +1332,9 @@ impl V2Phase<'_> {
         r: Result<u32, PhaseOutcome>,
     ) -> Result<Option<PhaseOutcome>, PhaseOutcome> {
         r?;
-        let (t, s, ctx) = (self.t, &mut *self.s, &mut *self.ctx);
+        // SAFETY: the call has ended and was revoked.
+        let ctx = unsafe { self.ctx.as_mut() };
+        let (t, s) = (self.t, &mut *self.s);
         if !s.has_commands() {
             return Ok(None);
         }
@@ -1293,7 +1346,7 @@ impl V2Phase<'_> {
     /// left untouched until the event's call has ended).
     fn event(&mut self, kind: u32, with_data: bool) -> Started {
         self.traffic += 1;
-        let (t, s, ctx) = (self.t, &mut *self.s, &mut *self.ctx);
+        let (t, s, ctx) = (self.t, &mut *self.s, self.ctx.as_ptr());
         let table = s.plugin.table;
         let data = if with_data {
             Str::from_bytes(&s.ws_buf)
@@ -1331,14 +1384,16 @@ impl V2Phase<'_> {
                 },
                 V2State::WebSocket => {
                     let mut data = std::mem::take(&mut self.s.ws_buf);
-                    let got = self.ctx.websocket_recv(Duration::ZERO, &mut data);
+                    // SAFETY: between two events: nothing is lent.
+                    let got = unsafe { self.ctx() }.websocket_recv(Duration::ZERO, &mut data);
                     self.s.ws_buf = data;
                     let (kind, awaited) = match got {
                         WsRecv::Text => (v2::ws::TEXT, Awaited::Event),
                         WsRecv::Binary => (v2::ws::BINARY, Awaited::Event),
                         WsRecv::Closed => {
                             self.s.ws_closed = true;
-                            self.ctx.websocket_close();
+                            // SAFETY: as above.
+                            unsafe { self.ctx() }.websocket_close();
                             (v2::ws::CLOSE, Awaited::Close)
                         }
                         // Nothing from the client: the host wakes the task
@@ -1356,9 +1411,12 @@ impl V2Phase<'_> {
             };
             // A call ended (inline, or detached and completed).
             let done = match awaited {
-                Awaited::Phase => match self.after_phase(r) {
-                    Some(o) => o,
-                    None => continue,
+                Awaited::Phase => match Self::after_phase(self.t, self.s, self.ctx, r) {
+                    Ok(o) => o,
+                    Err(state) => {
+                        self.state = state;
+                        continue;
+                    }
                 },
                 Awaited::Event => match self.after_event(r) {
                     Ok(None) => {
@@ -1381,27 +1439,16 @@ impl V2Phase<'_> {
 impl Future for V2Phase<'_> {
     type Output = PhaseOutcome;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
         let this = self.get_mut();
         if this.state == V2State::Start {
-            if this.s.closed {
-                this.state = V2State::Done;
-                return Poll::Ready(PhaseOutcome::Error(SessionError::Closed));
-            }
-            let (phase_fn, phase) = (this.s.phase_fn, this.phase as u32);
-            let started = this.t.start_call(this.s, this.ctx, |state, call, flow| {
-                // SAFETY: state is the session's; call and flow outlive the call.
-                unsafe { phase_fn(state, phase, call, flow) }
-            });
-            match started {
-                Started::Done(r) => {
-                    if let Some(o) = this.after_phase(r) {
-                        this.state = V2State::Done;
-                        return Poll::Ready(o);
-                    }
+            match Self::start(this.t, this.s, this.ctx, this.phase) {
+                Ok(o) => {
+                    this.state = V2State::Done;
+                    return Poll::Ready(o);
                 }
-                Started::Pending => this.state = V2State::Detached(Awaited::Phase),
+                Err(state) => this.state = state,
             }
         }
         this.resume(cx)
@@ -1420,8 +1467,19 @@ impl PhaseProgress for V2Phase<'_> {
 }
 
 impl Drop for V2Phase<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
+        if !matches!(self.state, V2State::Start | V2State::Done) {
+            self.cancel();
+        }
+    }
+}
+
+impl V2Phase<'_> {
+    /// Cancels a phase dropped before its end.
+    #[cold]
+    #[inline(never)]
+    fn cancel(&mut self) {
         match self.state {
             V2State::Start | V2State::Done => {}
             V2State::Detached(_) => {
@@ -1469,7 +1527,8 @@ impl Transport for V2 {
         V2Phase {
             t: self,
             s: session,
-            ctx,
+            ctx: NonNull::from(ctx),
+            _ctx: PhantomData,
             phase,
             state: V2State::Start,
             traffic: 0,
@@ -1484,7 +1543,24 @@ impl Transport for V2 {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
-        run_to_end(self.phase(s, phase, ctx), self.wait, &self.latency, timeout)
+        // The first poll's work, without a waker: the common case ends here,
+        // and the future is only built for a phase that went pending.
+        let ctx = NonNull::from(ctx);
+        match V2Phase::start(self, s, ctx, phase) {
+            Ok(o) => o,
+            Err(state) => {
+                let fut = V2Phase {
+                    t: self,
+                    s,
+                    ctx,
+                    _ctx: PhantomData,
+                    phase,
+                    state,
+                    traffic: 0,
+                };
+                run_started(fut, self.wait, &self.latency, timeout)
+            }
+        }
     }
 
     fn close(&self, mut s: V2Session) {

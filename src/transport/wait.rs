@@ -70,7 +70,15 @@ pub enum WaitPolicy {
     /// Spin for this long, whatever the plugin's latency, then park (the
     /// policy before the adaptive one, kept to compare against).
     Spin(Duration),
+    /// A crossbeam channel's own receive: a spin of about a microsecond and
+    /// [`BACKOFF_YIELDS`] yields, then park. The baseline's, which reproduces
+    /// a host that blocks in its channel's receive.
+    Backoff,
 }
+
+/// The yields of [`WaitPolicy::Backoff`] (crossbeam's `Backoff` yields four
+/// times before it reports completion and the receiver blocks).
+pub const BACKOFF_YIELDS: u32 = 4;
 
 /// Nanoseconds since a process-wide epoch, never 0: a timestamp that fits
 /// an atomic, with 0 left to mean "none".
@@ -133,6 +141,12 @@ impl Settle {
                 spin_until: (!d.is_zero()).then(|| now + d),
                 yields: 0,
                 yield_until: now,
+            },
+            WaitPolicy::Backoff => Self {
+                start_ns,
+                spin_until: Some(now + Duration::from_micros(1)),
+                yields: BACKOFF_YIELDS,
+                yield_until: now + YIELD_WINDOW,
             },
             WaitPolicy::Adaptive => {
                 let est = latency.estimate();
@@ -254,14 +268,21 @@ where
 {
     match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(o) => o,
-        Poll::Pending => wait_pending(fut, policy, latency, timeout),
+        Poll::Pending => run_started(fut, policy, latency, timeout),
     }
 }
 
-/// The rest of [`run_to_end`] for a phase that went pending.
+/// The rest of [`run_to_end`], for a phase future whose first poll (or the
+/// same work done by its transport directly) left it pending: polls it with
+/// this thread's waker and waits as the module docs say.
 #[cold]
 #[inline(never)]
-fn wait_pending<F>(fut: F, policy: WaitPolicy, latency: &Latency, timeout: Duration) -> PhaseOutcome
+pub(crate) fn run_started<F>(
+    fut: F,
+    policy: WaitPolicy,
+    latency: &Latency,
+    timeout: Duration,
+) -> PhaseOutcome
 where
     F: Future<Output = PhaseOutcome> + PhaseProgress + Unpin,
 {
