@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::route::{Params, RouteError, Router};
 use crate::template::{StrTemplate, Template};
 
-mod decode;
+pub(crate) mod decode;
 
 /// A decoded, validated host configuration.
 ///

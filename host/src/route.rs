@@ -217,6 +217,7 @@ impl<T> PathTable<T> {
         }
     }
 
+    /// Adds a pattern; on error the table is unchanged.
     fn insert(
         &mut self,
         pattern: &str,
@@ -226,9 +227,9 @@ impl<T> PathTable<T> {
         let segments = parse_pattern(pattern)?;
         let methods: Option<Vec<Box<str>>> =
             methods.map(|m| m.iter().map(|m| m.to_ascii_uppercase().into()).collect());
+        self.check(pattern, &segments, methods.as_deref())?;
+        let leaf = self.values.len();
         let mut node = &mut self.root;
-        let mut names: Vec<&str> = Vec::new();
-        let mut leaves = None;
         for seg in &segments {
             match *seg {
                 Segment::Static(s) => {
@@ -242,40 +243,47 @@ impl<T> PathTable<T> {
                     node = &mut node.statics[i].1;
                 }
                 Segment::Param(name) => {
-                    if names.contains(&name) {
-                        return Err(PatternError::Syntax(format!(
-                            "parameter `{name}` appears twice in `{pattern}`"
-                        )));
-                    }
-                    names.push(name);
-                    // Two spellings of one parameter position would shadow each other.
-                    let (existing, child) = node
+                    node = &mut node
                         .param
-                        .get_or_insert_with(|| (name.into(), Box::default()));
-                    if &**existing != name {
-                        return Err(PatternError::Conflict(format!(
-                            "`{pattern}` names the parameter `{name}` where another pattern of this host names it `{existing}`"
-                        )));
-                    }
-                    node = child;
+                        .get_or_insert_with(|| (name.into(), Box::default()))
+                        .1;
                 }
                 Segment::CatchAll(name) => {
-                    if names.contains(&name) {
-                        return Err(PatternError::Syntax(format!(
-                            "parameter `{name}` appears twice in `{pattern}`"
-                        )));
-                    }
-                    names.push(name);
-                    let (existing, l) = node
-                        .catch_all
-                        .get_or_insert_with(|| (name.into(), Vec::new()));
-                    if &**existing != name {
-                        return Err(PatternError::Conflict(format!(
-                            "`{pattern}` names the catch-all `{name}` where another pattern of this host names it `{existing}`"
-                        )));
-                    }
-                    leaves = Some(l);
+                    node.catch_all
+                        .get_or_insert_with(|| (name.into(), Vec::new()))
+                        .1
+                        .push(leaf);
+                    break;
                 }
+            }
+        }
+        if !matches!(segments.last(), Some(Segment::CatchAll(_))) {
+            node.ends.push(leaf);
+        }
+        self.values.push(Leaf {
+            methods,
+            pattern: pattern.into(),
+            value,
+        });
+        Ok(())
+    }
+
+    /// Checks, without changing anything, that `pattern` can be added.
+    fn check(
+        &self,
+        pattern: &str,
+        segments: &[Segment<'_>],
+        methods: Option<&[Box<str>]>,
+    ) -> Result<(), PatternError> {
+        let mut names: Vec<&str> = Vec::new();
+        for seg in segments {
+            if let Segment::Param(name) | Segment::CatchAll(name) = *seg {
+                if names.contains(&name) {
+                    return Err(PatternError::Syntax(format!(
+                        "parameter `{name}` appears twice in `{pattern}`"
+                    )));
+                }
+                names.push(name);
             }
         }
         if names.len() > MAX_PARAMS {
@@ -284,25 +292,55 @@ impl<T> PathTable<T> {
                 names.len()
             )));
         }
-        let leaves = match leaves {
-            Some(l) => l,
-            None => &mut node.ends,
+        let renamed = |kind: &str, name: &str, existing: &str| {
+            PatternError::Conflict(format!(
+                "`{pattern}` names the {kind} `{name}` where another pattern of this host names it `{existing}`"
+            ))
         };
-        for &other in leaves.iter() {
+        // Follow the existing tree as far as the pattern goes; the leaves where it would end
+        // must not accept a common method.
+        let mut node = &self.root;
+        let mut leaves: &[usize] = &[];
+        for (i, seg) in segments.iter().enumerate() {
+            let next = match *seg {
+                Segment::Static(s) => node.statics.iter().find(|(k, _)| **k == *s).map(|(_, n)| n),
+                Segment::Param(name) => match &node.param {
+                    Some((existing, _)) if **existing != *name => {
+                        return Err(renamed("parameter", name, existing))
+                    }
+                    Some((_, child)) => Some(&**child),
+                    None => None,
+                },
+                Segment::CatchAll(name) => {
+                    match &node.catch_all {
+                        Some((existing, _)) if **existing != *name => {
+                            return Err(renamed("catch-all", name, existing))
+                        }
+                        Some((_, l)) => leaves = l,
+                        None => {}
+                    }
+                    break;
+                }
+            };
+            match next {
+                Some(n) => {
+                    node = n;
+                    if i + 1 == segments.len() {
+                        leaves = &node.ends;
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+        for &other in leaves {
             let o = &self.values[other];
-            if methods_overlap(o.methods.as_deref(), methods.as_deref()) {
+            if methods_overlap(o.methods.as_deref(), methods) {
                 return Err(PatternError::Conflict(format!(
                     "`{pattern}` matches the same requests as `{}`",
                     o.pattern
                 )));
             }
         }
-        leaves.push(self.values.len());
-        self.values.push(Leaf {
-            methods,
-            pattern: pattern.into(),
-            value,
-        });
         Ok(())
     }
 
