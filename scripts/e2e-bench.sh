@@ -14,6 +14,9 @@
 #    phases as futures (`--phase-wait future`) against the thread-blocking
 #    synchronous wait (`--phase-wait block`), each on its own proxy process.
 #
+# Proxies A (futures) and B (blocking wait) run with --keep-content-length;
+# proxy C (futures, default framing) gives the rows "re-framed chunked".
+#
 # Environment: ROUNDS (3), DURATION (10s), CONNS (64), SLOW_CONNS (256),
 # PROXY_THREADS (2), UPSTREAM_THREADS (1), WRK_THREADS (1).
 set -euo pipefail
@@ -56,6 +59,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port)
 PA=$(free_port)
 PB=$(free_port)
+PC=$(free_port)
 
 "$TARGET/release/examples/upstream" "127.0.0.1:$UP" "$UPSTREAM_THREADS" 2>"$work/upstream.log" &
 pids+=($!)
@@ -90,19 +94,27 @@ EOF
 }
 config "$PA" >"$work/a.yaml"
 config "$PB" >"$work/b.yaml"
-"$TARGET/release/nylon-serve" --config "$work/a.yaml" --phase-wait future 2>"$work/a.log" &
+config "$PC" >"$work/c.yaml"
+# A: futures; B: the thread-blocking wait; both keep the upstream's
+# Content-Length (the example plugins' e2e_headers and delay_1ms do not
+# change bodies). C: futures with the default framing (every response through
+# a plugin re-framed as chunked, since a body filter may change its length).
+"$TARGET/release/nylon-serve" --config "$work/a.yaml" --phase-wait future --keep-content-length 2>"$work/a.log" &
 PA_PID=$!
 pids+=($PA_PID)
-"$TARGET/release/nylon-serve" --config "$work/b.yaml" --phase-wait block 2>"$work/b.log" &
+"$TARGET/release/nylon-serve" --config "$work/b.yaml" --phase-wait block --keep-content-length 2>"$work/b.log" &
 PB_PID=$!
 pids+=($PB_PID)
-for p in "$PA" "$PB" "$UP"; do
+"$TARGET/release/nylon-serve" --config "$work/c.yaml" --phase-wait future 2>"$work/c.log" &
+PC_PID=$!
+pids+=($PC_PID)
+for p in "$PA" "$PB" "$PC" "$UP"; do
   for _ in $(seq 1 300); do
     curl -s -o /dev/null "http://127.0.0.1:$p/none" && break
     sleep 0.1
   done
 done
-for p in "$PA" "$PB"; do
+for p in "$PA" "$PB" "$PC"; do
   for route in none baseline fast v2 delay-baseline delay-fast delay-v2; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-request-id: check' "http://127.0.0.1:$p/$route")
     [ "$code" = 200 ] || { echo "route /$route on port $p answered $code" >&2; cat "$work"/*.log >&2; exit 1; }
@@ -128,6 +140,8 @@ for r in $(seq 1 "$ROUNDS"); do
   run baseline "$PA" /baseline "$CONNS"
   run fast "$PA" /fast "$CONNS"
   run v2 "$PA" /v2 "$CONNS"
+  run fast-chunked "$PC" /fast "$CONNS"
+  run v2-chunked "$PC" /v2 "$CONNS"
   run slow-none "$PA" /none "$SLOW_CONNS"
   run slow-fast-future "$PA" /delay-fast "$SLOW_CONNS"
   run slow-fast-block "$PB" /delay-fast "$SLOW_CONNS"
@@ -141,8 +155,8 @@ machine=$(printf '%s, %s logical CPUs, %s GiB RAM, Linux %s' \
   "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" "$(nproc)" \
   "$(awk '/MemTotal/ {printf "%d", $2/1048576}' /proc/meminfo)" "$(uname -r)")
 # SIGTERM: graceful shutdown; each proxy prints its counters as it exits.
-kill -TERM "$PA_PID" "$PB_PID" 2>/dev/null || true
-wait "$PA_PID" "$PB_PID" 2>/dev/null || true
+kill -TERM "$PA_PID" "$PB_PID" "$PC_PID" 2>/dev/null || true
+wait "$PA_PID" "$PB_PID" "$PC_PID" 2>/dev/null || true
 stats_a=$(grep -h 'nylon-serve: stats' "$work/a.log" | sed 's/nylon-serve: stats //' || true)
 stats_b=$(grep -h 'nylon-serve: stats' "$work/b.log" | sed 's/nylon-serve: stats //' || true)
 
@@ -185,8 +199,10 @@ out.append("")
 out.append("| route | req/s | vs no plugin | p50 | p99 | req/s per round | non-2xx |")
 out.append("|---|---:|---:|---:|---:|---|---:|")
 names = {'none': 'no plugin', 'baseline': 'legacy plugin, baseline transport',
-         'fast': 'legacy plugin, fast transport', 'v2': 'v2 plugin'}
-for label in ['none', 'baseline', 'fast', 'v2']:
+         'fast': 'legacy plugin, fast transport', 'v2': 'v2 plugin',
+         'fast-chunked': 'legacy plugin, fast, re-framed chunked (default framing)',
+         'v2-chunked': 'v2 plugin, re-framed chunked (default framing)'}
+for label in ['none', 'baseline', 'fast', 'v2', 'fast-chunked', 'v2-chunked']:
     r = med(label)
     out.append(f"| {names[label]} | {r[0]:.0f} | {ratio(label, 'none'):.3f} | {r[1]:.2f} ms | "
                f"{r[2]:.2f} ms | {', '.join(f'{x[0]:.0f}' for x in rows[label])} | "
@@ -207,7 +223,7 @@ for t, tn in [('fast', 'legacy, fast'), ('v2', 'v2'), ('baseline', 'legacy, base
                    f"{r[2]:.2f} ms | {', '.join(f'{x[0]:.0f}' for x in rows[label])} | "
                    f"{sum(x[3] for x in rows[label])} |")
 out.append("")
-out.append(f"Host counters at exit (futures proxy): `{sa}`; (blocking proxy): `{sb}`.")
+out.append(f"Host counters at exit (futures proxy A): `{sa}`; (blocking proxy B): `{sb}`.")
 print("\n".join(out))
 PY
 )
