@@ -593,6 +593,16 @@ mod tests {
         s.request_url(&mut out);
         assert_eq!(out, b"http://example.com:8080/a");
         assert_eq!(s.request_host(), "example.com");
+        let s = RequestState::new(RequestSnapshot {
+            path: "/b".into(),
+            query: "q=1".into(),
+            authority: "example.com:80".into(),
+            scheme: "http",
+            ..RequestSnapshot::default()
+        });
+        out.clear();
+        s.request_url(&mut out);
+        assert_eq!(out, b"http://example.com/b?q=1");
     }
 
     #[test]

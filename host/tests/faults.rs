@@ -241,7 +241,7 @@ async fn keep_content_length_keeps_the_framing_and_refuses_a_length_change() {
             match r.bytes().await {
                 Err(_) => {}
                 Ok(b) => panic!(
-                    "a length change went out whole: {:?} with Content-Length {declared:?}",
+                    "status 200 and a complete body although a plugin changed the length: {:?} (Content-Length {declared:?})",
                     String::from_utf8_lossy(&b)
                 ),
             }
