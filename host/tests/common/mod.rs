@@ -339,7 +339,7 @@ impl Drop for Proxy {
     }
 }
 
-/// A client that does not reuse a dead pooled connection by surprise.
+/// The tests' HTTP client: pooled connections, a 30 s bound on every request.
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(64)
