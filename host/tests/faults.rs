@@ -255,3 +255,62 @@ async fn keep_content_length_keeps_the_framing_and_refuses_a_length_change() {
         .expect("the proxy still serves");
     assert_eq!(r.status(), 200);
 }
+
+/// SIGTERM is a graceful shutdown: a response in flight (its upstream
+/// holds the second chunk until the signal has been sent) still completes,
+/// through the plugin, and the process then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_lets_a_response_in_flight_finish() {
+    let dir = scratch_dir("graceful");
+    let upstream = Upstream::start().await;
+    let cfg = base(&example("v2_plugin"), upstream.addr, "")
+        .replace("grace_period_seconds: 1", "grace_period_seconds: 3")
+        .replace(
+            "graceful_shutdown_timeout_seconds: 1",
+            "graceful_shutdown_timeout_seconds: 10",
+        )
+        + r#"routes:
+  - route: { type: host, value: "127.0.0.1" }
+    name: app
+    paths:
+      - path: "/chunks/{n}"
+        service: { name: up }
+        middleware:
+          - plugin: ex
+            entry: e2e_append
+"#;
+    let proxy = Proxy::start(&dir, &cfg, &[]);
+    let mut r = client()
+        .get(proxy.url("/chunks/2"))
+        .send()
+        .await
+        .expect("GET /chunks/2");
+    assert_eq!(r.status(), 200);
+    let mut got = String::new();
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.ends_with("c0 |0") {
+            match r.chunk().await.expect("read a chunk") {
+                Some(c) => got.push_str(&String::from_utf8_lossy(&c)),
+                None => break,
+            }
+        }
+    });
+    first.await.expect("the first chunk within 10 s");
+    proxy.signal_term();
+    // Let the shutdown begin while the response is still open (the grace
+    // period is 3 s; this is no timing assertion, it only orders events).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    upstream.gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(c) = r.chunk().await.expect("the rest after SIGTERM") {
+            got.push_str(&String::from_utf8_lossy(&c));
+        }
+    });
+    rest.await.expect("the response finished within 20 s");
+    assert_eq!(got, "c0 |0c1 |1");
+    let (status, log) = tokio::task::spawn_blocking(move || proxy.terminate())
+        .await
+        .expect("wait for the exit");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("plugins shut down"), "{log}");
+}

@@ -307,12 +307,19 @@ impl Proxy {
         s
     }
 
+    /// Sends SIGTERM (a graceful shutdown) without waiting.
+    pub(crate) fn signal_term(&self) {
+        if let Some(child) = self.child.as_ref() {
+            let pid = child.id() as libc::pid_t;
+            // SAFETY: a plain syscall on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+
     /// Sends SIGTERM and waits up to 30 s for the exit.
     pub(crate) fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal_term();
         let mut child = self.child.take().expect("running");
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: a plain syscall on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = child.try_wait().expect("wait for nylon-serve") {
