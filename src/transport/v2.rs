@@ -55,13 +55,12 @@ pub struct V2Plugin {
     instance: *mut c_void,
     entries: Vec<String>,
     /// Call states of sessions that failed while a detached call may still
-    /// be in the plugin's hands; freed at shutdown, never reused. Boxed: the
-    /// plugin holds their addresses, which must not move.
-    #[allow(clippy::vec_box)]
-    graveyard: Mutex<Vec<Box<CallState>>>,
+    /// be in the plugin's hands; freed at shutdown, never reused. On the
+    /// heap: the plugin holds their addresses, which must not move.
+    graveyard: Mutex<Vec<CallBox>>,
     /// Call states of closed sessions, reused by the next opens so that a
     /// steady stream of sessions allocates nothing (bounded; lock-free).
-    spare: ArrayQueue<Box<CallState>>,
+    spare: ArrayQueue<CallBox>,
     _lib: Option<Library>,
 }
 
@@ -157,13 +156,13 @@ const SPARE_CALL_BYTES: usize = 64 << 10;
 
 impl V2Plugin {
     /// A call state for a new session: a spare one, or a new one.
-    fn take_call(&self) -> Box<CallState> {
-        self.spare.pop().unwrap_or_else(CallState::new)
+    fn take_call(&self) -> CallBox {
+        self.spare.pop().unwrap_or_else(CallState::boxed)
     }
 
     /// Keeps a closed session's call state for reuse (dropped when the
     /// spares are full). Only a call no plugin thread can reach comes here.
-    fn give_back(&self, call: Box<CallState>) {
+    fn give_back(&self, call: CallBox) {
         // SAFETY: the session is closed and its call revoked; the caller
         // owns the only reference.
         let inner = unsafe { call.owner() };
@@ -296,9 +295,42 @@ unsafe impl Sync for CallState {}
 // SAFETY: as above.
 unsafe impl Send for CallState {}
 
+/// A heap-allocated [`CallState`], owned like a `Box` but held as a pointer.
+///
+/// A plugin thread keeps the call handle (a pointer into the state) while
+/// the host moves the owner between the session, the spares and the
+/// graveyard; a `Box` would assert unique access to the state at each move,
+/// which a plugin thread's access through its handle then contradicts (Miri
+/// with Tree Borrows reports it). Only shared references are ever made from
+/// this pointer; the state's mutable parts are atomics and an `UnsafeCell`.
+struct CallBox(NonNull<CallState>);
+
+// SAFETY: owns a `CallState`, which is `Send` and `Sync`.
+unsafe impl Send for CallBox {}
+// SAFETY: as above; only `&CallState` is handed out.
+unsafe impl Sync for CallBox {}
+
+impl std::ops::Deref for CallBox {
+    type Target = CallState;
+
+    #[inline(always)]
+    fn deref(&self) -> &CallState {
+        // SAFETY: allocated in `CallState::boxed` and freed only in `Drop`.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for CallBox {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw` in `CallState::boxed`, freed once, here;
+        // the owner drops it only when no plugin thread can reach the state.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
 impl CallState {
-    fn new() -> Box<Self> {
-        Box::new(Self {
+    fn boxed() -> CallBox {
+        let state = Box::new(Self {
             sync: CallSync::default(),
             inner: UnsafeCell::new(CallInner {
                 ctx: None,
@@ -311,7 +343,9 @@ impl CallState {
                 params: Vec::with_capacity(64),
                 error: Vec::new(),
             }),
-        })
+        });
+        // SAFETY: `Box::into_raw` never returns null.
+        CallBox(unsafe { NonNull::new_unchecked(Box::into_raw(state)) })
     }
 
     fn handle(&self) -> *mut CallHandle {
@@ -780,7 +814,7 @@ pub struct V2Session {
     /// instead of three).
     phase_fn: PhaseFn,
     state: *mut c_void,
-    call: Option<Box<CallState>>,
+    call: Option<CallBox>,
     closed: bool,
     ws_open: bool,
     ws_closed: bool,
@@ -1595,5 +1629,131 @@ impl Drop for V2Session {
         if let Some(call) = self.call.take() {
             self.plugin.give_back(call);
         }
+    }
+}
+
+/// The phase future over an in-process plugin, small enough for Miri
+/// (`cargo +nightly miri test --lib -- transport::v2::`): a detached call
+/// completed from the plugin's thread, and a detached call whose future is
+/// dropped before the plugin's thread uses the handle.
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{channel, Sender};
+    use std::task::Waker;
+    use std::thread::JoinHandle;
+
+    use super::*;
+    use crate::host::{MemoryContext, RequestSpec};
+    use crate::sdk::v2::{Call, Handler, Plugin};
+    use crate::sdk::{Flow, SdkError};
+
+    /// What the `held` entry's thread saw once let go: the path its late
+    /// read returned, and whether its late completion was accepted.
+    type Late = (String, bool);
+
+    /// The `held` entry's thread and the sender that lets it go.
+    static HELD: Mutex<Option<(Sender<()>, JoinHandle<Late>)>> = Mutex::new(None);
+
+    struct Test;
+
+    impl Plugin for Test {
+        const NAME: &'static str = "v2-future-test";
+        const ENTRIES: &'static [Str] = crate::entries!["later", "held"];
+
+        fn initialize(_config: &[u8]) -> Result<Self, String> {
+            Ok(Test)
+        }
+
+        fn open(&self, entry: u32) -> Option<Box<dyn Handler>> {
+            match entry {
+                0 => Some(Box::new(Later)),
+                1 => Some(Box::new(Held)),
+                _ => None,
+            }
+        }
+    }
+
+    /// Completes on its own thread after reading the path and setting a header.
+    struct Later;
+
+    impl Handler for Later {
+        fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+            let d = cx.detach();
+            std::thread::spawn(move || {
+                let path = d.path().to_string();
+                d.set_header("x-path", &path);
+                let _ = d.complete(Ok(Flow::Next));
+            });
+            Ok(Flow::Next)
+        }
+    }
+
+    /// Detaches; its thread reads and completes only when let go.
+    struct Held;
+
+    impl Handler for Held {
+        fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+            let d = cx.detach();
+            let (go, wait_go) = channel::<()>();
+            let late = std::thread::spawn(move || {
+                let _ = wait_go.recv();
+                let path = d.path().to_string();
+                (path, d.complete(Ok(Flow::Next)).is_ok())
+            });
+            *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some((go, late));
+            Ok(Flow::Next)
+        }
+    }
+
+    fn plugin() -> Arc<V2Plugin> {
+        Arc::new(V2Plugin::from_static(crate::sdk::v2::table::<Test>(), b"").unwrap())
+    }
+
+    fn request(path: &str) -> MemoryContext {
+        let spec = RequestSpec {
+            path: path.into(),
+            ..Default::default()
+        };
+        MemoryContext::new(spec, None)
+    }
+
+    #[test]
+    fn a_call_completed_on_the_plugins_thread_ends_the_phase() {
+        let (t, p) = (V2::default(), plugin());
+        let mut s = t.open(&p, "later", SessionOptions::default()).unwrap();
+        let mut ctx = request("/later");
+        let o = t.run_phase(
+            &mut s,
+            Phase::RequestFilter,
+            &mut ctx,
+            Duration::from_secs(30),
+        );
+        assert_eq!(o, PhaseOutcome::Next);
+        assert_eq!(ctx.headers(), [("x-path".to_string(), b"/later".to_vec())]);
+        t.close(s);
+    }
+
+    #[test]
+    fn a_dropped_future_revokes_the_context_before_the_plugins_thread_uses_it() {
+        let (t, p) = (V2::default(), plugin());
+        let mut s = t.open(&p, "held", SessionOptions::default()).unwrap();
+        let mut ctx = request("/held");
+        {
+            let mut fut = std::pin::pin!(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
+            let polled = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            assert!(polled.is_pending());
+        }
+        let (go, late) = HELD
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap();
+        go.send(()).unwrap();
+        let (path, accepted) = late.join().unwrap();
+        assert_eq!(path, "", "the late read found the context revoked");
+        assert!(!accepted, "the late completion was refused");
+        let o = t.run_phase(&mut s, Phase::Logging, &mut ctx, Duration::from_secs(30));
+        assert_eq!(o, PhaseOutcome::Error(SessionError::Closed));
+        t.close(s);
     }
 }

@@ -202,11 +202,23 @@ pub(crate) fn await_phase<T: Transport>(
                 }
                 r
             });
-            tokio::time::timeout(timeout, awaited)
+            within(timeout, awaited)
                 .await
                 .unwrap_or(PhaseOutcome::Timeout)
         })
     })
+}
+
+/// `fut`'s output, or `None` once `bound` has passed. Unlike
+/// `tokio::time::timeout`, which polls the future once more when its timer
+/// fires, the timer is looked at first: a phase whose end never woke its
+/// task fails at the bound instead of being rescued by that last poll.
+pub(crate) async fn within<F: Future>(bound: Duration, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep(bound) => None,
+        out = fut => Some(out),
+    }
 }
 
 /// A context that watches its use: it flags a WebSocket poll that found the

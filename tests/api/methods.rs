@@ -188,7 +188,7 @@ fn commands_shape_the_response() {
 fn end_answers_with_the_plugins_response_and_reruns_response_phases() {
     for kind in KINDS {
         let r = run(kind, "end", RequestSpec::default(), None);
-        assert_eq!(r.outcomes(), ["end", "next", "next", "next"]);
+        assert_eq!(r.outcomes(), ["end", "next", "next", "next"], "{kind:?}");
         assert_eq!(r.response.status, 403);
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(
@@ -202,7 +202,7 @@ fn end_answers_with_the_plugins_response_and_reruns_response_phases() {
 fn streamed_response_is_written_in_order() {
     for kind in KINDS {
         let r = run(kind, "stream", RequestSpec::default(), None);
-        assert_eq!(r.outcomes(), ["stream_end", "next"]);
+        assert_eq!(r.outcomes(), ["stream_end", "next"], "{kind:?}");
         assert_eq!(r.response.streamed_chunks, ["one", "two"]);
         assert_eq!(
             sent(&r, Direction::ToHost, Method::SetResponseStreamHeader).len(),
@@ -231,7 +231,7 @@ fn websocket_events_and_commands_cross_in_order() {
             ws_request(r#"[{"text":"hi"},{"binary":[1,2,0]}]"#, None),
             None,
         );
-        assert_eq!(r.outcomes(), ["stream_end", "next"]);
+        assert_eq!(r.outcomes(), ["stream_end", "next"], "{kind:?}");
         assert_eq!(
             r.response.websocket,
             [
@@ -280,7 +280,7 @@ fn websocket_close_by_the_plugin_ends_the_phase() {
             ws_request(r#"[{"text":"bye"},{"text":"never"}]"#, None),
             None,
         );
-        assert_eq!(r.outcomes(), ["stream_end", "next"]);
+        assert_eq!(r.outcomes(), ["stream_end", "next"], "{kind:?}");
         use nylon_transport::host::context::WsEffect::*;
         assert_eq!(
             r.response.websocket,
@@ -298,7 +298,7 @@ fn a_broken_websocket_reports_354_to_the_plugin() {
             ws_request(r#"[{"text":"a"},{"text":"b"}]"#, Some(1)),
             None,
         );
-        assert_eq!(r.outcomes(), ["stream_end", "next"]);
+        assert_eq!(r.outcomes(), ["stream_end", "next"], "{kind:?}");
         let errors: Vec<_> = sent(&r, Direction::ToPlugin, Method::WebsocketOnError)
             .into_iter()
             .map(|t| t.payload.clone())
@@ -311,7 +311,7 @@ fn a_broken_websocket_reports_354_to_the_plugin() {
 fn upgrade_without_a_key_answers_400_and_ends() {
     for kind in KINDS {
         let r = run(kind, "ws", RequestSpec::default(), None);
-        assert_eq!(r.outcomes(), ["end", "next", "next", "next"]);
+        assert_eq!(r.outcomes(), ["end", "next", "next", "next"], "{kind:?}");
         assert_eq!(r.response.status, 400);
         assert_eq!(r.response.body, "Missing Sec-WebSocket-Key");
     }

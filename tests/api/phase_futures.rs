@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use nylon_transport::transport::{
     Baseline, PhaseOutcome, ReplyMode, SessionError, SessionOptions, Transport, V2,
 };
 
-use super::common::{fast, on_transport, rust_plugin, Kind, Probe, LATE_LOCK, TRANSPORTS};
+use super::common::{fast, on_transport, rust_plugin, within, Kind, Probe, LATE_LOCK, TRANSPORTS};
 
 /// The generous bound of every wait below: a lost wake-up fails the test
 /// after it, a slow machine does not.
@@ -41,7 +41,7 @@ fn await_counting(fut: impl Future<Output = PhaseOutcome>) -> (PhaseOutcome, usi
         fut.as_mut().poll(cx)
     });
     let outcome = current_thread()
-        .block_on(async { tokio::time::timeout(BOUND, counted).await })
+        .block_on(within(BOUND, counted))
         .expect("the plugin's end of the phase woke its task within the bound");
     (outcome, polls)
 }
@@ -121,7 +121,9 @@ fn wait_for_drops(kind: Kind, sid: u32, n: u64, violations: &AtomicUsize) -> u64
         }
         assert!(
             start.elapsed() < BOUND,
-            "{kind:?}: {dropped} of {n} late messages for session {sid} dropped after {BOUND:?}"
+            "{kind:?}: {dropped} of {n} late messages for session {sid} dropped after {BOUND:?} \
+             ({} uses of the dead context)",
+            violations.load(Ordering::SeqCst)
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -129,14 +131,22 @@ fn wait_for_drops(kind: Kind, sid: u32, n: u64, violations: &AtomicUsize) -> u64
 
 /// Polls a phase until the plugin has used the context once (its handler
 /// ran: the phase start may go through another thread), checks that the
-/// phase is still pending, and drops it.
-fn start_and_drop(fut: impl Future<Output = PhaseOutcome>, uses: &AtomicUsize, what: &str) {
+/// phase is still pending, declares the context dead, and drops the future
+/// (from the drop on, nothing may touch the context; the handlers used here
+/// touch it only before the first use is seen, or after the session closed).
+fn start_and_drop(
+    fut: impl Future<Output = PhaseOutcome>,
+    uses: &AtomicUsize,
+    dead: &AtomicBool,
+    what: &str,
+) {
     let mut fut = pin!(fut);
     let start = Instant::now();
     loop {
         let polled = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         assert!(polled.is_pending(), "{what}: the phase must be pending");
         if uses.load(Ordering::SeqCst) > 0 {
+            dead.store(true, Ordering::SeqCst);
             return;
         }
         assert!(start.elapsed() < BOUND, "{what}: the handler never ran");
@@ -161,10 +171,9 @@ fn a_dropped_phase_future_revokes_the_context_and_closes_the_session() {
             start_and_drop(
                 t.phase(&mut s, Phase::RequestFilter, &mut probe),
                 &uses,
+                &dead,
                 &format!("{kind:?}"),
             );
-            // From here on the context counts as gone.
-            dead.store(true, Ordering::SeqCst);
             // The plugin's thread, told by the session's close, now reads the
             // path, sets a header and says NEXT: all three must be dropped.
             let dropped = wait_for_drops(kind, sid, 3, &violations);
@@ -178,9 +187,8 @@ fn a_dropped_phase_future_revokes_the_context_and_closes_the_session() {
             assert_eq!(header(&mem, "x-late"), None, "{kind:?}");
             // The session is closed: a later phase ends at once.
             let mut ctx = request("/after");
-            let later = current_thread().block_on(async {
-                tokio::time::timeout(BOUND, t.phase(&mut s, Phase::Logging, &mut ctx)).await
-            });
+            let later =
+                current_thread().block_on(within(BOUND, t.phase(&mut s, Phase::Logging, &mut ctx)));
             assert_eq!(
                 later.expect("no hang"),
                 PhaseOutcome::Error(SessionError::Closed),
@@ -207,9 +215,9 @@ fn a_dropped_v2_phase_future_revokes_the_context_from_the_plugins_thread() {
     start_and_drop(
         t.phase(&mut s, Phase::RequestFilter, &mut probe),
         &uses,
+        &dead,
         "v2",
     );
-    dead.store(true, Ordering::SeqCst);
     // The detached call's thread now reads the path and completes; the
     // plugin joins it and reports what both calls returned.
     let mut ctx = MemoryContext::new(RequestSpec::default(), None);
@@ -257,7 +265,7 @@ async fn one_request<T: Transport>(
     let mut ctx = request(&path);
     let mut outcomes = Vec::new();
     for phase in Phase::ALL {
-        let o = tokio::time::timeout(BOUND, t.phase(&mut s, phase, &mut ctx))
+        let o = within(BOUND, t.phase(&mut s, phase, &mut ctx))
             .await
             .unwrap_or(PhaseOutcome::Timeout);
         outcomes.push(o);
@@ -295,7 +303,7 @@ fn many_tasks<T>(
         .collect();
     rt.block_on(async {
         for task in tasks {
-            let (path, outcomes, ctx) = tokio::time::timeout(BOUND, task)
+            let (path, outcomes, ctx) = within(2 * BOUND, task)
                 .await
                 .expect("every task ends within the bound")
                 .expect("no task panics");
