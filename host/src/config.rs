@@ -390,7 +390,8 @@ impl Config {
     /// (`selector`) against `type: header` routes, then by `host` (a port is ignored, case is
     /// not significant) against `type: host` routes; then by `method` and `path`.
     ///
-    /// Allocation-free: the parameters borrow from the config and from `path`.
+    /// `path` is the request path without the query string, as received (not
+    /// percent-decoded). Allocation-free: the parameters borrow from the config and from `path`.
     ///
     /// # Errors
     ///

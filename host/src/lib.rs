@@ -2,7 +2,8 @@
 //! start-up into typed structs, with payload templates compiled for per-request rendering and a
 //! router from (host, path) to a route.
 //!
-//! This crate part is pure Rust (no Pingora): the proxy (`nylon-serve`) reads a [`Config`],
+//! The modules `config`, `template` and `route` are plain Rust, independent of Pingora
+//! (`docs/host-config.md` documents the file). The proxy (`nylon-serve`) reads a [`Config`],
 //! loads each [`config::PluginConfig`], checks every referenced entry with
 //! [`Config::check_entries`], and per request calls [`Config::route`] and
 //! [`template::Template::render`].

@@ -95,12 +95,12 @@ fn missing_keys() {
         (
             with("    file: ./libauth.so ", "    fil3: ./libauth.so "),
             K::MissingKey,
-            "bad.yaml:2:5: plugins[0].file: missing key `file`",
+            "bad.yaml:2:5: plugins[0].file: missing key `file` (is `fil3` a misspelling?)",
         ),
         (
             with("            entry: sign ", "            entri: sign "),
             K::MissingKey,
-            "bad.yaml:25:13: routes[0].paths[1].middleware[0].entry: missing key `entry`",
+            "bad.yaml:25:13: routes[0].paths[1].middleware[0].entry: missing key `entry` (is `entri` a misspelling?)",
         ),
         (
             with(
@@ -108,12 +108,12 @@ fn missing_keys() {
                 "        servic: {name: api}      # 29",
             ),
             K::MissingKey,
-            "bad.yaml:23:9: routes[0].paths[1].service: missing key `service`",
+            "bad.yaml:23:9: routes[0].paths[1].service: missing key `service` (is `servic` a misspelling?)",
         ),
         (
             with("    endpoints:  ", "    endpoint:  "),
             K::MissingKey,
-            "bad.yaml:6:5: services[0].endpoints: missing key `endpoints`",
+            "bad.yaml:6:5: services[0].endpoints: missing key `endpoints` (is `endpoint` a misspelling?)",
         ),
     ]);
 }
@@ -142,8 +142,17 @@ fn unknown_keys() {
             K::UnknownKey,
             "bad.yaml:8:5: services[0].plugin: `plugin` does not apply to service_type `http`",
         ),
-        ("plugin: []\n".into(), K::UnknownKey,
-            "bad.yaml:1:1: plugin: unknown key `plugin`"),
+        (
+            "plugin: []\n".into(),
+            K::UnknownKey,
+            "bad.yaml:1:1: plugin: unknown key `plugin`",
+        ),
+        // A misspelt section is named, not the references it breaks.
+        (
+            with("plugins:  ", "plugin:  "),
+            K::UnknownKey,
+            "bad.yaml:1:1: plugin: unknown key `plugin`",
+        ),
         (
             with(
                 "      - group: guard ",

@@ -356,3 +356,59 @@ fn the_config_is_shared_across_worker_threads() {
     send_sync::<nylon_host::Template>();
     send_sync::<nylon_host::StrTemplate>();
 }
+
+#[test]
+fn plugin_keys_in_every_form() {
+    let text = r#"
+plugins:
+  - name: a
+    type: ffi
+    file: a.so
+    timeout: 500ms
+    config: {tpl: "${uuid(v4)}", n: [1, 2.5, null], s: 'q"uote'}
+  - name: b
+    type: ffi
+    file: b.so
+    timeout: 1m
+    transport: fast
+    config: just text
+"#;
+    let c = Config::parse_with_env(text, "p.yaml", &|_| None).unwrap();
+    assert_eq!(c.plugins[0].timeout, Some(Duration::from_millis(500)));
+    assert_eq!(c.plugins[1].timeout, Some(Duration::from_secs(60)));
+    assert_eq!(c.plugins[1].transport, Some(TransportChoice::Fast));
+    // A plugin's config is data, not a template: `${...}` stays as written.
+    assert_eq!(
+        c.plugins[0].config,
+        br#"{"tpl":"${uuid(v4)}","n":[1,2.5,null],"s":"q\"uote"}"#
+    );
+    assert_eq!(c.plugins[1].config, br#""just text""#);
+}
+
+#[test]
+fn header_modifier_names_are_lowercased() {
+    let text = r#"
+services:
+  - {name: s, service_type: http, endpoints: [{ip: "::1", port: 80}]}
+routes:
+  - route: {type: host, value: h}
+    name: r
+    middleware:
+      - plugin: ResponseHeaderModifier
+        payload:
+          set: [{name: X-Served-By, value: 7}]
+          remove: [X-Powered-By, Server]
+    paths: [{path: /, service: {name: s}}]
+"#;
+    let c = Config::parse_with_env(text, "h.yaml", &|_| None).unwrap();
+    let MiddlewareKind::ResponseHeaderModifier(m) = &c.routes[0].paths[0].middleware[0].kind else {
+        panic!()
+    };
+    assert_eq!(m.remove, ["x-powered-by", "server"]);
+    assert_eq!(m.set[0].0, "x-served-by");
+    assert_eq!(m.set[0].1.as_static(), Some("7"));
+    let ServiceKind::Http { endpoints, .. } = &c.services[0].kind else {
+        panic!()
+    };
+    assert_eq!(endpoints[0].addr, "[::1]:80".parse::<SocketAddr>().unwrap());
+}

@@ -328,3 +328,17 @@ fn template_mistakes_are_errors_with_the_offending_text() {
         );
     }
 }
+
+#[test]
+fn nesting_is_bounded() {
+    let nested = |depth: usize| format!("${{{}'x'{}}}", "upper(".repeat(depth), ")".repeat(depth));
+    // 32 levels compile (and fold to a constant).
+    let t = StrTemplate::parse(&nested(32), &no_env).unwrap();
+    assert_eq!(t.as_static(), Some("X"));
+    // 33 are refused at the call that goes too deep.
+    let err = StrTemplate::parse(&nested(33), &no_env).unwrap_err();
+    assert_eq!(
+        (err.message.as_str(), err.offset),
+        ("calls nest deeper than 32 levels", 2 + 32 * 6)
+    );
+}

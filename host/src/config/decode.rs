@@ -21,13 +21,12 @@ use super::{
     ServerConfig, TransportChoice,
 };
 use crate::route::Router;
-
-/// The router of a config: to (route index, path index).
-type RouteTable = Router<(usize, usize)>;
 use crate::template::{Builder, Template, TemplateError};
 
 use ConfigErrorKind as K;
 
+/// The router of a config: to (route index, path index).
+type RouteTable = Router<(usize, usize)>;
 type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 type Node<'a> = MarkedYaml<'a>;
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -76,27 +75,38 @@ pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config
         _ => Map::empty(),
     };
 
-    let server = match top.get("server") {
+    // Take every section first: a misspelt section is reported as such, not as the unknown
+    // references it causes.
+    let (server, header_selector, plugins, services, groups, routes) = (
+        top.get("server"),
+        top.get("header_selector"),
+        top.get("plugins"),
+        top.get("services"),
+        top.get("middleware_groups"),
+        top.get("routes"),
+    );
+    top.finish(&cx)?;
+    let server = match server {
         Some((n, p)) => cx.server(n, &p)?,
         None => ServerConfig::default(),
     };
-    let header_selector = match top.get("header_selector") {
+    let header_selector = match header_selector {
         Some((n, p)) => Some(cx.string(n, &p)?.to_ascii_lowercase()),
         None => None,
     };
-    let plugins = match top.get("plugins") {
+    let plugins = match plugins {
         Some((n, p)) => cx.plugins(n, &p)?,
         None => Vec::new(),
     };
-    let services = match top.get("services") {
+    let services = match services {
         Some((n, p)) => cx.services(n, &p, &plugins)?,
         None => Vec::new(),
     };
-    let groups = match top.get("middleware_groups") {
+    let groups = match groups {
         Some((n, p)) => cx.groups(n, &p, &plugins)?,
         None => HashMap::new(),
     };
-    let (routes, router) = match top.get("routes") {
+    let (routes, router) = match routes {
         Some((n, p)) => cx.routes(
             n,
             &p,
@@ -107,7 +117,6 @@ pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config
         )?,
         None => (Vec::new(), Router::new()),
     };
-    top.finish(&cx)?;
     Ok(Config {
         file: cx.file,
         server,
@@ -162,24 +171,30 @@ impl<'n, 'a> Map<'n, 'a> {
 
     /// Takes `key`, which must be present.
     fn req(&mut self, cx: &Cx<'_>, key: &str) -> Result<(&'n Node<'a>, String)> {
-        match self.get(key) {
-            Some(v) => Ok(v),
-            None => Err(match self.node {
-                Some(n) => cx.err(
-                    n,
-                    &join(&self.path, key),
-                    K::MissingKey,
-                    format!("missing key `{key}`"),
-                ),
-                None => ConfigError {
-                    kind: K::MissingKey,
-                    file: cx.file.clone(),
-                    line: None,
-                    key_path: join(&self.path, key),
-                    message: format!("missing key `{key}`"),
-                },
-            }),
+        if let Some(v) = self.get(key) {
+            return Ok(v);
         }
+        let mut message = format!("missing key `{key}`");
+        // A key not taken yet and one or two edits away is most likely the same key, misspelt.
+        if let Some((near, _, _)) = self
+            .entries
+            .iter()
+            .zip(&self.used)
+            .find(|((k, _, _), used)| !**used && edit_distance(k, key) <= 2)
+            .map(|(e, _)| e)
+        {
+            message.push_str(&format!(" (is `{near}` a misspelling?)"));
+        }
+        Err(match self.node {
+            Some(n) => cx.err(n, &join(&self.path, key), K::MissingKey, message),
+            None => ConfigError {
+                kind: K::MissingKey,
+                file: cx.file.clone(),
+                line: None,
+                key_path: join(&self.path, key),
+                message,
+            },
+        })
     }
 
     /// The node of `key` itself (not its value), when present.
@@ -209,6 +224,24 @@ impl<'n, 'a> Map<'n, 'a> {
             }
         }
     }
+}
+
+/// The Levenshtein distance of two short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 fn join(path: &str, key: &str) -> String {

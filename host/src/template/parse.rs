@@ -20,7 +20,11 @@ pub(super) fn parse_string(
     while i < bytes.len() {
         if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'{') {
             let open = i;
-            let mut p = Parser { text, pos: i + 2 };
+            let mut p = Parser {
+                text,
+                pos: i + 2,
+                depth: 0,
+            };
             let ast = p.expr().map_err(|(m, at)| err(m, at))?;
             p.skip_ws();
             match p.peek() {
@@ -64,9 +68,14 @@ pub(super) fn parse_string(
     Ok(parts)
 }
 
+/// The deepest nesting of calls an expression may have (parsing and evaluation recurse).
+const MAX_DEPTH: usize = 32;
+
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
+    /// Calls open around the current position.
+    depth: usize,
 }
 
 type ParseResult<T> = Result<T, (String, usize)>;
@@ -109,41 +118,47 @@ impl<'a> Parser<'a> {
                     return Ok(Ast::Ident(name, at));
                 }
                 self.pos += 1;
-                let mut args = Vec::new();
-                self.skip_ws();
-                if self.peek() == Some(b')') {
-                    self.pos += 1;
-                    return Ok(Ast::Call { name, args, at });
+                if self.depth == MAX_DEPTH {
+                    return Err((format!("calls nest deeper than {MAX_DEPTH} levels"), at));
                 }
-                loop {
-                    args.push(self.expr()?);
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(b')') => {
-                            self.pos += 1;
-                            return Ok(Ast::Call { name, args, at });
-                        }
-                        Some(c) => {
-                            return Err((
-                                format!(
-                                    "expected `,` or `)` in the arguments of `{name}`, found `{}`",
-                                    c as char
-                                ),
-                                self.pos,
-                            ))
-                        }
-                        None => {
-                            return Err((
-                                format!("unterminated argument list of `{name}`"),
-                                self.pos,
-                            ))
-                        }
-                    }
-                }
+                self.depth += 1;
+                let args = self.args(name, at);
+                self.depth -= 1;
+                args
             }
             Some(c) => Err((format!("expected an expression, found `{}`", c as char), at)),
             None => Err(("expected an expression, found the end".to_owned(), at)),
+        }
+    }
+
+    /// The arguments of the call `name` (at byte `at`), after its `(`.
+    fn args(&mut self, name: &'a str, at: usize) -> ParseResult<Ast<'a>> {
+        let mut args = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(b')') {
+            self.pos += 1;
+            return Ok(Ast::Call { name, args, at });
+        }
+        loop {
+            args.push(self.expr()?);
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b')') => {
+                    self.pos += 1;
+                    return Ok(Ast::Call { name, args, at });
+                }
+                Some(c) => {
+                    return Err((
+                        format!(
+                            "expected `,` or `)` in the arguments of `{name}`, found `{}`",
+                            c as char
+                        ),
+                        self.pos,
+                    ))
+                }
+                None => return Err((format!("unterminated argument list of `{name}`"), self.pos)),
+            }
         }
     }
 }
