@@ -18,6 +18,10 @@
 //! - for the benchmarks: `scenario` (the request scenario), `empty`,
 //!   `read_command`, `ws_sink` (the anchor rows' operations), `ws_echo`,
 //!   `reads`, `commands`.
+//! - for the proxy's end-to-end tests and load test (`host/`): `e2e_headers`,
+//!   `e2e_auth`, `e2e_payload`, `e2e_stream`, `e2e_append`, `delay_1ms` (see
+//!   the block at the end). With `"shutdown_file": PATH` in its config, the
+//!   plugin appends a line to PATH when the host shuts it down.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -37,7 +41,21 @@ impl Plugin for Example {
             .ok()
             .and_then(|v| v.get("greeting").and_then(|g| g.as_str()).map(String::from))
             .unwrap_or_else(|| "hello".into());
+        if let Some(path) = serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| {
+                v.get("shutdown_file")
+                    .and_then(|f| f.as_str())
+                    .map(String::from)
+            })
+        {
+            let _ = SHUTDOWN_FILE.set(path);
+        }
         Example { greeting }
+    }
+
+    fn shutdown(&self) {
+        record_shutdown();
     }
 
     fn open(&self, entry: &str, sid: u32) -> Option<Box<dyn Session>> {
@@ -75,6 +93,12 @@ impl Plugin for Example {
             "ws_sink" => Box::new(WsSink),
             "threaded" => Box::new(Threaded(self.open("scenario", sid)?)),
             "delayed" => Box::new(Delayed),
+            "e2e_headers" => Box::new(E2eHeaders),
+            "e2e_auth" => Box::new(E2eAuth),
+            "e2e_payload" => Box::new(E2ePayload),
+            "e2e_stream" => Box::new(E2eStream),
+            "e2e_append" => Box::new(E2eAppend(0)),
+            "delay_1ms" => Box::new(Delay1ms),
             _ => return None,
         })
     }
@@ -616,6 +640,158 @@ impl Session for Delayed {
 
     fn phase_pool(&self) -> Option<&'static PhasePool> {
         Some(&PLUGIN_THREADS)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entries for the proxy (`host/`): its end-to-end tests and load test. The v2
+// example has the same entries with the same logic.
+// ---------------------------------------------------------------------------
+
+/// Where `shutdown` records that it ran (from the config's `shutdown_file`).
+static SHUTDOWN_FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Appends a line to the configured shutdown file, if any.
+fn record_shutdown() {
+    use std::io::Write;
+    if let Some(path) = SHUTDOWN_FILE.get() {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "shutdown rust_plugin");
+        }
+    }
+}
+
+/// A middleware on both sides of the upstream: request filter echoes the
+/// request's `x-request-id` and path as `x-mw-request` / `x-mw-path`;
+/// response filter sets `x-mw-response` to the upstream status.
+struct E2eHeaders;
+
+impl Session for E2eHeaders {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.set_response_header("x-mw-request", &cx.request_header("x-request-id")?);
+        cx.set_response_header("x-mw-path", &cx.request_path()?);
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.set_response_header("x-mw-response", &cx.response_status()?.to_string());
+        Ok(Flow::Next)
+    }
+}
+
+/// An auth middleware: without `authorization: Bearer let-me-in` it answers
+/// 401 itself (END); with it, it lets the request through.
+struct E2eAuth;
+
+impl Session for E2eAuth {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        if cx.request_header("authorization")? != "Bearer let-me-in" {
+            cx.set_response_status(401);
+            cx.set_response_header("content-type", "text/plain");
+            cx.set_response_body(b"unauthorized");
+            return Ok(Flow::End);
+        }
+        cx.set_response_header("x-auth", "ok");
+        Ok(Flow::Next)
+    }
+}
+
+/// A plugin service that answers with its payload as the body (JSON).
+struct E2ePayload;
+
+impl Session for E2ePayload {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let payload = cx.payload()?;
+        cx.set_response_header("content-type", "application/json");
+        cx.set_response_body(&payload);
+        Ok(Flow::End)
+    }
+}
+
+/// A streaming plugin service on the plugin's own threads: the header, then
+/// three chunks naming the request path, 2 ms apart, then the end.
+struct E2eStream;
+
+impl Session for E2eStream {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let path = cx.request_path()?;
+        cx.set_response_header("content-type", "text/plain");
+        cx.stream_header();
+        for i in 0..3 {
+            cx.stream_write(format!("chunk{i} {path}\n").as_bytes());
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(Flow::StreamEnd)
+    }
+
+    fn phase_pool(&self) -> Option<&'static PhasePool> {
+        Some(&PLUGIN_THREADS)
+    }
+}
+
+/// The body rewrite plugin authors write for upstream Nylon: in every body
+/// filter phase, read the body (107), append to it, set it (103). It appends
+/// `|N`, N counting this session's non-empty chunks from 0.
+struct E2eAppend(u32);
+
+impl Session for E2eAppend {
+    fn response_body_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let mut body = cx.response_body()?;
+        if !body.is_empty() {
+            body.extend_from_slice(format!("|{}", self.0).as_bytes());
+            self.0 += 1;
+            cx.set_response_body(&body);
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Ends its request filter 1 ms after it starts, from a timer thread, as a
+/// Go plugin awaiting a service does: no plugin thread is held meanwhile.
+struct Delay1ms;
+
+/// Phases the timer thread ends: (when, sid, the host callback).
+type Timed = (std::time::Instant, u32, Box<dyn Fn(u32, u32, &[u8]) + Send>);
+
+/// The timer thread's queue (every delay is the same, so it is in order).
+static TIMER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Timed>>> =
+    std::sync::OnceLock::new();
+
+fn timer() -> std::sync::mpsc::Sender<Timed> {
+    TIMER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Timed>();
+            std::thread::Builder::new()
+                .name("rust-plugin-timer".into())
+                .spawn(move || {
+                    while let Ok((when, sid, send)) = rx.recv() {
+                        let now = std::time::Instant::now();
+                        if when > now {
+                            std::thread::sleep(when - now);
+                        }
+                        send(sid, Method::Next as u32, &[]);
+                    }
+                })
+                .expect("spawn the timer thread");
+            std::sync::Mutex::new(tx)
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+impl Session for Delay1ms {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        let when = std::time::Instant::now() + std::time::Duration::from_millis(1);
+        let item: Timed = (when, cx.sid(), Box::new(cx.raw_sender()));
+        timer()
+            .send(item)
+            .map_err(|_| SdkError::Handler("the timer thread is gone".into()))?;
+        Ok(Flow::Hold)
     }
 }
 

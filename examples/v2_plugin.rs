@@ -15,6 +15,11 @@
 //! - `async_late`: as `async`, its thread ends the phase 50 ms later.
 //! - `body_rewrite`: the body filter as plugin authors write it: reads the
 //!   body, appends `+x`, sets it, on every chunk.
+//! - for the proxy's end-to-end tests and load test (`host/`): `e2e_headers`,
+//!   `e2e_auth`, `e2e_payload`, `e2e_stream`, `e2e_append`, `delay_1ms`, the
+//!   legacy example's entries of those names with the same logic. With
+//!   `"shutdown_file": PATH` in its config, the plugin appends a line to PATH
+//!   when the host shuts it down.
 
 use nylon_transport::abi::v2::Str;
 use nylon_transport::sdk::v2::{Call, Handler, Plugin};
@@ -45,10 +50,39 @@ impl Plugin for Example {
         "late_report",
         "async_late",
         "body_rewrite",
+        "e2e_headers",
+        "e2e_auth",
+        "e2e_payload",
+        "e2e_stream",
+        "e2e_append",
+        "delay_1ms",
     ];
 
-    fn initialize(_config: &[u8]) -> Result<Self, String> {
+    fn initialize(config: &[u8]) -> Result<Self, String> {
+        if let Some(path) = serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| {
+                v.get("shutdown_file")
+                    .and_then(|f| f.as_str())
+                    .map(String::from)
+            })
+        {
+            let _ = SHUTDOWN_FILE.set(path);
+        }
         Ok(Example)
+    }
+
+    fn shutdown(&self) {
+        use std::io::Write;
+        if let Some(path) = SHUTDOWN_FILE.get() {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "shutdown v2_plugin");
+            }
+        }
     }
 
     fn open(&self, entry: u32) -> Option<Box<dyn Handler>> {
@@ -72,6 +106,12 @@ impl Plugin for Example {
             16 => Box::new(LateReport),
             17 => Box::new(Async(std::time::Duration::from_millis(50))),
             18 => Box::new(BodyRewrite),
+            19 => Box::new(E2eHeaders),
+            20 => Box::new(E2eAuth),
+            21 => Box::new(E2ePayload),
+            22 => Box::new(E2eStream),
+            23 => Box::new(E2eAppend(0)),
+            24 => Box::new(Delay1ms),
             _ => return None,
         })
     }
@@ -448,3 +488,136 @@ impl Handler for Commands {
 }
 
 nylon_transport::export_v2_plugin!(Example);
+
+// ---------------------------------------------------------------------------
+// Entries for the proxy (`host/`): the legacy example's entries of the same
+// names, with the same logic.
+// ---------------------------------------------------------------------------
+
+/// Where `shutdown` records that it ran (from the config's `shutdown_file`).
+static SHUTDOWN_FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Request filter echoes `x-request-id` and the path; response filter the
+/// upstream status.
+struct E2eHeaders;
+
+impl Handler for E2eHeaders {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let id =
+            String::from_utf8_lossy(cx.header("x-request-id").unwrap_or_default()).into_owned();
+        cx.set_header("x-mw-request", &id);
+        cx.set_header("x-mw-path", cx.path());
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.set_header("x-mw-response", &cx.status().to_string());
+        Ok(Flow::Next)
+    }
+}
+
+/// 401 (END) without `authorization: Bearer let-me-in`.
+struct E2eAuth;
+
+impl Handler for E2eAuth {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        if cx.header("authorization") != Some(&b"Bearer let-me-in"[..]) {
+            cx.set_status(401);
+            cx.set_header("content-type", "text/plain");
+            cx.set_body(b"unauthorized");
+            return Ok(Flow::End);
+        }
+        cx.set_header("x-auth", "ok");
+        Ok(Flow::Next)
+    }
+}
+
+/// A plugin service answering with its payload.
+struct E2ePayload;
+
+impl Handler for E2ePayload {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        cx.set_header("content-type", "application/json");
+        cx.set_body(cx.payload());
+        Ok(Flow::End)
+    }
+}
+
+/// A streaming service on its own thread: header, three chunks naming the
+/// path 2 ms apart, end.
+struct E2eStream;
+
+impl Handler for E2eStream {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let d = cx.detach();
+        std::thread::spawn(move || {
+            let path = d.path().to_string();
+            d.set_header("content-type", "text/plain");
+            d.stream_header();
+            for i in 0..3 {
+                d.stream_write(format!("chunk{i} {path}\n").as_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let _ = d.complete(Ok(Flow::StreamEnd));
+        });
+        Ok(Flow::Next)
+    }
+}
+
+/// Reads the body, appends `|N`, sets it, on every non-empty chunk.
+struct E2eAppend(u32);
+
+impl Handler for E2eAppend {
+    fn response_body_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let body = cx.response_body();
+        if !body.is_empty() {
+            let mut out = body.to_vec();
+            out.extend_from_slice(format!("|{}", self.0).as_bytes());
+            self.0 += 1;
+            cx.set_body(&out);
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Ends its request filter 1 ms later from a timer thread.
+struct Delay1ms;
+
+/// The timer thread's queue (equal delays: in order).
+static TIMER: std::sync::OnceLock<
+    std::sync::Mutex<
+        std::sync::mpsc::Sender<(std::time::Instant, nylon_transport::sdk::v2::Detached)>,
+    >,
+> = std::sync::OnceLock::new();
+
+impl Handler for Delay1ms {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        let when = std::time::Instant::now() + std::time::Duration::from_millis(1);
+        let tx = TIMER
+            .get_or_init(|| {
+                let (tx, rx) = std::sync::mpsc::channel::<(
+                    std::time::Instant,
+                    nylon_transport::sdk::v2::Detached,
+                )>();
+                std::thread::Builder::new()
+                    .name("v2-plugin-timer".into())
+                    .spawn(move || {
+                        while let Ok((when, d)) = rx.recv() {
+                            let now = std::time::Instant::now();
+                            if when > now {
+                                std::thread::sleep(when - now);
+                            }
+                            let _ = d.complete(Ok(Flow::Next));
+                        }
+                    })
+                    .expect("spawn the timer thread");
+                std::sync::Mutex::new(tx)
+            })
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tx.send((when, cx.detach()))
+            .map_err(|_| SdkError::Handler("the timer thread is gone".into()))?;
+        Ok(Flow::Next)
+    }
+}

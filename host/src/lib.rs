@@ -42,8 +42,12 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod config;
+pub mod ctx;
+pub mod proxy;
 pub mod route;
+pub mod serve;
 pub mod template;
+pub mod transport;
 
 pub use config::{Config, ConfigError, ConfigErrorKind, Location};
 pub use route::{Params, RouteError};
