@@ -287,7 +287,14 @@ fn execute(command: Command) -> Result<ExitCode> {
                 std::fs::create_dir_all(&dir)?;
                 let md = dir.join("benchmarks.md");
                 let svg = dir.join("benchmarks.svg");
-                std::fs::write(&md, bench::render::markdown(&report, "benchmarks.svg"))?;
+                let mut text = bench::render::markdown(&report, "benchmarks.svg");
+                // The proxy's load test (scripts/e2e-bench.sh) writes its own
+                // page; its latest figures are repeated here so that one page
+                // has them all.
+                if let Ok(e2e) = std::fs::read_to_string(dir.join("benchmarks-e2e.md")) {
+                    bench::render::append_e2e(&mut text, &e2e);
+                }
+                std::fs::write(&md, text)?;
                 std::fs::write(&svg, bench::render::svg(&report))?;
                 eprintln!("wrote {} and {}", md.display(), svg.display());
             }

@@ -126,6 +126,25 @@ pub fn markdown(report: &Report, svg_name: &str) -> String {
     s
 }
 
+/// Appends the proxy's load-test page (`benchmarks-e2e.md`, written by
+/// `scripts/e2e-bench.sh --docs`) as a section, its headings one level down.
+pub fn append_e2e(s: &mut String, e2e: &str) {
+    let _ = writeln!(
+        s,
+        "\n## End to end: the proxy under load\n\nCopied from [benchmarks-e2e.md](benchmarks-e2e.md) when this page was generated; that page is written by `scripts/e2e-bench.sh --docs`, in a run of its own.\n"
+    );
+    for line in e2e.lines() {
+        if line.starts_with("# ") {
+            continue;
+        }
+        if line.starts_with('#') {
+            s.push('#');
+        }
+        s.push_str(line);
+        s.push('\n');
+    }
+}
+
 /// The brief's goals that this run's rows measure, each met or missed, from
 /// the figures above (a goal whose row did not run is left out).
 fn goals(s: &mut String, report: &Report) {
@@ -346,4 +365,19 @@ pub fn svg(report: &Report) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_e2e;
+
+    #[test]
+    fn the_load_test_page_becomes_a_section_with_its_headings_one_level_down() {
+        let mut s = String::from("# Benchmarks\n");
+        append_e2e(&mut s, "# End-to-end\n\nMachine.\n\n### Same route\n\n| a |\n");
+        assert!(s.contains("## End to end: the proxy under load"));
+        assert!(!s.contains("# End-to-end"), "{s}");
+        assert!(s.contains("\n#### Same route\n"), "{s}");
+        assert!(s.contains("\n| a |\n"), "{s}");
+    }
 }
