@@ -374,7 +374,10 @@ mod tests {
     #[test]
     fn the_load_test_page_becomes_a_section_with_its_headings_one_level_down() {
         let mut s = String::from("# Benchmarks\n");
-        append_e2e(&mut s, "# End-to-end\n\nMachine.\n\n### Same route\n\n| a |\n");
+        append_e2e(
+            &mut s,
+            "# End-to-end\n\nMachine.\n\n### Same route\n\n| a |\n",
+        );
         assert!(s.contains("## End to end: the proxy under load"));
         assert!(!s.contains("# End-to-end"), "{s}");
         assert!(s.contains("\n#### Same route\n"), "{s}");
