@@ -502,6 +502,16 @@ impl HttpContext for RequestState {
         }
     }
 
+    /// In the logging phase, the body bytes sent to the client (what upstream
+    /// Nylon logs); before it, the original host's rule (the body set, else
+    /// the current chunk).
+    fn response_bytes(&self) -> u64 {
+        match self.stage {
+            Stage::Logging => self.bytes_sent,
+            Stage::Headers | Stage::Body => self.response_body().len() as u64,
+        }
+    }
+
     fn response_stream_header(&mut self) -> Result<(), String> {
         self.start_stream()
     }
@@ -613,5 +623,26 @@ mod tests {
         // header + one chunk fill it
         s.response_stream_data(b"1").expect("room");
         assert!(s.response_stream_data(b"2").is_err());
+    }
+
+    #[test]
+    fn logging_reads_the_bytes_sent_downstream() {
+        let mut s = state();
+        s.begin_chunk(b"abc");
+        assert_eq!(s.response_bytes(), 3, "before logging: the chunk's length");
+        s.begin_logging(12_345, None);
+        assert_eq!(s.response_bytes(), 12_345);
+        // The reply a legacy plugin gets for method 109.
+        let mut reply = Vec::new();
+        let step = nylon_transport::host::dispatch::dispatch(
+            109,
+            &[],
+            &mut s,
+            &mut Default::default(),
+            &mut nylon_transport::transport::fast::FastEncoding::default(),
+            &mut reply,
+        );
+        assert!(step.is_ok());
+        assert_eq!(reply, b"12345");
     }
 }

@@ -136,6 +136,16 @@ pub trait HttpContext: Send {
     ///
     /// A message when the downstream cannot be written.
     fn response_stream_end(&mut self) -> Result<(), String>;
+    /// The response byte count a plugin reads (legacy 109, v2
+    /// `RESPONSE_BYTES`). By default the length of [`response_body`]
+    /// (the original host's rule: the body set, else the current chunk); a
+    /// host that knows how many body bytes it sent downstream returns those
+    /// in the logging phase.
+    ///
+    /// [`response_body`]: HttpContext::response_body
+    fn response_bytes(&self) -> u64 {
+        self.response_body().len() as u64
+    }
     /// Milliseconds since the request started.
     fn response_duration_ms(&self) -> u64;
     /// The proxy error message, empty if none.

@@ -184,7 +184,10 @@ pub fn dispatch<E: ReplyEncoding>(
         Method::SetResponseStreamHeader => ctx.response_stream_header().map_err(downstream)?,
         Method::ReadResponseFullBody => reply.extend_from_slice(ctx.response_body()),
         Method::ReadResponseStatus => enc.decimal_u64(u64::from(ctx.response_status()), reply),
-        Method::ReadResponseBytes => enc.decimal_i64(ctx.response_body().len() as i64, reply),
+        Method::ReadResponseBytes => enc.decimal_i64(
+            i64::try_from(ctx.response_bytes()).unwrap_or(i64::MAX),
+            reply,
+        ),
         Method::ReadResponseHeaders => enc.headers(ctx, true, reply),
         Method::ReadResponseDuration => enc.decimal_u64(ctx.response_duration_ms(), reply),
         Method::ReadResponseError => reply.extend_from_slice(ctx.response_error().as_bytes()),

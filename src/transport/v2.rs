@@ -557,7 +557,7 @@ unsafe extern "C" fn h_number(call: *mut CallHandle, which: u32, out: *mut u64) 
             number::REQUEST_BYTES => c.request_content_length().max(0) as u64,
             number::REQUEST_TIMESTAMP_MS => c.request_timestamp_ms(),
             number::RESPONSE_DURATION_MS => c.response_duration_ms(),
-            number::RESPONSE_BYTES => c.response_body().len() as u64,
+            number::RESPONSE_BYTES => c.response_bytes(),
             _ => return Status::INVALID.0,
         };
         if out.is_null() {
