@@ -407,14 +407,6 @@ impl HttpContext for RequestState {
         self.params.as_deref()
     }
 
-    fn request_content_length(&self) -> i64 {
-        self.request_header(b"content-length")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|v| *v >= 0)
-            .unwrap_or(0)
-    }
-
     fn request_timestamp_ms(&self) -> u64 {
         self.timestamp_ms
     }

@@ -87,7 +87,13 @@ pub trait HttpContext: Send {
     /// Route params, `None` if never set.
     fn request_params(&self) -> Option<&[(String, String)]>;
     /// The `Content-Length` value, 0 if missing or invalid.
-    fn request_content_length(&self) -> i64;
+    fn request_content_length(&self) -> i64 {
+        self.request_header(b"content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .unwrap_or(0)
+    }
     /// When the request started, in ms since the Unix epoch.
     fn request_timestamp_ms(&self) -> u64;
     /// The middleware's JSON payload, `None` if none is configured.
@@ -470,14 +476,6 @@ impl HttpContext for MemoryContext {
 
     fn request_params(&self) -> Option<&[(String, String)]> {
         self.params.as_deref()
-    }
-
-    fn request_content_length(&self) -> i64 {
-        self.request_header(b"content-length")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|v| *v >= 0)
-            .unwrap_or(0)
     }
 
     fn request_timestamp_ms(&self) -> u64 {
