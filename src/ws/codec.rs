@@ -324,13 +324,18 @@ impl Connection {
     fn step(&mut self) -> Result<Step, ProtocolError> {
         let avail = &self.buf[self.pos..];
         let max_frame = u64::try_from(self.limits.max_frame).unwrap_or(u64::MAX);
-        let Some(head) = parse_head(avail, max_frame)? else {
+        // Control frames (at most 125 bytes, checked by parse_head) are
+        // allowed whatever the limit.
+        let Some(head) = parse_head(avail, max_frame.max(125))? else {
             return Ok(Step::NeedMore);
         };
+        let control = head.opcode & 0x8 != 0;
+        if !control && head.len > max_frame {
+            return Err(FrameError::TooLong(head.len).into());
+        }
         let Some(mask) = head.mask else {
             return Err(ProtocolError::Unmasked);
         };
-        let control = head.opcode & 0x8 != 0;
         if !control {
             match (head.opcode, self.fragmented) {
                 (opcode::CONTINUATION, None) => return Err(ProtocolError::UnexpectedContinuation),
