@@ -61,10 +61,7 @@ fn ws_stream_seeds() -> std::io::Result<()> {
                 client_frame(opcode::CONTINUATION, b"\x90\x80\x80", m),
             ]),
         ),
-        (
-            "len16",
-            seed(&[client_frame(opcode::BINARY, &[9; 200], m)]),
-        ),
+        ("len16", seed(&[client_frame(opcode::BINARY, &[9; 200], m)])),
         (
             "over_limits",
             seed(&[
