@@ -257,6 +257,58 @@ pub fn ws_frame(data: &[u8]) {
     }
 }
 
+/// What a [`ws::codec::Connection`] produced from a split input: each event
+/// (as its `Debug` text) and the error that ended it, if any.
+pub type WsLog = (Vec<String>, Option<ws::codec::ProtocolError>);
+
+/// Feeds `pieces` in order to a new connection, draining the events after
+/// each piece.
+pub fn ws_feed<'a>(limits: ws::codec::Limits, pieces: impl IntoIterator<Item = &'a [u8]>) -> WsLog {
+    let mut conn = ws::codec::Connection::new(limits);
+    let mut events = Vec::new();
+    for p in pieces {
+        conn.feed(p);
+        loop {
+            match conn.next_event() {
+                Ok(Some(ev)) => events.push(format!("{ev:?}")),
+                Ok(None) => break,
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+    (events, None)
+}
+
+/// A WebSocket byte stream in arbitrary splits: the connection never panics,
+/// and gives the same events and the same error whether the bytes come at
+/// once, one by one, or in the pieces the first byte's seed picks. Small
+/// limits, so that the fuzzer reaches them.
+pub fn ws_stream(data: &[u8]) {
+    let Some((&seed, wire)) = data.split_first() else {
+        return;
+    };
+    let limits = ws::codec::Limits {
+        max_frame: 300,
+        max_message: 1000,
+    };
+    let whole = ws_feed(limits, [wire]);
+    let bytes = ws_feed(limits, wire.chunks(1));
+    assert_eq!(whole, bytes, "one by one");
+    let mut pieces = Vec::new();
+    let mut rest = wire;
+    let mut x = u32::from(seed) | 1;
+    while !rest.is_empty() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let n = (x as usize % 40 + 1).min(rest.len());
+        let (a, b) = rest.split_at(n);
+        pieces.push(a);
+        rest = b;
+    }
+    assert_eq!(whole, ws_feed(limits, pieces), "split with seed {seed}");
+}
+
 /// v2 commands from a plugin, driven by the input (an in-process plugin
 /// turns bytes into calls of the host table): the phase ends with an outcome,
 /// never a panic, and the response stays consistent.

@@ -35,7 +35,8 @@ corpus!(
     scalars,
     ring_region,
     ws_frame,
-    v2_commands
+    v2_commands,
+    ws_stream
 );
 
 /// Found by the `scalars` fuzzer: a decimal with leading zeros beyond 20
