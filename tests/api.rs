@@ -9,6 +9,7 @@ mod api {
     mod go;
     pub(crate) mod go_build;
     mod go_legacy;
+    mod go_specs;
     mod hostile;
     mod methods;
     mod phase_futures;

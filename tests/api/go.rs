@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nylon_transport::host::context::WsEffect::{self, *};
 use nylon_transport::host::driver::{run_request, RequestReport, RunOptions};
 use nylon_transport::host::{MemoryContext, RequestSpec};
 use nylon_transport::transport::{V2Plugin, V2};
 
 use super::common::full_request;
 use super::go_build::{go_in_sdk, go_library, go_or_skip};
+use super::go_specs::{scenario_spec, spec, ws_spec};
 
 /// Each Go example, built and loaded once per test process.
 fn plugin(example: &str) -> Arc<V2Plugin> {
@@ -72,10 +72,6 @@ fn run_within(
 
 fn run(example: &str, entry: &str, spec: RequestSpec, payload: Option<&[u8]>) -> RequestReport {
     run_on(&plugin(example), entry, spec, payload)
-}
-
-fn spec(json: &str) -> RequestSpec {
-    serde_json::from_str(json).expect("valid request spec")
 }
 
 #[test]
@@ -249,39 +245,6 @@ fn go_echo_answers_with_json_built_from_every_read() {
     assert_eq!(r.response.body, "");
 }
 
-/// The WebSocket client script: `n` numbered text messages, a binary one,
-/// then "bye" (the plugin leaves the room and closes) and one more that must
-/// never arrive.
-fn ws_spec(n: usize) -> (RequestSpec, Vec<WsEffect>) {
-    let mut msgs: Vec<serde_json::Value> = (0..n)
-        .map(|i| serde_json::json!({ "text": format!("m{i}") }))
-        .collect();
-    msgs.push(serde_json::json!({"binary": [1, 2]}));
-    msgs.push(serde_json::json!({"text": "bye"}));
-    msgs.push(serde_json::json!({"text": "never"}));
-    let spec = serde_json::from_value(serde_json::json!({
-        "headers": [["Sec-WebSocket-Key", "k"]],
-        "websocket": msgs,
-    }))
-    .unwrap();
-    let mut want = vec![Join("lobby".into()), Text("welcome".into())];
-    for i in 0..n {
-        want.push(Text(format!("echo {}: m{i}", i + 1)));
-        want.push(BroadcastText {
-            room: "lobby".into(),
-            text: format!("m{i}"),
-        });
-    }
-    want.push(Binary(vec![1, 2]));
-    want.push(BroadcastBinary {
-        room: "lobby".into(),
-        data: vec![1, 2],
-    });
-    want.push(Leave("lobby".into()));
-    want.push(Close);
-    (spec, want)
-}
-
 #[test]
 fn go_websocket_echo_with_a_room_delivers_events_in_order() {
     if !go_or_skip("go_ws") {
@@ -428,14 +391,6 @@ fn go_eight_host_threads_at_once() {
     for t in threads {
         t.join().expect("a host thread failed");
     }
-}
-
-/// The scenario request of the benchmark's `request` row.
-fn scenario_spec() -> RequestSpec {
-    spec(
-        r#"{"path":"/api/items","headers":[["host","a"],["user-agent","t"],["accept","*/*"],
-            ["a","1"],["b","2"],["c","3"],["d","4"],["e","5"]],"client_ip":"1.2.3.4"}"#,
-    )
 }
 
 const SCENARIO_PAYLOAD: &[u8] = br#"{"user":"alice","limit":10}"#;

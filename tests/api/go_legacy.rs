@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nylon_transport::host::context::WsEffect::{self, *};
 use nylon_transport::host::driver::RequestReport;
 use nylon_transport::host::{LegacyPlugin, RequestSpec};
 
 use super::common::{full_request, run_with, Kind, KINDS};
 use super::go_build::{go_library, go_or_skip};
+use super::go_specs::{scenario_spec, spec, ws_spec};
 
 const TAGS: &[&str] = &["nylon_legacy"];
 
@@ -57,10 +57,6 @@ fn run(
         payload,
         Duration::from_secs(20),
     )
-}
-
-fn spec(json: &str) -> RequestSpec {
-    serde_json::from_str(json).expect("valid request spec")
 }
 
 #[test]
@@ -241,39 +237,6 @@ fn go_legacy_echo_answers_with_json_built_from_every_read() {
         assert_eq!(r.header("location"), Some("/elsewhere"));
         assert_eq!(r.response.body, "");
     }
-}
-
-/// The WebSocket client script of tests/api/go.rs: `n` numbered text
-/// messages, a binary one, then "bye" (the plugin leaves the room and
-/// closes) and one more that must never arrive.
-fn ws_spec(n: usize) -> (RequestSpec, Vec<WsEffect>) {
-    let mut msgs: Vec<serde_json::Value> = (0..n)
-        .map(|i| serde_json::json!({ "text": format!("m{i}") }))
-        .collect();
-    msgs.push(serde_json::json!({"binary": [1, 2]}));
-    msgs.push(serde_json::json!({"text": "bye"}));
-    msgs.push(serde_json::json!({"text": "never"}));
-    let spec = serde_json::from_value(serde_json::json!({
-        "headers": [["Sec-WebSocket-Key", "k"]],
-        "websocket": msgs,
-    }))
-    .unwrap();
-    let mut want = vec![Join("lobby".into()), Text("welcome".into())];
-    for i in 0..n {
-        want.push(Text(format!("echo {}: m{i}", i + 1)));
-        want.push(BroadcastText {
-            room: "lobby".into(),
-            text: format!("m{i}"),
-        });
-    }
-    want.push(Binary(vec![1, 2]));
-    want.push(BroadcastBinary {
-        room: "lobby".into(),
-        data: vec![1, 2],
-    });
-    want.push(Leave("lobby".into()));
-    want.push(Close);
-    (spec, want)
 }
 
 #[test]
@@ -462,14 +425,6 @@ fn go_legacy_eight_host_threads_at_once() {
             t.join().expect("a host thread failed");
         }
     }
-}
-
-/// The scenario request of the benchmark's `request` row.
-fn scenario_spec() -> RequestSpec {
-    spec(
-        r#"{"path":"/api/items","headers":[["host","a"],["user-agent","t"],["accept","*/*"],
-            ["a","1"],["b","2"],["c","3"],["d","4"],["e","5"]],"client_ip":"1.2.3.4"}"#,
-    )
 }
 
 /// The scenario library's test hooks, looked up in a second handle of the
