@@ -22,6 +22,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use nylon_transport::host::context::ResponseHeaders;
 use nylon_transport::host::{HttpContext, WsMessage, WsRecv};
 use tokio::sync::mpsc;
 
@@ -89,9 +90,7 @@ pub struct RequestState {
     status: Option<u16>,
     upstream_status: Option<u16>,
     /// Current response headers (upstream merged with the plugins' changes).
-    resp_headers: Vec<(String, Vec<u8>)>,
-    /// Names removed before the upstream response arrived.
-    removed: Vec<String>,
+    resp_headers: ResponseHeaders,
     /// Changes not yet applied to Pingora's response header.
     changes: Vec<HeaderChange>,
     /// The body a plugin set outside the body filter (an END response).
@@ -163,8 +162,7 @@ impl RequestState {
             started: Instant::now(),
             status: None,
             upstream_status: None,
-            resp_headers: Vec::new(),
-            removed: Vec::new(),
+            resp_headers: ResponseHeaders::default(),
             changes: Vec::new(),
             body_set: None,
             chunk_set: None,
@@ -235,18 +233,7 @@ impl RequestState {
         headers: impl Iterator<Item = (&'h str, &'h [u8])>,
     ) {
         self.upstream_status = Some(status);
-        let mut merged: Vec<(String, Vec<u8>)> = headers
-            .filter(|(n, _)| {
-                !self
-                    .resp_headers
-                    .iter()
-                    .any(|(h, _)| h.eq_ignore_ascii_case(n))
-                    && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(n))
-            })
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
-            .collect();
-        merged.append(&mut self.resp_headers);
-        self.resp_headers = merged;
+        self.resp_headers.apply_upstream(headers);
     }
 
     /// Takes the header changes made since the last call, in order.
@@ -261,7 +248,7 @@ impl RequestState {
 
     /// The current response headers (upstream merged with the plugins').
     pub fn response_headers(&self) -> &[(String, Vec<u8>)] {
-        &self.resp_headers
+        self.resp_headers.as_slice()
     }
 
     /// Takes the body a plugin set outside the body filter.
@@ -324,7 +311,7 @@ impl RequestState {
         if !self.stream_started {
             let ev = StreamEvent::Header {
                 status: self.response_status(),
-                headers: self.resp_headers.clone(),
+                headers: self.resp_headers.as_slice().to_vec(),
             };
             self.send(ev)?;
             self.stream_started = true;
@@ -424,28 +411,7 @@ impl HttpContext for RequestState {
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
-        self.removed.retain(|r| !r.eq_ignore_ascii_case(name));
-        match self
-            .resp_headers
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            Some(i) => {
-                self.resp_headers[i].1.clear();
-                self.resp_headers[i].1.extend_from_slice(value.as_bytes());
-                let mut j = i + 1;
-                while j < self.resp_headers.len() {
-                    if self.resp_headers[j].0.eq_ignore_ascii_case(name) {
-                        self.resp_headers.remove(j);
-                    } else {
-                        j += 1;
-                    }
-                }
-            }
-            None => self
-                .resp_headers
-                .push((name.to_ascii_lowercase(), value.as_bytes().to_vec())),
-        }
+        self.resp_headers.set(name, value.as_bytes());
         self.changes.push(HeaderChange::Set(
             name.to_ascii_lowercase(),
             value.as_bytes().to_vec(),
@@ -453,21 +419,13 @@ impl HttpContext for RequestState {
     }
 
     fn remove_response_header(&mut self, name: &str) {
-        self.resp_headers
-            .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        if self.upstream_status.is_none()
-            && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(name))
-        {
-            self.removed.push(name.to_ascii_lowercase());
-        }
+        self.resp_headers.remove(name);
         self.changes
             .push(HeaderChange::Remove(name.to_ascii_lowercase()));
     }
 
     fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
-        self.resp_headers
-            .get(index)
-            .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+        self.resp_headers.at(index)
     }
 
     fn set_response_body(&mut self, body: &[u8]) {

@@ -267,6 +267,82 @@ pub enum WsEffect {
     Close,
 }
 
+/// A response's headers as plugins change them, in order, names lower-case.
+///
+/// Before the upstream response arrives, a plugin's removal is remembered so
+/// that [`apply_upstream`](Self::apply_upstream) does not bring the header
+/// back; after it, the list is the response. Both the in-memory context and
+/// the proxy's context keep their headers in one.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseHeaders {
+    list: Vec<(String, Vec<u8>)>,
+    /// Names removed before the upstream response arrived.
+    removed: Vec<String>,
+    upstream: bool,
+}
+
+impl ResponseHeaders {
+    /// The headers, in order.
+    pub fn as_slice(&self) -> &[(String, Vec<u8>)] {
+        &self.list
+    }
+
+    /// The header at `index`.
+    pub fn at(&self, index: usize) -> Option<(&[u8], &[u8])> {
+        self.list
+            .get(index)
+            .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+    }
+
+    /// Sets `name`, replacing every value of it (the first keeps its place;
+    /// its value buffer is reused).
+    pub fn set(&mut self, name: &str, value: &[u8]) {
+        self.removed.retain(|r| !r.eq_ignore_ascii_case(name));
+        match self
+            .list
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(i) => {
+                self.list[i].1.clear();
+                self.list[i].1.extend_from_slice(value);
+                let mut j = i + 1;
+                while j < self.list.len() {
+                    if self.list[j].0.eq_ignore_ascii_case(name) {
+                        self.list.remove(j);
+                    } else {
+                        j += 1;
+                    }
+                }
+            }
+            None => self.list.push((name.to_ascii_lowercase(), value.to_vec())),
+        }
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.list.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if !self.upstream && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            self.removed.push(name.to_ascii_lowercase());
+        }
+    }
+
+    /// Merges the upstream response's headers under the plugins' changes: a
+    /// name a plugin set or removed keeps the plugin's version.
+    pub fn apply_upstream<'h>(&mut self, headers: impl Iterator<Item = (&'h str, &'h [u8])>) {
+        self.upstream = true;
+        let mut merged: Vec<(String, Vec<u8>)> = headers
+            .filter(|(n, _)| {
+                !self.list.iter().any(|(h, _)| h.eq_ignore_ascii_case(n))
+                    && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(n))
+            })
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        merged.append(&mut self.list);
+        self.list = merged;
+    }
+}
+
 /// An in-memory [`HttpContext`]: a request from a [`RequestSpec`], and a
 /// response built up by the plugin's commands.
 #[derive(Clone, Debug)]
@@ -278,9 +354,7 @@ pub struct MemoryContext {
     started: std::time::Instant,
     status: Option<u16>,
     upstream_status: Option<u16>,
-    headers: Vec<(String, Vec<u8>)>,
-    /// Names removed by a plugin before the upstream response arrived.
-    removed: Vec<String>,
+    headers: ResponseHeaders,
     body: Option<Vec<u8>>,
     current_chunk: Vec<u8>,
     streamed: Vec<Vec<u8>>,
@@ -322,8 +396,7 @@ impl MemoryContext {
             started: std::time::Instant::now(),
             status: None,
             upstream_status: None,
-            headers: Vec::new(),
-            removed: Vec::new(),
+            headers: ResponseHeaders::default(),
             body: None,
             current_chunk: Vec::new(),
             streamed: Vec::new(),
@@ -340,16 +413,8 @@ impl MemoryContext {
     /// plugins already set (a plugin's set or remove wins over upstream).
     pub fn apply_upstream(&mut self, status: u16, headers: &[(String, String)]) {
         self.upstream_status = Some(status);
-        let mut merged: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .filter(|(n, _)| {
-                !self.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n))
-                    && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(n))
-            })
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone().into_bytes()))
-            .collect();
-        merged.append(&mut self.headers);
-        self.headers = merged;
+        self.headers
+            .apply_upstream(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     }
 
     /// Starts the body filter phase of the next chunk: sets the chunk it looks
@@ -369,7 +434,7 @@ impl MemoryContext {
 
     /// The current response headers.
     pub fn headers(&self) -> &[(String, Vec<u8>)] {
-        &self.headers
+        self.headers.as_slice()
     }
 
     /// Chunks written by `SET_RESPONSE_STREAM_DATA`, in order.
@@ -495,42 +560,15 @@ impl HttpContext for MemoryContext {
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
-        self.removed.retain(|r| !r.eq_ignore_ascii_case(name));
-        match self
-            .headers
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            Some(i) => {
-                self.headers[i].1 = value.as_bytes().to_vec();
-                let mut j = i + 1;
-                while j < self.headers.len() {
-                    if self.headers[j].0.eq_ignore_ascii_case(name) {
-                        self.headers.remove(j);
-                    } else {
-                        j += 1;
-                    }
-                }
-            }
-            None => self
-                .headers
-                .push((name.to_ascii_lowercase(), value.as_bytes().to_vec())),
-        }
+        self.headers.set(name, value.as_bytes());
     }
 
     fn remove_response_header(&mut self, name: &str) {
-        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        if self.upstream_status.is_none()
-            && !self.removed.iter().any(|r| r.eq_ignore_ascii_case(name))
-        {
-            self.removed.push(name.to_string());
-        }
+        self.headers.remove(name);
     }
 
     fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
-        self.headers
-            .get(index)
-            .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+        self.headers.at(index)
     }
 
     fn set_response_body(&mut self, body: &[u8]) {
