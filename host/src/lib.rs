@@ -48,6 +48,7 @@ pub mod route;
 pub mod serve;
 pub mod template;
 pub mod transport;
+pub mod ws;
 
 pub use config::{Config, ConfigError, ConfigErrorKind, Location};
 pub use route::{Params, RouteError};
