@@ -43,7 +43,82 @@ pub struct Config {
     /// `header_selector:`, lowercased: the request header whose value selects a
     /// `type: header` route before the host is tried.
     pub header_selector: Option<String>,
+    /// The `websocket:` section: how rooms reach other nodes.
+    pub websocket: WebSocketAdapter,
     router: Router<(usize, usize)>,
+}
+
+/// The `websocket:` section (upstream Nylon's `adapter_type:` with its `redis:` map): where
+/// room membership and broadcasts go besides this node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum WebSocketAdapter {
+    /// `adapter_type: memory` (and no `websocket:` at all): rooms stay on this node.
+    #[default]
+    Memory,
+    /// `adapter_type: redis`: rooms across nodes through one Redis (`crate::ws::redis`).
+    Redis(RedisConfig),
+}
+
+/// `websocket.redis:`, the Redis of a cluster of nodes, with upstream Nylon's keys and our
+/// heartbeat and janitor timings.
+#[derive(Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `host:`, a host name or an IP address.
+    pub host: String,
+    /// `port:`.
+    pub port: u16,
+    /// `password:` (`AUTH`); `None` (absent or `null`) sends none.
+    pub password: Option<String>,
+    /// `db:`, the database number. Default 0.
+    pub db: u8,
+    /// `key_prefix:` of every key and of the `{prefix}:events` channel. Default `nylon:ws`
+    /// (upstream's).
+    pub key_prefix: String,
+    /// `heartbeat_interval:` (ours): how often this node refreshes `{prefix}:nodes:{id}`.
+    /// Default 10 s (upstream's).
+    pub heartbeat_interval: Duration,
+    /// `node_ttl:` (ours): the heartbeat key's time to live; a node silent this long is dead and
+    /// the others remove its connections. Default 30 s (upstream's).
+    pub node_ttl: Duration,
+    /// `janitor_interval:` (ours): how often this node looks for dead nodes. Default 30 s
+    /// (upstream's).
+    pub janitor_interval: Duration,
+    /// `queue:` (ours): operations waiting for the adapter's task; beyond it a join, leave or
+    /// broadcast is dropped and counted. Default 65536.
+    pub queue: NonZeroUsize,
+}
+
+impl RedisConfig {
+    /// Upstream's defaults for a Redis at `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            password: None,
+            db: 0,
+            key_prefix: "nylon:ws".to_owned(),
+            heartbeat_interval: Duration::from_secs(10),
+            node_ttl: Duration::from_secs(30),
+            janitor_interval: Duration::from_secs(30),
+            queue: NonZeroUsize::new(65536).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("key_prefix", &self.key_prefix)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("node_ttl", &self.node_ttl)
+            .field("janitor_interval", &self.janitor_interval)
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 /// The `server:` section: where the proxy listens and how it stops.

@@ -124,6 +124,7 @@ pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config
         services,
         routes,
         header_selector,
+        websocket: super::WebSocketAdapter::Memory,
         router,
     })
 }

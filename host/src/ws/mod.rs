@@ -7,3 +7,4 @@
 //! [`cluster::LocalRooms`].
 
 pub mod cluster;
+pub mod redis;
