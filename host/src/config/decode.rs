@@ -18,7 +18,7 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use super::{
     Config, ConfigError, ConfigErrorKind, Location, PluginCall, PluginConfig, PluginId,
-    ServerConfig, TransportChoice,
+    RedisConfig, ServerConfig, TransportChoice, WebSocketAdapter,
 };
 use crate::route::Router;
 use crate::template::{Builder, Template, TemplateError};
@@ -38,14 +38,7 @@ const METHODS: [&str; 9] = [
 
 /// Keys upstream Nylon accepts that this host does not implement: named in the error so the
 /// user knows the key is not a typo.
-const UPSTREAM_ONLY: [&str; 6] = [
-    "health_check",
-    "tls",
-    "websocket",
-    "acme",
-    "https",
-    "metrics",
-];
+const UPSTREAM_ONLY: [&str; 5] = ["health_check", "tls", "acme", "https", "metrics"];
 
 mod routes;
 
@@ -77,15 +70,20 @@ pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config
 
     // Take every section first: a misspelt section is reported as such, not as the unknown
     // references it causes.
-    let (server, header_selector, plugins, services, groups, routes) = (
+    let (server, header_selector, plugins, services, groups, routes, websocket) = (
         top.get("server"),
         top.get("header_selector"),
         top.get("plugins"),
         top.get("services"),
         top.get("middleware_groups"),
         top.get("routes"),
+        top.get("websocket"),
     );
     top.finish(&cx)?;
+    let websocket = match websocket {
+        Some((n, p)) => cx.websocket(n, &p)?,
+        None => WebSocketAdapter::Memory,
+    };
     let server = match server {
         Some((n, p)) => cx.server(n, &p)?,
         None => ServerConfig::default(),
@@ -124,7 +122,7 @@ pub(super) fn decode(text: &str, file: Arc<Path>, env: Env<'_>) -> Result<Config
         services,
         routes,
         header_selector,
-        websocket: super::WebSocketAdapter::Memory,
+        websocket,
         router,
     })
 }
@@ -494,6 +492,119 @@ impl Cx<'_> {
         }
         m.finish(self)?;
         Ok(s)
+    }
+
+    /// `websocket:`, upstream's runtime key: `adapter_type: memory | redis | cluster` and the
+    /// `redis:` map.
+    fn websocket(&self, node: &Node<'_>, path: &str) -> Result<WebSocketAdapter> {
+        let mut m = self.map(node, path)?;
+        if let Some(n) = m.key_node("cluster") {
+            return Err(self.err(
+                n,
+                &join(path, "cluster"),
+                K::UnknownKey,
+                "upstream Nylon's `cluster` adapter is not supported by this host; use \
+                 `adapter_type: redis` with `redis:`",
+            ));
+        }
+        let (n, p) = m.req(self, "adapter_type")?;
+        let out = match self.string(n, &p)? {
+            "memory" => {
+                // Upstream ignores `redis:` here; check it all the same.
+                if let Some((rn, rp)) = m.get("redis") {
+                    self.redis(rn, &rp)?;
+                }
+                WebSocketAdapter::Memory
+            }
+            "redis" => {
+                let (rn, rp) = m.req(self, "redis")?;
+                WebSocketAdapter::Redis(self.redis(rn, &rp)?)
+            }
+            "cluster" => {
+                return Err(self.err(
+                    n,
+                    &p,
+                    K::BadValue,
+                    "`cluster` (upstream's Redis Cluster adapter) is not supported by this \
+                     host; use `redis`",
+                ))
+            }
+            other => {
+                return Err(self.err(
+                    n,
+                    &p,
+                    K::BadValue,
+                    format!("unknown adapter_type `{other}`; expected memory or redis"),
+                ))
+            }
+        };
+        m.finish(self)?;
+        Ok(out)
+    }
+
+    fn is_null(node: &Node<'_>) -> bool {
+        matches!(node.data, YamlData::Value(Scalar::Null))
+    }
+
+    /// `websocket.redis:`.
+    fn redis(&self, node: &Node<'_>, path: &str) -> Result<RedisConfig> {
+        let mut m = self.map(node, path)?;
+        let (n, p) = m.req(self, "host")?;
+        let host = self.name(n, &p)?.to_owned();
+        let (n, p) = m.req(self, "port")?;
+        let port = self.uint(n, &p)?;
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| self.err(n, &p, K::BadValue, "must be between 1 and 65535"))?;
+        let mut r = RedisConfig::new(host, port);
+        if let Some((n, p)) = m.get("password") {
+            if !Self::is_null(n) {
+                r.password = Some(self.string(n, &p)?.to_owned());
+            }
+        }
+        if let Some((n, p)) = m.get("db") {
+            if !Self::is_null(n) {
+                r.db = u8::try_from(self.uint(n, &p)?)
+                    .map_err(|_| self.err(n, &p, K::BadValue, "must be between 0 and 255"))?;
+            }
+        }
+        if let Some((n, p)) = m.get("key_prefix") {
+            if !Self::is_null(n) {
+                r.key_prefix = self.name(n, &p)?.to_owned();
+            }
+        }
+        if let Some((n, p)) = m.get("heartbeat_interval") {
+            r.heartbeat_interval = self.duration(n, &p)?;
+        }
+        let ttl = m.get("node_ttl");
+        if let Some((n, p)) = &ttl {
+            r.node_ttl = self.duration(n, p)?;
+        }
+        if let Some((n, p)) = m.get("janitor_interval") {
+            r.janitor_interval = self.duration(n, &p)?;
+        }
+        if let Some((n, p)) = m.get("queue") {
+            r.queue = self.positive(n, &p)?;
+        }
+        if r.node_ttl <= r.heartbeat_interval {
+            let (n, p) = match &ttl {
+                Some((n, p)) => (*n, p.clone()),
+                None => (node, join(path, "node_ttl")),
+            };
+            return Err(self.err(
+                n,
+                &p,
+                K::BadValue,
+                format!(
+                    "the heartbeat's time to live ({:?}) must be longer than heartbeat_interval \
+                     ({:?}), or a live node is taken for dead",
+                    r.node_ttl, r.heartbeat_interval
+                ),
+            ));
+        }
+        m.finish(self)?;
+        Ok(r)
     }
 
     fn plugins(&self, node: &Node<'_>, path: &str) -> Result<Vec<PluginConfig>> {
