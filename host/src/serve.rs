@@ -26,6 +26,8 @@ use crate::proxy::{
 use crate::route::{Params, RouteError};
 use crate::template::TemplateInput;
 use crate::transport::{HostTransport, PluginHandle, TransportKind};
+use crate::ws::conn::WsConfig;
+use crate::ws::rooms::Rooms;
 
 /// Options of the `nylon-serve` command line.
 #[derive(Clone, Debug)]
@@ -43,6 +45,9 @@ pub struct ServeOptions {
     /// Plugins do not change body lengths in their body filter: keep the
     /// upstream's `Content-Length` (see [`LoadedPlugin::rewrites_body`]).
     pub keep_content_length: bool,
+    /// WebSocket settings (ping interval, idle timeout, queue bounds, size
+    /// limits).
+    pub ws: WsConfig,
 }
 
 /// The config's routes over the loaded plugins.
@@ -264,6 +269,8 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
         },
         phase_wait: opts.phase_wait,
         stats: Arc::new(Stats::default()),
+        ws: opts.ws,
+        rooms: Arc::new(Rooms::new()),
     })
 }
 
