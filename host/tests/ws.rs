@@ -173,7 +173,7 @@ async fn case_room(proxy: &Proxy) {
     let mut other = connect(proxy, "/room?room=r2").await;
     // Drain the other members' markers.
     for (i, ws) in members.iter_mut().enumerate() {
-        let mut seen = vec![false; MEMBERS];
+        let mut seen = [false; MEMBERS];
         seen[i] = true;
         // The markers of the members that joined after i.
         for _ in (i + 1)..MEMBERS {

@@ -114,15 +114,13 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     /// Queues a client message for the plugin, in order.
-    fn to_plugin(&mut self, m: Inbound) {
-        if self.pending.is_empty() {
-            match self.io.inbound.try_send(m) {
-                Ok(()) => return,
-                Err(tokio::sync::mpsc::error::TrySendError::Full(m)) => self.pending.push_back(m),
-                // The plugin's side is gone (the phase ended).
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        } else {
+    fn deliver(&mut self, m: Inbound) {
+        if !self.pending.is_empty() {
+            self.pending.push_back(m);
+            return;
+        }
+        // `Closed`: the plugin's side is gone (the phase ended).
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(m)) = self.io.inbound.try_send(m) {
             self.pending.push_back(m);
         }
     }
@@ -131,7 +129,7 @@ impl Loop<'_> {
     fn end(&mut self) {
         if !self.ending {
             self.ending = true;
-            self.to_plugin(Inbound::Closed);
+            self.deliver(Inbound::Closed);
         }
     }
 
@@ -156,11 +154,11 @@ impl Loop<'_> {
             let reply = match conn.next_event() {
                 Ok(None) => return,
                 Ok(Some(Event::Text(t))) => {
-                    self.to_plugin(Inbound::Text(Bytes::copy_from_slice(t.as_bytes())));
+                    self.deliver(Inbound::Text(Bytes::copy_from_slice(t.as_bytes())));
                     continue;
                 }
                 Ok(Some(Event::Binary(b))) => {
-                    self.to_plugin(Inbound::Binary(Bytes::copy_from_slice(b)));
+                    self.deliver(Inbound::Binary(Bytes::copy_from_slice(b)));
                     continue;
                 }
                 Ok(Some(Event::Pong(_))) => continue,
