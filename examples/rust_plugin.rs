@@ -18,6 +18,9 @@
 //! - for the benchmarks: `scenario` (the request scenario), `empty`,
 //!   `read_command`, `ws_sink` (the anchor rows' operations), `ws_echo`,
 //!   `reads`, `commands`.
+//! - `ws_room`: room chat: joins the room named by the query's `room=` (or,
+//!   without one, by the first message) and broadcasts every later message
+//!   to it, the sender included.
 //! - for the proxy's end-to-end tests and load test (`host/`): `e2e_headers`,
 //!   `e2e_auth`, `e2e_payload`, `e2e_stream`, `e2e_append`, `delay_1ms` (see
 //!   the block at the end). With `"shutdown_file": PATH` in its config, the
@@ -86,6 +89,7 @@ impl Plugin for Example {
             "slow" => Box::new(Slow),
             "flood_after" => Box::new(FloodAfter),
             "ws_echo" => Box::new(WsEcho),
+            "ws_room" => Box::new(WsRoom(None)),
             "reads" => Box::new(Reads),
             "commands" => Box::new(Commands),
             "empty" => Box::new(Empty),
@@ -554,6 +558,41 @@ impl Session for WsEcho {
     fn on_websocket(&mut self, event: WsEvent<'_>, ws: &mut WsCx<'_>) {
         if let WsEvent::Text(t) = event {
             ws.send_text(t);
+        }
+    }
+}
+
+/// The room named by a query's `room=` parameter, if any.
+fn room_of(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("room="))
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+}
+
+/// Room chat: joins the room of the query's `room=` (else the first
+/// message names it), then broadcasts every message to it (sender included).
+struct WsRoom(Option<String>);
+
+impl Session for WsRoom {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        self.0 = room_of(&cx.request_query()?);
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, ws: &mut WsCx<'_>) {
+        match (event, &self.0) {
+            (WsEvent::Open, Some(room)) => ws.join_room(room),
+            (WsEvent::Text(t), None) => {
+                let room = String::from_utf8_lossy(t).into_owned();
+                ws.join_room(&room);
+                self.0 = Some(room);
+            }
+            (WsEvent::Text(t), Some(room)) => ws.broadcast_text(room, t),
+            (WsEvent::Binary(b), Some(room)) => ws.broadcast_binary(room, b),
+            _ => {}
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - `scenario`: the brief's request scenario (see `benches/README.md`).
 //! - `all`: every read, reported back as response headers.
 //! - `end`, `stream`, `ws`: answering, streaming, WebSocket echo with rooms.
+//! - `ws_room`: room chat: joins the room named by the query's `room=` (or by
+//!   the first message) and broadcasts every later message to it.
 //! - `async`: finishes request filter on another thread (detach/complete).
 //! - `error`, `panic`, `silent_async`, `flood`: failures the host must contain.
 //! - `empty`, `read_command`, `ws_sink`: the anchor rows' operations (nothing;
@@ -56,6 +58,7 @@ impl Plugin for Example {
         "e2e_stream",
         "e2e_append",
         "delay_1ms",
+        "ws_room",
     ];
 
     fn initialize(config: &[u8]) -> Result<Self, String> {
@@ -112,6 +115,7 @@ impl Plugin for Example {
             22 => Box::new(E2eStream),
             23 => Box::new(E2eAppend(0)),
             24 => Box::new(Delay1ms),
+            25 => Box::new(WsRoom(None)),
             _ => return None,
         })
     }
@@ -456,6 +460,37 @@ impl Handler for WsEcho {
     fn on_websocket(&mut self, event: WsEvent<'_>, cx: &mut Call<'_>) {
         if let WsEvent::Text(t) = event {
             cx.ws_send_text(t);
+        }
+    }
+}
+
+/// Room chat: joins the room of the query's `room=` (else the first
+/// message names it), then broadcasts every message to it (sender included).
+struct WsRoom(Option<String>);
+
+impl Handler for WsRoom {
+    fn request_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        self.0 = cx
+            .query()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("room="))
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        cx.websocket_upgrade();
+        Ok(Flow::Hold)
+    }
+
+    fn on_websocket(&mut self, event: WsEvent<'_>, cx: &mut Call<'_>) {
+        match (event, &self.0) {
+            (WsEvent::Open, Some(room)) => cx.join_room(room),
+            (WsEvent::Text(t), None) => {
+                let room = String::from_utf8_lossy(t).into_owned();
+                cx.join_room(&room);
+                self.0 = Some(room);
+            }
+            (WsEvent::Text(t), Some(room)) => cx.broadcast_text(room, t),
+            (WsEvent::Binary(b), Some(room)) => cx.broadcast_binary(room, b),
+            _ => {}
         }
     }
 }

@@ -21,6 +21,12 @@
  *                FlatBuffer, then nothing.
  *   c_threads    phase 1: 4 threads each send 100 SET_RESPONSE_HEADERs
  *                ("x-t<t>", "<i>"), then NEXT once all are joined.
+ *   c_ws_echo    phase 1: WEBSOCKET_UPGRADE; every text / binary message is
+ *                sent back as it came.
+ *   c_ws_room    phase 1: READ_REQUEST_QUERY, then WEBSOCKET_UPGRADE. Room
+ *                chat: joins the room of the query's `room=` on open (or,
+ *                without one, the room the first message names), then
+ *                broadcasts every later message to it (sender included).
  * Phases 2..4 send NEXT for every entry except c_silent.
  */
 #include <pthread.h>
@@ -42,7 +48,11 @@ enum entry {
     ENTRY_UNKNOWN,
     ENTRY_MALFORMED,
     ENTRY_THREADS,
+    ENTRY_WS_ECHO,
+    ENTRY_WS_ROOM,
 };
+
+#define MAX_ROOM 128
 
 /* Where c_basic's phase 1 is. */
 enum basic_stage {
@@ -60,6 +70,8 @@ struct session {
     enum basic_stage stage;
     unsigned char *path; /* c_basic: the path reply, owned (malloc) */
     size_t path_len;
+    char room[MAX_ROOM]; /* c_ws_room: the room, once known */
+    size_t room_len;
 };
 
 /* The session table and the config copy. `lock` is never held across a cb call. */
@@ -75,6 +87,7 @@ static const struct {
     {"c_basic", ENTRY_BASIC},         {"c_next", ENTRY_NEXT},
     {"c_silent", ENTRY_SILENT},       {"c_unknown", ENTRY_UNKNOWN},
     {"c_malformed", ENTRY_MALFORMED}, {"c_threads", ENTRY_THREADS},
+    {"c_ws_echo", ENTRY_WS_ECHO},     {"c_ws_room", ENTRY_WS_ROOM},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -250,6 +263,12 @@ static void phase_start(uint32_t sid, uint8_t phase)
     case ENTRY_THREADS:
         run_threads(sid, cb);
         break;
+    case ENTRY_WS_ECHO:
+        send_msg(cb, sid, NYLON_METHOD_WEBSOCKET_UPGRADE, NULL, 0);
+        break;
+    case ENTRY_WS_ROOM:
+        send_msg(cb, sid, NYLON_METHOD_READ_REQUEST_QUERY, NULL, 0);
+        break;
     case ENTRY_NONE:
         break;
     }
@@ -266,6 +285,95 @@ static void basic_finish(uint32_t sid, data_event_fn cb, const unsigned char *pa
     send_msg(cb, sid, NYLON_METHOD_SET_RESPONSE_STATUS, status, sizeof status);
     send_msg(cb, sid, NYLON_METHOD_SET_RESPONSE_FULL_BODY, body, sizeof body - 1);
     send_msg(cb, sid, NYLON_METHOD_END, NULL, 0);
+}
+
+/* Sends `room` NUL `data` as a broadcast (312 text, 313 binary). */
+static void broadcast(data_event_fn cb, uint32_t sid, uint32_t method, const char *room,
+                      size_t room_len, const unsigned char *data, size_t len)
+{
+    unsigned char *p;
+    if (len > SIZE_MAX - room_len - 1 || (p = malloc(room_len + 1 + len)) == NULL)
+        return;
+    memcpy(p, room, room_len);
+    p[room_len] = 0;
+    if (len)
+        memcpy(p + room_len + 1, data, len);
+    send_msg(cb, sid, method, p, room_len + 1 + len);
+    free(p);
+}
+
+/* c_ws_echo and c_ws_room: the query's reply and the WebSocket events. */
+static void ws_reply(const FfiBuffer *buf, const unsigned char *data, size_t len)
+{
+    char room[MAX_ROOM];
+    size_t room_len = 0;
+    enum entry entry;
+    data_event_fn cb;
+    int join = 0;
+
+    pthread_mutex_lock(&lock);
+    struct session *s = find(buf->sid);
+    if (s == NULL || (s->entry != ENTRY_WS_ECHO && s->entry != ENTRY_WS_ROOM)) {
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    entry = s->entry;
+    cb = s->cb;
+    if (entry == ENTRY_WS_ROOM && buf->method == NYLON_METHOD_READ_REQUEST_QUERY) {
+        /* room=NAME among &-separated pairs */
+        size_t i = 0;
+        while (i < len) {
+            size_t end = i;
+            while (end < len && data[end] != '&')
+                end++;
+            if (end - i > 5 && memcmp(data + i, "room=", 5) == 0 && end - i - 5 <= MAX_ROOM) {
+                memcpy(s->room, data + i + 5, end - i - 5);
+                s->room_len = end - i - 5;
+                break;
+            }
+            i = end + 1;
+        }
+    } else if (entry == ENTRY_WS_ROOM && s->room_len == 0 &&
+               buf->method == NYLON_METHOD_WEBSOCKET_ON_MESSAGE_TEXT && len > 0 &&
+               len <= MAX_ROOM) {
+        /* The first message names the room. */
+        memcpy(s->room, data, len);
+        s->room_len = len;
+        join = 1;
+    } else if (entry == ENTRY_WS_ROOM && buf->method == NYLON_METHOD_WEBSOCKET_ON_OPEN) {
+        join = s->room_len != 0;
+    }
+    room_len = s->room_len;
+    memcpy(room, s->room, room_len);
+    pthread_mutex_unlock(&lock);
+
+    switch (buf->method) {
+    case NYLON_METHOD_READ_REQUEST_QUERY:
+        send_msg(cb, buf->sid, NYLON_METHOD_WEBSOCKET_UPGRADE, NULL, 0);
+        break;
+    case NYLON_METHOD_WEBSOCKET_ON_OPEN:
+        if (join)
+            send_msg(cb, buf->sid, NYLON_METHOD_WEBSOCKET_JOIN_ROOM, room, room_len);
+        break;
+    case NYLON_METHOD_WEBSOCKET_ON_MESSAGE_TEXT:
+    case NYLON_METHOD_WEBSOCKET_ON_MESSAGE_BINARY:
+        if (entry == ENTRY_WS_ECHO) {
+            uint32_t m = buf->method == NYLON_METHOD_WEBSOCKET_ON_MESSAGE_TEXT
+                             ? NYLON_METHOD_WEBSOCKET_SEND_TEXT
+                             : NYLON_METHOD_WEBSOCKET_SEND_BINARY;
+            send_msg(cb, buf->sid, m, data, len);
+        } else if (join) {
+            send_msg(cb, buf->sid, NYLON_METHOD_WEBSOCKET_JOIN_ROOM, room, room_len);
+        } else if (room_len != 0) {
+            uint32_t m = buf->method == NYLON_METHOD_WEBSOCKET_ON_MESSAGE_TEXT
+                             ? NYLON_METHOD_WEBSOCKET_BROADCAST_ROOM_TEXT
+                             : NYLON_METHOD_WEBSOCKET_BROADCAST_ROOM_BINARY;
+            broadcast(cb, buf->sid, m, room, room_len, data, len);
+        }
+        break;
+    default: /* 353 close, 354 error: the host ends the phase */
+        break;
+    }
 }
 
 static void reply(const FfiBuffer *buf)
@@ -288,6 +396,11 @@ static void reply(const FfiBuffer *buf)
 
     pthread_mutex_lock(&lock);
     struct session *s = find(buf->sid);
+    if (s != NULL && (s->entry == ENTRY_WS_ECHO || s->entry == ENTRY_WS_ROOM)) {
+        pthread_mutex_unlock(&lock);
+        ws_reply(buf, data, len);
+        return;
+    }
     if (s == NULL || s->entry != ENTRY_BASIC) {
         pthread_mutex_unlock(&lock);
         return;

@@ -19,12 +19,19 @@
 //! stall the drainer. Memory is bounded by `STREAM_QUEUE` chunks.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use nylon_transport::host::context::ResponseHeaders;
 use nylon_transport::host::{HttpContext, WsMessage, WsRecv};
+use nylon_transport::ws::{opcode, write_frame};
 use tokio::sync::mpsc;
+
+use crate::ws::cluster::RoomMessage;
+use crate::ws::conn::{Inbound, PushError, WsLink};
+use crate::ws::handshake;
+use crate::ws::rooms::Rooms;
 
 /// Stream events that may wait for the client, per request, at most.
 pub const STREAM_QUEUE: usize = 1024;
@@ -107,6 +114,10 @@ pub struct RequestState {
     stream_ended: bool,
     /// Bytes of response body sent to the client (for the logging phase).
     bytes_sent: u64,
+
+    /// A plugin service's request that asked for a WebSocket: its queues.
+    ws: Option<WsLink>,
+    rooms: Option<Arc<Rooms>>,
 }
 
 /// The request fields `request_filter` copies out of Pingora's header.
@@ -173,6 +184,35 @@ impl RequestState {
             stream_started: false,
             stream_ended: false,
             bytes_sent: 0,
+            ws: None,
+            rooms: None,
+        }
+    }
+
+    /// Lets the plugin service accept a WebSocket on this request: the
+    /// handshake's queues and this node's rooms.
+    pub fn enable_websocket(&mut self, link: WsLink, rooms: Arc<Rooms>) {
+        self.ws = Some(link);
+        self.rooms = Some(rooms);
+    }
+
+    /// Whether the request's headers ask for an upgrade (any `Upgrade`
+    /// header): only then are a WebSocket's queues set up.
+    pub fn asks_upgrade(&self) -> bool {
+        self.request_header(b"upgrade").is_some()
+    }
+
+    /// The connection's id, once the handshake was accepted.
+    pub fn websocket_id(&self) -> Option<&crate::ws::cluster::ConnId> {
+        self.ws.as_ref().filter(|l| l.upgraded).map(|l| &l.id)
+    }
+
+    /// The open link and the rooms, when the connection is upgraded and the
+    /// plugin has not closed it.
+    fn open_ws(&mut self) -> Option<(&mut WsLink, Option<&Arc<Rooms>>)> {
+        match self.ws.as_mut() {
+            Some(l) if l.upgraded && !l.closed => Some((l, self.rooms.as_ref())),
+            _ => None,
         }
     }
 
@@ -317,6 +357,18 @@ impl RequestState {
             self.stream_started = true;
         }
         Ok(())
+    }
+}
+
+impl Drop for RequestState {
+    /// A connection that ended without the proxy's cleanup (a dropped
+    /// request task) still leaves its rooms.
+    fn drop(&mut self) {
+        if let (Some(link), Some(rooms)) = (&self.ws, &self.rooms) {
+            if link.upgraded {
+                rooms.close(&link.id);
+            }
+        }
     }
 }
 
@@ -491,29 +543,121 @@ impl HttpContext for RequestState {
         &self.error
     }
 
+    /// Checks the opening handshake. A good one is accepted (the proxy task
+    /// writes the 101 and runs the connection); a bad one is answered by the
+    /// host (400, or 426 with `Sec-WebSocket-Version: 13`) and the phase
+    /// ends as END.
     fn websocket_upgrade(&mut self) -> Result<(), String> {
-        // The host answers the client itself (the phase ends as END).
-        self.status = Some(501);
-        self.body_set = Some(b"WebSocket is not supported by nylon-serve".to_vec());
-        Err("WebSocket is not supported by nylon-serve".into())
+        if self.ws.as_ref().is_some_and(|l| l.upgraded) {
+            return Ok(());
+        }
+        let checked = handshake::check(
+            &self.method,
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_slice(), v.as_slice())),
+        );
+        let refusal = match (checked, self.ws.as_mut()) {
+            (Ok(accept), Some(link)) => {
+                link.upgraded = true;
+                link.outbox.accept(accept);
+                if let Some(rooms) = &self.rooms {
+                    rooms.open(&link.id, Arc::clone(&link.outbox));
+                }
+                return Ok(());
+            }
+            (Ok(_), None) => handshake::Refusal::BadRequest(
+                "a WebSocket upgrade is only available to a plugin service",
+            ),
+            (Err(r), _) => r,
+        };
+        self.status = Some(refusal.status());
+        if refusal == handshake::Refusal::Version {
+            self.set_response_header("sec-websocket-version", "13");
+        }
+        self.set_response_header("content-type", "text/plain");
+        self.body_set = Some(refusal.reason().as_bytes().to_vec());
+        Err(refusal.reason().to_string())
     }
 
-    fn websocket_send(&mut self, _msg: WsMessage<'_>) -> Result<(), String> {
-        Err("websocket is not open".into())
+    fn websocket_send(&mut self, msg: WsMessage<'_>) -> Result<(), String> {
+        let Some((link, _)) = self.open_ws() else {
+            return Err("websocket is not open".into());
+        };
+        let (op, data) = match msg {
+            WsMessage::Text(t) => {
+                if std::str::from_utf8(t).is_err() {
+                    return Err("a text message must be UTF-8".into());
+                }
+                (opcode::TEXT, t)
+            }
+            WsMessage::Binary(b) => (opcode::BINARY, b),
+        };
+        let mut out = Vec::with_capacity(data.len() + 10);
+        write_frame(&mut out, op, data);
+        link.outbox.push(Bytes::from(out)).map_err(|e| match e {
+            PushError::Full => "the client reads too slowly: outgoing queue full, \
+                                connection dropped (1013)"
+                .to_string(),
+            PushError::Closed => "websocket is closing".to_string(),
+        })
     }
 
-    fn websocket_close(&mut self) {}
+    fn websocket_close(&mut self) {
+        if let Some(link) = self.ws.as_mut() {
+            if link.upgraded && !link.closed {
+                link.closed = true;
+                link.outbox.request_close(1000);
+            }
+        }
+    }
 
     fn websocket_recv(&mut self, _wait: Duration, buf: &mut Vec<u8>) -> WsRecv {
         buf.clear();
-        WsRecv::Closed
+        let Some(link) = self.ws.as_mut().filter(|l| l.upgraded) else {
+            return WsRecv::Closed;
+        };
+        match link.inbound.try_recv() {
+            Ok(Inbound::Text(b)) => {
+                buf.extend_from_slice(&b);
+                WsRecv::Text
+            }
+            Ok(Inbound::Binary(b)) => {
+                buf.extend_from_slice(&b);
+                WsRecv::Binary
+            }
+            Ok(Inbound::Closed) | Err(mpsc::error::TryRecvError::Disconnected) => WsRecv::Closed,
+            Err(mpsc::error::TryRecvError::Empty) => WsRecv::Idle,
+        }
     }
 
-    fn websocket_join_room(&mut self, _room: &str) {}
+    fn websocket_join_room(&mut self, room: &str) {
+        if let Some((link, Some(rooms))) = self.open_ws() {
+            rooms.join(&link.id, room);
+        }
+    }
 
-    fn websocket_leave_room(&mut self, _room: &str) {}
+    fn websocket_leave_room(&mut self, room: &str) {
+        if let Some((link, Some(rooms))) = self.open_ws() {
+            rooms.leave(&link.id, room);
+        }
+    }
 
-    fn websocket_broadcast(&mut self, _room: &str, _msg: WsMessage<'_>) {}
+    /// Every member of the room gets it, the sender included. A text that is
+    /// not UTF-8 is not sent (the command has no way to report an error).
+    fn websocket_broadcast(&mut self, room: &str, msg: WsMessage<'_>) {
+        let Some((_, Some(rooms))) = self.open_ws() else {
+            return;
+        };
+        let msg = match msg {
+            WsMessage::Text(t) if std::str::from_utf8(t).is_ok() => {
+                RoomMessage::Text(Bytes::copy_from_slice(t))
+            }
+            WsMessage::Text(_) => return,
+            WsMessage::Binary(b) => RoomMessage::Binary(Bytes::copy_from_slice(b)),
+        };
+        rooms.broadcast(room, &msg);
+    }
 }
 
 #[cfg(test)]

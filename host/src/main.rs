@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 use nylon_host::proxy::PhaseWait;
 use nylon_host::serve::{parse_transport, run, ServeOptions};
+use nylon_host::ws::conn::WsConfig;
+use nylon_transport::ws::codec::Limits;
 
 /// The Nylon host: a Pingora proxy that runs nylon-transport plugins.
 #[derive(Debug, Parser)]
@@ -37,6 +39,27 @@ struct Cli {
     /// response cut short).
     #[arg(long)]
     keep_content_length: bool,
+    /// WebSocket: a ping to every client this often (milliseconds; upstream
+    /// Nylon pings every 20 s).
+    #[arg(long, default_value_t = 20_000)]
+    ws_ping_interval_ms: u64,
+    /// WebSocket: close (1001) a connection whose client sent nothing, not
+    /// even a pong, for this long (milliseconds).
+    #[arg(long, default_value_t = 120_000)]
+    ws_idle_timeout_ms: u64,
+    /// WebSocket: frames waiting for one client, at most; beyond it (or
+    /// `--ws-queue-bytes`) the client is too slow and is dropped with 1013.
+    #[arg(long, default_value_t = 1024)]
+    ws_queue: usize,
+    /// WebSocket: bytes of frames waiting for one client, at most.
+    #[arg(long, default_value_t = 1 << 20)]
+    ws_queue_bytes: usize,
+    /// WebSocket: the largest client frame payload (1009 beyond).
+    #[arg(long, default_value_t = 1 << 20)]
+    ws_max_frame: usize,
+    /// WebSocket: the largest client message, fragments together (1009 beyond).
+    #[arg(long, default_value_t = 4 << 20)]
+    ws_max_message: usize,
     /// Load the config and the plugins, check every entry, and exit.
     #[arg(long)]
     check: bool,
@@ -56,6 +79,16 @@ fn main() -> ExitCode {
             phase_timeout: Duration::from_millis(cli.phase_timeout_ms),
             threads: cli.threads,
             keep_content_length: cli.keep_content_length,
+            ws: WsConfig {
+                ping_interval: Duration::from_millis(cli.ws_ping_interval_ms.max(1)),
+                idle_timeout: Duration::from_millis(cli.ws_idle_timeout_ms.max(1)),
+                queue: cli.ws_queue.max(1),
+                queue_bytes: cli.ws_queue_bytes,
+                limits: Limits {
+                    max_frame: cli.ws_max_frame,
+                    max_message: cli.ws_max_message,
+                },
+            },
         };
         if cli.check {
             let host = nylon_host::serve::load(&opts)?;

@@ -45,6 +45,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::ctx::{HeaderChange, RequestSnapshot, RequestState, StreamEvent, STREAM_QUEUE};
 use crate::transport::{HostSession, HostTransport, PluginHandle};
+use crate::ws::conn::{self, WsConfig, WsIo};
+use crate::ws::pump::{self, Ended};
+use crate::ws::rooms::Rooms;
 
 /// How a phase that does not end inside the call is waited for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,6 +79,14 @@ pub struct Stats {
     pub sessions_opened: AtomicU64,
     /// Sessions closed.
     pub sessions_closed: AtomicU64,
+    /// WebSocket handshakes accepted (101 sent).
+    pub ws_upgrades: AtomicU64,
+    /// WebSocket connections dropped by the slow-client policy (1013).
+    pub ws_dropped_slow: AtomicU64,
+    /// WebSocket connections closed for a protocol error (1002, 1007, 1009).
+    pub ws_protocol_errors: AtomicU64,
+    /// WebSocket connections closed by the idle timeout (1001).
+    pub ws_idle_timeouts: AtomicU64,
 }
 
 impl Stats {
@@ -90,6 +101,10 @@ impl Stats {
             "body_blocking_waits": l(&self.body_blocking_waits),
             "sessions_opened": l(&self.sessions_opened),
             "sessions_closed": l(&self.sessions_closed),
+            "ws_upgrades": l(&self.ws_upgrades),
+            "ws_dropped_slow": l(&self.ws_dropped_slow),
+            "ws_protocol_errors": l(&self.ws_protocol_errors),
+            "ws_idle_timeouts": l(&self.ws_idle_timeouts),
         })
     }
 }
@@ -223,6 +238,11 @@ pub struct Host<R: Routes> {
     pub phase_wait: PhaseWait,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+    /// This node's WebSocket rooms (a cluster adapter is set on them with
+    /// [`Rooms::set_cluster`]).
+    pub rooms: Arc<Rooms>,
 }
 
 impl<R: Routes> std::fmt::Debug for Host<R> {
@@ -495,6 +515,52 @@ impl<R: Routes> NylonProxy<R> {
         outcome
     }
 
+    /// Runs a plugin service's request filter on a request that asked for an
+    /// upgrade: the phase and, once the plugin accepts the handshake, the
+    /// WebSocket connection (see [`pump`]).
+    async fn run_ws_phase(
+        &self,
+        session: &mut Session,
+        s: &mut ActiveSession,
+        state: &mut RequestState,
+        io: &mut WsIo,
+    ) -> Ended {
+        let Some(hs) = s.session.as_mut() else {
+            return Ended::NotUpgraded(PhaseOutcome::Error(
+                nylon_transport::transport::SessionError::Closed,
+            ));
+        };
+        let plugin = &*s.plugin;
+        let previous = state.swap_payload(s.payload.take());
+        let ended = {
+            let fut = plugin.transport.phase(hs, Phase::RequestFilter, state);
+            let fut = pin!(fut);
+            pump::run(
+                session,
+                fut,
+                io,
+                &self.host.ws,
+                plugin.timeout,
+                &self.host.stats,
+            )
+            .await
+        };
+        s.payload = state.swap_payload(previous);
+        let outcome = match &ended {
+            Ended::NotUpgraded(o) | Ended::Upgraded(o) => o,
+        };
+        if is_fault(outcome) {
+            s.failed = true;
+            let counter = if *outcome == PhaseOutcome::Timeout {
+                &self.host.stats.timeouts
+            } else {
+                &self.host.stats.errors
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        ended
+    }
+
     /// Runs the body filter of every session over one chunk, synchronously
     /// (Pingora's hook is not async).
     fn body_phase(&self, ctx: &mut RequestCtx, body: &mut Option<Bytes>) -> Result<()> {
@@ -698,6 +764,32 @@ impl<R: Routes> NylonProxy<R> {
         let Some(mut state) = ctx.state.take() else {
             return Ok(true);
         };
+        if state.asks_upgrade() {
+            let (link, mut io) = conn::link(&self.host.ws);
+            state.enable_websocket(link, Arc::clone(&self.host.rooms));
+            match self
+                .run_ws_phase(session, &mut s, &mut state, &mut io)
+                .await
+            {
+                Ended::NotUpgraded(outcome) => {
+                    return self
+                        .after_service_phase(session, ctx, s, state, None, outcome)
+                        .await;
+                }
+                Ended::Upgraded(_) => {
+                    if let Some(id) = state.websocket_id() {
+                        self.host.rooms.close(id);
+                    }
+                    ctx.state = Some(state);
+                    ctx.sessions
+                        .get_mut()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(s);
+                    ctx.responded = true;
+                    return Ok(true);
+                }
+            }
+        }
         let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
         state.enable_stream(tx);
         let outcome = self
@@ -709,12 +801,29 @@ impl<R: Routes> NylonProxy<R> {
             )
             .await;
         state.disable_stream();
+        self.after_service_phase(session, ctx, s, state, Some(rx), outcome)
+            .await
+    }
+
+    /// Answers after a plugin service's request filter: the stream events
+    /// still queued, a fault, or the response the plugin set.
+    async fn after_service_phase(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        s: ActiveSession,
+        state: RequestState,
+        rx: Option<mpsc::Receiver<StreamEvent>>,
+        outcome: PhaseOutcome,
+    ) -> Result<bool> {
         // Events sent before the phase ended (all of them, for a phase that
         // ended inside the call).
         let mut write_error = None;
-        while let Ok(ev) = rx.try_recv() {
-            if write_error.is_none() {
-                write_error = write_event(session, ev).await.err();
+        if let Some(mut rx) = rx {
+            while let Ok(ev) = rx.try_recv() {
+                if write_error.is_none() {
+                    write_error = write_event(session, ev).await.err();
+                }
             }
         }
         let (started, ended) = state.stream_state();

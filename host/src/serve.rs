@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{
     Config, ConfigError, ConfigErrorKind, MiddlewareKind, PluginCall, ServiceKind, TransportChoice,
+    WebSocketAdapter,
 };
 use crate::ctx::{HeaderChange, RequestSnapshot};
 use crate::proxy::{
@@ -26,6 +27,10 @@ use crate::proxy::{
 use crate::route::{Params, RouteError};
 use crate::template::TemplateInput;
 use crate::transport::{HostTransport, PluginHandle, TransportKind};
+use crate::ws::cluster::{Cluster, LocalRooms};
+use crate::ws::conn::WsConfig;
+use crate::ws::redis::RedisCluster;
+use crate::ws::rooms::Rooms;
 
 /// Options of the `nylon-serve` command line.
 #[derive(Clone, Debug)]
@@ -43,6 +48,9 @@ pub struct ServeOptions {
     /// Plugins do not change body lengths in their body filter: keep the
     /// upstream's `Content-Length` (see [`LoadedPlugin::rewrites_body`]).
     pub keep_content_length: bool,
+    /// WebSocket settings (ping interval, idle timeout, queue bounds, size
+    /// limits).
+    pub ws: WsConfig,
 }
 
 /// The config's routes over the loaded plugins.
@@ -264,6 +272,8 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
         },
         phase_wait: opts.phase_wait,
         stats: Arc::new(Stats::default()),
+        ws: opts.ws,
+        rooms: Arc::new(Rooms::new()),
     })
 }
 
@@ -274,6 +284,9 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
 /// As [`load`].
 pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
     let host = Arc::new(load(opts)?);
+    // Rooms across nodes: connected before serving, so that an unreachable Redis stops the
+    // start-up with an error naming it.
+    let cluster = start_cluster(&host)?;
     let server_cfg = &host.routes.config.server;
     let conf = ServerConf {
         threads: opts
@@ -322,8 +335,56 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
     );
     server.run(RunArgs::default());
     eprintln!("nylon-serve: stats {}", host.stats.to_json());
+    if let Some((runtime, cluster)) = cluster {
+        runtime.block_on(cluster.shutdown());
+        eprintln!("nylon-serve: websocket cluster {:?}", cluster.stats());
+    }
     shutdown(host);
     Ok(())
+}
+
+/// With `websocket: {adapter_type: redis}`: connects the Redis cluster adapter on a runtime
+/// of its own (one thread: the adapter's command, pub/sub and janitor tasks), hands it to the
+/// rooms, and subscribes.
+///
+/// # Errors
+///
+/// Redis does not answer, or refuses the password or database.
+#[allow(clippy::type_complexity)]
+fn start_cluster(
+    host: &Host<ConfigRoutes>,
+) -> anyhow::Result<Option<(tokio::runtime::Runtime, Arc<RedisCluster>)>> {
+    let WebSocketAdapter::Redis(cfg) = &host.routes.config.websocket else {
+        return Ok(None);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("nylon-ws-cluster")
+        .enable_all()
+        .build()
+        .context("cannot start the WebSocket cluster runtime")?;
+    let cluster = runtime
+        .block_on(RedisCluster::connect(cfg))
+        .context("websocket.redis")?;
+    if host
+        .rooms
+        .set_cluster(Arc::clone(&cluster) as Arc<dyn Cluster>)
+        .is_err()
+    {
+        anyhow::bail!("the rooms already have a cluster adapter");
+    }
+    runtime
+        .block_on(cluster.attach(Arc::clone(&host.rooms) as Arc<dyn LocalRooms>))
+        .context("websocket.redis")?;
+    eprintln!(
+        "nylon-serve: websocket rooms across nodes on Redis {}:{} db {} prefix `{}`, node {}",
+        cfg.host,
+        cfg.port,
+        cfg.db,
+        cfg.key_prefix,
+        cluster.node_id()
+    );
+    Ok(Some((runtime, cluster)))
 }
 
 /// Calls every plugin's `shutdown` once: legacy plugins explicitly, v2 ones
