@@ -84,17 +84,23 @@ async fn connect(proxy: &Proxy, path: &str) -> Ws {
     ws
 }
 
+/// The next data message (pings and pongs skipped), within one bound for the
+/// whole wait (the server's pings must not extend it).
 async fn next(ws: &mut Ws) -> Message {
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a message within the bound")
-            .expect("the stream is open")
-            .expect("a valid message");
-        if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
-            return m;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let m = ws
+                .next()
+                .await
+                .expect("the stream is open")
+                .expect("a valid message");
+            if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+                return m;
+            }
         }
-    }
+    })
+    .await
+    .expect("a data message within the bound")
 }
 
 async fn send(ws: &mut Ws, m: Message) {
