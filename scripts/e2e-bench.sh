@@ -14,11 +14,17 @@
 #    phases as futures (`--phase-wait future`) against the thread-blocking
 #    synchronous wait (`--phase-wait block`), each on its own proxy process.
 #
+# 3. WebSocket echo through the proxy (`ws_echo` as a plugin service on each
+#    transport, proxy A), driven by host/examples/ws_load.rs: WS_CONNS
+#    connections, each keeping WS_WINDOW messages of WS_SIZE bytes in flight
+#    for DURATION; messages echoed per second, every echo checked in order.
+#
 # Proxies A (futures) and B (blocking wait) run with --keep-content-length;
 # proxy C (futures, default framing) gives the rows "re-framed chunked".
 #
-# Environment: ROUNDS (3), DURATION (10s), CONNS (64), SLOW_CONNS (256),
-# PROXY_THREADS (2), UPSTREAM_THREADS (1), WRK_THREADS (1).
+# Environment: ROUNDS (3), DURATION (10s, whole seconds), CONNS (64),
+# SLOW_CONNS (256), PROXY_THREADS (2), UPSTREAM_THREADS (1), WRK_THREADS (1),
+# WS_CONNS (64), WS_WINDOW (16), WS_SIZE (64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +35,9 @@ SLOW_CONNS=${SLOW_CONNS:-256}
 PROXY_THREADS=${PROXY_THREADS:-2}
 UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
+WS_CONNS=${WS_CONNS:-64}
+WS_WINDOW=${WS_WINDOW:-16}
+WS_SIZE=${WS_SIZE:-64}
 DOCS=0
 [ "${1:-}" = "--docs" ] && DOCS=1
 
@@ -38,7 +47,7 @@ command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cm
 TARGET=${CARGO_TARGET_DIR:-target}
 # NYLON_CARGO_LOCK=/tmp/nylon-cargo.lock serialises the builds with other users of the machine.
 cargo_() { if [ -n "${NYLON_CARGO_LOCK:-}" ]; then flock "$NYLON_CARGO_LOCK" cargo "$@"; else cargo "$@"; fi; }
-cargo_ build --release -q -p nylon-host --bin nylon-serve --example upstream
+cargo_ build --release -q -p nylon-host --bin nylon-serve --example upstream --example ws_load
 cargo_ build --release -q -p nylon-transport --example rust_plugin --example v2_plugin
 
 work=$(mktemp -d)
@@ -79,6 +88,9 @@ services:
   - name: up
     service_type: http
     endpoints: [ { ip: 127.0.0.1, port: $UP } ]
+  - { name: ws-baseline, service_type: plugin, plugin: { name: lb, entry: ws_echo } }
+  - { name: ws-fast, service_type: plugin, plugin: { name: lf, entry: ws_echo } }
+  - { name: ws-v2, service_type: plugin, plugin: { name: v2, entry: ws_echo } }
 routes:
   - route: { type: host, value: "127.0.0.1" }
     name: bench
@@ -90,6 +102,9 @@ routes:
       - { path: "/delay-baseline", service: { name: up }, middleware: [ { plugin: lb, entry: delay_1ms } ] }
       - { path: "/delay-fast", service: { name: up }, middleware: [ { plugin: lf, entry: delay_1ms } ] }
       - { path: "/delay-v2", service: { name: up }, middleware: [ { plugin: v2, entry: delay_1ms } ] }
+      - { path: "/ws-baseline", service: { name: ws-baseline } }
+      - { path: "/ws-fast", service: { name: ws-fast } }
+      - { path: "/ws-v2", service: { name: ws-v2 } }
 EOF
 }
 config "$PA" >"$work/a.yaml"
@@ -123,6 +138,15 @@ done
 
 results="$work/results.txt"
 : >"$results"
+ws_results="$work/ws_results.txt"
+: >"$ws_results"
+DURATION_MS=$(( ${DURATION%s} * 1000 ))
+run_ws() { # label port path
+  local out
+  out=$("$TARGET/release/examples/ws_load" "ws://127.0.0.1:$2$3" "$WS_CONNS" "$DURATION_MS" "$WS_WINDOW" "$WS_SIZE")
+  echo "== $1 $out" >>"$ws_results"
+  echo "$1 c=$WS_CONNS: $(echo "$out" | sed 's/.*msgs_per_s=//') msgs/s" >&2
+}
 run() { # label port path conns
   local out
   out=$(wrk -t"$WRK_THREADS" -c"$4" -d"$DURATION" --latency -H 'x-request-id: bench' "http://127.0.0.1:$2$3")
@@ -149,6 +173,9 @@ for r in $(seq 1 "$ROUNDS"); do
   run slow-v2-block "$PB" /delay-v2 "$SLOW_CONNS"
   run slow-baseline-future "$PA" /delay-baseline "$SLOW_CONNS"
   run slow-baseline-block "$PB" /delay-baseline "$SLOW_CONNS"
+  run_ws ws-baseline "$PA" /ws-baseline
+  run_ws ws-fast "$PA" /ws-fast
+  run_ws ws-v2 "$PA" /ws-v2
 done
 
 machine=$(printf '%s, %s logical CPUs, %s GiB RAM, Linux %s' \
@@ -161,9 +188,11 @@ stats_a=$(grep -h 'nylon-serve: stats' "$work/a.log" | sed 's/nylon-serve: stats
 stats_b=$(grep -h 'nylon-serve: stats' "$work/b.log" | sed 's/nylon-serve: stats //' || true)
 
 table=$(python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" "$SLOW_CONNS" "$PROXY_THREADS" \
-  "$UPSTREAM_THREADS" "$WRK_THREADS" "$machine" "$stats_a" "$stats_b" <<'PY'
+  "$UPSTREAM_THREADS" "$WRK_THREADS" "$machine" "$stats_a" "$stats_b" "$ws_results" \
+  "$WS_CONNS" "$WS_WINDOW" "$WS_SIZE" <<'PY'
 import re, statistics, sys
 path, rounds, duration, conns, slow, pthreads, uthreads, wthreads, machine, sa, sb = sys.argv[1:12]
+ws_path, ws_conns, ws_window, ws_size = sys.argv[12:16]
 def ms(v):
     m = re.match(r'([\d.]+)(us|ms|s)', v)
     if not m: return float('nan')
@@ -223,6 +252,30 @@ for t, tn in [('fast', 'legacy, fast'), ('v2', 'v2'), ('baseline', 'legacy, base
                    f"{r[2]:.2f} ms | {', '.join(f'{x[0]:.0f}' for x in rows[label])} | "
                    f"{sum(x[3] for x in rows[label])} |")
 out.append("")
+ws = {}
+for line in open(ws_path):
+    m = re.match(r'== (\S+) .*msgs_per_s=([\d.]+)', line)
+    if m:
+        ws.setdefault(m.group(1), []).append(float(m.group(2)))
+if ws:
+    out.append(f"### WebSocket echo, {ws_conns} connections, {ws_window} messages of {ws_size} bytes "
+               f"in flight per connection")
+    out.append("")
+    out.append("`ws_echo` as a plugin service on proxy A; `host/examples/ws_load.rs` checks every echo "
+               "arrives in order. Messages echoed per second (median round).")
+    out.append("")
+    out.append("| route | msgs/s | vs v2 | msgs/s per round |")
+    out.append("|---|---:|---:|---|")
+    wnames = {'ws-baseline': 'legacy plugin, baseline transport',
+              'ws-fast': 'legacy plugin, fast transport', 'ws-v2': 'v2 plugin'}
+    for label in ['ws-baseline', 'ws-fast', 'ws-v2']:
+        if label not in ws:
+            continue
+        runs = ws[label]
+        m = sorted(runs)[len(runs) // 2]
+        r = statistics.median(a / b for a, b in zip(runs, ws['ws-v2']))
+        out.append(f"| {wnames[label]} | {m:.0f} | {r:.3f} | {', '.join(f'{x:.0f}' for x in runs)} |")
+    out.append("")
 out.append(f"Host counters at exit (futures proxy A): `{sa}`; (blocking proxy B): `{sb}`.")
 print("\n".join(out))
 PY

@@ -617,7 +617,8 @@ impl HttpContext for RequestState {
         let Some(link) = self.ws.as_mut().filter(|l| l.upgraded) else {
             return WsRecv::Closed;
         };
-        match link.inbound.try_recv() {
+        // The permit goes back to the inbound budget as the message is taken.
+        match link.inbound.try_recv().map(|(m, _permit)| m) {
             Ok(Inbound::Text(b)) => {
                 buf.extend_from_slice(&b);
                 WsRecv::Text

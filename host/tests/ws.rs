@@ -105,10 +105,12 @@ async fn connect(proxy: &Proxy, path: &str) -> Ws {
     ws
 }
 
-/// The next data message (pings and pongs skipped).
+/// The next data message (pings and pongs skipped), within one bound for
+/// the whole wait (the server's pings must not extend it).
 async fn next(ws: &mut Ws) -> Message {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("a message within the bound")
             .expect("the stream is open")
@@ -345,18 +347,23 @@ impl Raw {
         }
     }
 
-    /// Reads frames up to the server's close; its code.
+    /// Reads frames up to the server's close (within one bound for the
+    /// whole wait); its code.
     async fn close_code(&mut self) -> u16 {
-        loop {
-            match self.frame().await {
-                Some((_, 0x8, p)) => {
-                    assert!(p.len() >= 2, "a close with a code");
-                    return u16::from_be_bytes([p[0], p[1]]);
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.frame().await {
+                    Some((_, 0x8, p)) => {
+                        assert!(p.len() >= 2, "a close with a code");
+                        return u16::from_be_bytes([p[0], p[1]]);
+                    }
+                    Some(_) => {}
+                    None => panic!("EOF without a close frame"),
                 }
-                Some(_) => {}
-                None => panic!("EOF without a close frame"),
             }
-        }
+        })
+        .await
+        .expect("a close within the bound")
     }
 }
 
@@ -574,13 +581,17 @@ async fn server_ping_and_idle_timeout() {
     );
     let mut raw = Raw::connect(&proxy, "/echo").await;
     let mut pings = 0;
-    let code = loop {
-        match raw.frame().await {
-            Some((true, 0x9, _)) => pings += 1,
-            Some((_, 0x8, p)) => break u16::from_be_bytes([p[0], p[1]]),
-            other => panic!("unexpected {other:?}"),
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match raw.frame().await {
+                Some((true, 0x9, _)) => pings += 1,
+                Some((_, 0x8, p)) => break u16::from_be_bytes([p[0], p[1]]),
+                other => panic!("unexpected {other:?}"),
+            }
         }
-    };
+    })
+    .await
+    .expect("closed within the bound");
     assert!(pings > 0, "the server pinged before the idle timeout");
     assert_eq!(code, 1001);
 }
@@ -644,14 +655,18 @@ async fn slow_client_is_dropped_others_keep_receiving() {
     );
     // The slow client reads again: what was in its socket, then the end.
     let mut data = 0;
-    let end = loop {
-        match slow.frame().await {
-            Some((_, 0x2, _)) => data += 1,
-            Some((_, 0x8, p)) => break Some(u16::from_be_bytes([p[0], p[1]])),
-            Some(_) => {}
-            None => break None,
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match slow.frame().await {
+                Some((_, 0x2, _)) => data += 1,
+                Some((_, 0x8, p)) => break Some(u16::from_be_bytes([p[0], p[1]])),
+                Some(_) => {}
+                None => break None,
+            }
         }
-    };
+    })
+    .await
+    .expect("the slow client's connection ended within the bound");
     assert!(
         data < N,
         "the slow client was dropped, not served everything"

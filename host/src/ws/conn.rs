@@ -10,10 +10,13 @@
 //!   (`Notify`), tries to write a close 1013 (Try Again Later) for at most
 //!   [`CLOSE_WRITE_TIMEOUT`] and drops the connection. Memory per connection
 //!   is therefore bounded by `queue_bytes` plus one frame.
-//! - [`WsLink`]: the context's side: the inbound queue of client messages
-//!   (bounded by [`INBOUND_QUEUE`]: the socket task stops reading while it is
-//!   full, so a slow plugin slows its client down through TCP instead of
-//!   growing a buffer), the outbox, and the connection's id for the rooms.
+//! - [`WsLink`]: the context's side: the inbound queue of client messages,
+//!   the outbox, and the connection's id for the rooms. The inbound queue is
+//!   bounded by [`INBOUND_BYTES`]: each message holds permits of a semaphore
+//!   for its length plus [`INBOUND_OVERHEAD`] until the plugin takes it, and
+//!   the socket task stops reading while a message waits for permits, so a
+//!   slow plugin slows its client down through TCP instead of growing a
+//!   buffer.
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -22,12 +25,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nylon_transport::ws::codec::Limits;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::cluster::ConnId;
 
-/// Client messages decoded and not yet taken by the plugin, at most.
-pub const INBOUND_QUEUE: usize = 64;
+/// Bytes of client messages decoded and not yet taken by the plugin, per
+/// connection, at most (a larger message waits until the queue is empty
+/// and then takes the whole budget).
+pub const INBOUND_BYTES: usize = 1 << 20;
+
+/// What one queued client message counts for besides its payload.
+pub const INBOUND_OVERHEAD: usize = 64;
 
 /// How long the host tries to write its close frame to a client that is
 /// being dropped (a slow client's socket buffer is usually full).
@@ -84,6 +92,23 @@ pub enum Inbound {
     /// The client closed (or broke the protocol, or went away).
     Closed,
 }
+
+impl Inbound {
+    /// The permits it holds while queued.
+    #[must_use]
+    pub fn cost(&self) -> u32 {
+        let n = match self {
+            Self::Text(b) | Self::Binary(b) => b.len(),
+            Self::Closed => 0,
+        };
+        // At most the whole budget, which fits a u32.
+        (n.saturating_add(INBOUND_OVERHEAD)).min(INBOUND_BYTES) as u32
+    }
+}
+
+/// A queued client message and the inbound budget it holds (given back when
+/// the plugin takes it).
+pub type Queued = (Inbound, OwnedSemaphorePermit);
 
 /// The frames waiting for one client (see the [module docs](self)).
 #[derive(Debug)]
@@ -207,7 +232,7 @@ pub struct WsLink {
     /// The outgoing queue.
     pub outbox: Arc<Outbox>,
     /// Client messages, in the order the client sent them.
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub inbound: mpsc::UnboundedReceiver<Queued>,
     /// The handshake was accepted.
     pub upgraded: bool,
     /// The plugin was told the connection is closed, or closed it.
@@ -219,8 +244,10 @@ pub struct WsLink {
 pub struct WsIo {
     /// The outgoing frames.
     pub out: mpsc::Receiver<Bytes>,
-    /// Where client messages go.
-    pub inbound: mpsc::Sender<Inbound>,
+    /// Where client messages go (bounded by `budget`).
+    pub inbound: mpsc::UnboundedSender<Queued>,
+    /// The inbound budget ([`INBOUND_BYTES`] permits).
+    pub budget: Arc<Semaphore>,
     /// The shared outbox (close requests, the handshake).
     pub outbox: Arc<Outbox>,
 }
@@ -229,7 +256,7 @@ pub struct WsIo {
 #[must_use]
 pub fn link(config: &WsConfig) -> (WsLink, WsIo) {
     let (outbox, out) = Outbox::new(config);
-    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+    let (tx, rx) = mpsc::unbounded_channel();
     (
         WsLink {
             id: uuid::Uuid::new_v4().to_string().into(),
@@ -241,6 +268,7 @@ pub fn link(config: &WsConfig) -> (WsLink, WsIo) {
         WsIo {
             out,
             inbound: tx,
+            budget: Arc::new(Semaphore::new(INBOUND_BYTES)),
             outbox,
         },
     )

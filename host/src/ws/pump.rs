@@ -9,8 +9,9 @@
 //!    101 goes out (Pingora then switches the session to upgraded mode:
 //!    `read_request_body` returns raw client bytes, `write_response_body`
 //!    writes raw bytes);
-//! 2. client bytes: fed to the RFC 6455 codec; messages go into the bounded
-//!    inbound queue (reading stops while it is full) and the next iteration
+//! 2. client bytes: fed to the RFC 6455 codec; messages go into the inbound
+//!    queue, bounded in bytes (reading stops while a message waits for room:
+//!    see [`conn`](super::conn)), and the next iteration
 //!    polls the phase future again, which hands them to the plugin through
 //!    the context's `websocket_recv` (that poll is the wake-up the
 //!    transports ask for); pings are answered with pongs here; a close is
@@ -38,6 +39,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -113,16 +115,17 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
-    /// Queues a client message for the plugin, in order.
+    /// Queues a client message for the plugin, in order, if the inbound
+    /// budget has room; else it waits in `pending` (and reading stops).
     fn deliver(&mut self, m: Inbound) {
-        if !self.pending.is_empty() {
-            self.pending.push_back(m);
-            return;
+        if self.pending.is_empty() {
+            if let Ok(p) = Arc::clone(&self.io.budget).try_acquire_many_owned(m.cost()) {
+                // An error: the plugin's side is gone (the phase ended).
+                let _ = self.io.inbound.send((m, p));
+                return;
+            }
         }
-        // `Closed`: the plugin's side is gone (the phase ended).
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(m)) = self.io.inbound.try_send(m) {
-            self.pending.push_back(m);
-        }
+        self.pending.push_back(m);
     }
 
     /// The socket is done: tell the plugin (once).
@@ -312,8 +315,7 @@ where
     let mut idle = std::pin::pin!(idle);
     // Armed once the socket is done: how long the plugin gets to end.
     let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    // A second handle on the inbound queue: a permit borrows it, not `lp`.
-    let inbound = lp.io.inbound.clone();
+    let budget = Arc::clone(&lp.io.budget);
 
     loop {
         if outcome.is_some() {
@@ -327,17 +329,16 @@ where
             continue;
         }
         let reading = !lp.ending && lp.pending.is_empty();
+        let need = lp.pending.front().map_or(0, Inbound::cost);
         tokio::select! {
             biased;
             o = fut.as_mut() => outcome = Some(o),
-            permit = inbound.reserve(), if !lp.pending.is_empty() => {
-                match permit {
-                    Ok(p) => {
-                        if let Some(m) = lp.pending.pop_front() {
-                            p.send(m);
-                        }
+            permit = Arc::clone(&budget).acquire_many_owned(need), if !lp.pending.is_empty() => {
+                match (permit, lp.pending.pop_front()) {
+                    (Ok(p), Some(m)) => {
+                        let _ = lp.io.inbound.send((m, p));
                     }
-                    Err(_) => lp.pending.clear(),
+                    _ => lp.pending.clear(),
                 }
             }
             f = lp.io.out.recv() => match f {
