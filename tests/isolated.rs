@@ -428,12 +428,23 @@ fn a_full_plugin_refuses_new_sessions_fast() {
 }
 
 #[test]
-fn shutdown_stops_every_worker_and_later_opens_fail() {
+fn shutdown_runs_the_plugins_shutdown_once_per_worker_and_later_opens_fail() {
     let path = crash_plugin();
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(&path, b"", config(2)).unwrap();
+    // The crash plugin appends a line to the file its config names when
+    // its shutdown runs.
+    let marker = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("isolated-shutdown-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let cfg = marker.to_str().unwrap().as_bytes();
+    let p = IsolatedPlugin::start(&path, cfg, config(2)).unwrap();
     await_workers(&p, 2);
+    let (_, _) = phase1(&t, &p, "ok");
     let pids = p.worker_pids();
+    p.shutdown(BOUND);
+    let lines = std::fs::read_to_string(&marker).unwrap_or_default();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(lines, "shutdown\nshutdown\n", "one shutdown per worker");
     p.shutdown(BOUND);
     for pid in pids {
         assert!(
