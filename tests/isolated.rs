@@ -480,3 +480,19 @@ fn a_cancelled_phase_closes_the_session_and_the_worker_stays_usable() {
     assert_eq!(r.outcomes()[0], "next");
     let _ = ctx.request_method();
 }
+
+#[test]
+fn many_threads_opening_a_new_entry_at_once_all_get_a_session() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(2)).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let (o, _) = phase1(&t, &p, "ok");
+                assert_eq!(o, PhaseOutcome::End);
+            });
+        }
+    });
+    assert_eq!(p.stats().rejected, 0);
+}
