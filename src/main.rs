@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nylon_transport::bench;
 use nylon_transport::host::driver::{run_request, RunOptions};
 use nylon_transport::host::{inspect, LegacyPlugin, MemoryContext, RequestSpec};
-use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode, V2Plugin, V2};
+use nylon_transport::transport::{
+    Baseline, Fast, FastConfig, Isolated, IsolatedConfig, IsolatedPlugin, ReplyMode, V2Plugin, V2,
+};
 
 #[derive(Parser)]
 #[command(
@@ -114,12 +116,21 @@ enum Command {
     /// messages from standard input to standard output.
     #[command(name = "__pipe-echo", hide = true)]
     PipeEcho,
+    /// Internal: an isolated-transport worker process (started by the host
+    /// of `--transport isolated`, never by hand).
+    #[command(hide = true)]
+    Worker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TransportArg {
     Baseline,
     Fast,
+    /// The plugin runs in worker processes (either ABI).
+    Isolated,
 }
 
 fn main() -> ExitCode {
@@ -194,6 +205,19 @@ fn execute(command: Command) -> Result<ExitCode> {
                 bail!("{}: {}", plugin.display(), inspected.problems.join("; "));
             }
             let report = match (abi, transport) {
+                (_, TransportArg::Isolated) => {
+                    let lib = IsolatedPlugin::start(&plugin, &config, IsolatedConfig::default())?;
+                    let report = run_request(
+                        &Isolated::new(),
+                        &lib,
+                        &entry,
+                        &mut ctx,
+                        upstream.as_ref(),
+                        options,
+                    )?;
+                    lib.shutdown(Duration::from_secs(5));
+                    report
+                }
                 ("v2", TransportArg::Fast) => {
                     let lib = Arc::new(V2Plugin::load(&plugin, &config)?);
                     run_request(
@@ -258,6 +282,7 @@ fn execute(command: Command) -> Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Worker { args } => Ok(nylon_transport::transport::isolated::worker_main(&args)),
         Command::PipeEcho => {
             bench::ring_rows::pipe_echo_process().map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
