@@ -114,6 +114,13 @@ enum Command {
     /// messages from standard input to standard output.
     #[command(name = "__pipe-echo", hide = true)]
     PipeEcho,
+    /// Internal: an isolated-transport worker process (started by the host
+    /// of `--transport isolated`, never by hand).
+    #[command(hide = true)]
+    Worker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -258,6 +265,7 @@ fn execute(command: Command) -> Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Worker { args } => Ok(nylon_transport::transport::isolated::worker_main(&args)),
         Command::PipeEcho => {
             bench::ring_rows::pipe_echo_process().map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)

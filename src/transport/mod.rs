@@ -17,11 +17,13 @@ use crate::host::dispatch::DispatchError;
 pub mod baseline;
 mod drops;
 pub mod fast;
+pub mod isolated;
 pub mod v2;
 pub mod wait;
 
 pub use baseline::{Baseline, BaselinePhase};
 pub use fast::{Fast, FastConfig, FastPhase, ReplyMode};
+pub use isolated::{Isolated, IsolatedConfig, IsolatedPlugin};
 pub use v2::{V2Plugin, V2};
 pub use wait::WaitPolicy;
 
@@ -67,6 +69,10 @@ pub enum SessionError {
     QueueFull,
     /// A v2 plugin returned an error status or reported an error.
     Plugin(String),
+    /// The isolated worker running the session died or was killed mid-phase
+    /// (crash, exit, timeout, protocol violation); the reason, e.g.
+    /// `worker 1234 killed by signal 11 (SIGSEGV)`. A host answers 502.
+    Worker(String),
 }
 
 impl fmt::Display for SessionError {
@@ -76,6 +82,7 @@ impl fmt::Display for SessionError {
             Self::Payload(e) => write!(f, "bad message: {e}"),
             Self::Closed => f.write_str("session is closed"),
             Self::Plugin(m) => write!(f, "plugin error: {m}"),
+            Self::Worker(m) => write!(f, "worker failed: {m}"),
             Self::QueueFull => {
                 f.write_str("session queue is full: the plugin sends faster than the host applies")
             }
@@ -93,6 +100,8 @@ pub enum OpenError {
     Rejected(String),
     /// Every session slot is in use.
     TooManySessions,
+    /// Every isolated worker's queue is full: a host answers a fast 503.
+    Overloaded,
 }
 
 impl fmt::Display for OpenError {
@@ -100,6 +109,7 @@ impl fmt::Display for OpenError {
         match self {
             Self::Rejected(e) => write!(f, "plugin refused to open a session for entry `{e}`"),
             Self::TooManySessions => f.write_str("too many open sessions"),
+            Self::Overloaded => f.write_str("every worker's queue is full"),
         }
     }
 }
