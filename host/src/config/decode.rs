@@ -430,10 +430,19 @@ impl Cx<'_> {
     }
 
     /// A plugin's worker keys, from map `m`; they are accepted only with `isolation: process`.
-    fn isolation_config(&self, m: &mut Map<'_, '_>, isolation: Isolation) -> Result<IsolationConfig> {
+    fn isolation_config(
+        &self,
+        m: &mut Map<'_, '_>,
+        isolation: Isolation,
+    ) -> Result<IsolationConfig> {
         let mut c = IsolationConfig::default();
         let mut max_at = None;
-        for key in ["workers", "worker_queue", "restart_backoff", "restart_backoff_max"] {
+        for key in [
+            "workers",
+            "worker_queue",
+            "restart_backoff",
+            "restart_backoff_max",
+        ] {
             let Some((n, p)) = m.get(key) else {
                 continue;
             };

@@ -307,6 +307,31 @@ impl Proxy {
         s
     }
 
+    /// The process id of `nylon-serve`.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The pids of the worker processes `nylon-serve` runs (its children
+    /// whose command line is `... worker ...`), sorted.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        children(self.pid())
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| c.split(|b| *b == 0).any(|a| a == b"worker"))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Whether `nylon-serve` is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends SIGTERM (a graceful shutdown) without waiting.
     pub(crate) fn signal_term(&self) {
         if let Some(child) = self.child.as_ref() {
@@ -353,4 +378,50 @@ pub(crate) fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("build the HTTP client")
+}
+
+/// The live children of `pid` (from `/proc/*/stat`), sorted; zombies are
+/// left out.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        if ppid == pid && state != "Z" && state != "X" {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Sends `sig` to `pid`.
+pub(crate) fn kill(pid: u32, sig: libc::c_int) {
+    // SAFETY: a plain syscall; `pid` is a process this test started (or a
+    // child of one), looked up just before.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after 30 s.
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
