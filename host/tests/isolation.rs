@@ -1,0 +1,507 @@
+//! End to end with `isolation: process`: the example plugins in worker
+//! processes behind the real proxy, and workers that die in every way while
+//! requests are in flight.
+//!
+//! What the client gets (docs/host.md, "Process isolation"):
+//!
+//! - a worker that dies (SIGSEGV, abort, `exit`, SIGKILL from outside) fails
+//!   exactly the requests in flight on it with 502 `plugin_crashed`, whose
+//!   message carries the reason; requests on the plugin's other workers are
+//!   not touched; the proxy stays up; the worker is restarted and later
+//!   requests succeed;
+//! - a worker stuck in a loop: the request it is stuck on gets 504 (the
+//!   host's phase timeout fires first: the worker's deadline is set a margin
+//!   later), then the worker is killed and the requests queued behind the
+//!   loop on it get 502 (or 504 when their own timeout passed before the
+//!   kill);
+//! - a plugin whose every worker queue is full: a fast 503 `plugin_busy`.
+//!
+//! Every wait is bounded (10-60 s); the crash-recovery time (death -> first
+//! successful request) is printed, never asserted.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::suite::{suite, Kind};
+use common::{c_plugin, client, kill, scratch_dir, Proxy, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rust_legacy_plugin_isolated() {
+    suite(Kind::Rust, "fast", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn v2_plugin_isolated() {
+    suite(Kind::V2, "fast", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn c_legacy_plugin_isolated() {
+    suite(Kind::C, "fast", true).await;
+}
+
+/// How a worker dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crash {
+    /// The C entry `crash_segv` dereferences NULL.
+    Segv,
+    /// `crash_abort` calls `abort()`.
+    Abort,
+    /// `crash_exit` calls `exit(3)`.
+    Exit,
+    /// `crash_loop` loops forever (the worker is killed after the timeout).
+    Loop,
+    /// The test sends SIGKILL to the worker's pid.
+    Kill,
+}
+
+impl Crash {
+    fn entry(self) -> &'static str {
+        match self {
+            Self::Segv => "crash_segv",
+            Self::Abort => "crash_abort",
+            Self::Exit => "crash_exit",
+            Self::Loop => "crash_loop",
+            // Never called: the route exists only to keep the config uniform.
+            Self::Kill => "c_next",
+        }
+    }
+
+    /// What the logged reason and the 502's message say.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Segv => "SIGSEGV",
+            Self::Abort => "SIGABRT",
+            Self::Exit => "exit",
+            Self::Loop => "no answer within",
+            Self::Kill => "SIGKILL",
+        }
+    }
+}
+
+/// Two isolated copies of the C plugin: `one` (one worker: every request of
+/// it is on the worker that dies) and `two` (two workers: the load test),
+/// plus `q` (one worker, a queue of one) for the 503.
+fn crash_config(upstream: std::net::SocketAddr, crash: Crash) -> String {
+    // The loop is detected by the timeout, so it gets a short one; the
+    // others get a long one, so that a request the crash did not fail would
+    // show up as a 504 instead of passing.
+    let timeout = if crash == Crash::Loop { "2s" } else { "20s" };
+    format!(
+        r#"server:
+  listen: "127.0.0.1:{{port}}"
+  threads: 2
+  grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 1
+plugins:
+  - name: one
+    type: ffi
+    file: "{c}"
+    isolation: process
+    workers: 1
+    timeout: {timeout}
+    restart_backoff: 10ms
+  - name: two
+    type: ffi
+    file: "{c}"
+    isolation: process
+    workers: 2
+    timeout: {timeout}
+    restart_backoff: 10ms
+  - name: q
+    type: ffi
+    file: "{c}"
+    isolation: process
+    workers: 1
+    worker_queue: 1
+    timeout: 2s
+services:
+  - name: up
+    service_type: http
+    endpoints:
+      - ip: 127.0.0.1
+        port: {up}
+routes:
+  - route: {{ type: host, value: "127.0.0.1" }}
+    name: app
+    paths:
+      - {{ path: "/one/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: c_next }} ] }}
+      - {{ path: "/one/silent/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: c_silent }} ] }}
+      - {{ path: "/one/crash", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: {entry} }} ] }}
+      - {{ path: "/two/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: two, entry: c_next }} ] }}
+      - {{ path: "/two/crash", service: {{ name: up }}, middleware: [ {{ plugin: two, entry: {entry} }} ] }}
+      - {{ path: "/q/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: q, entry: c_next }} ] }}
+      - {{ path: "/q/silent/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: q, entry: c_silent }} ] }}
+"#,
+        c = c_plugin().display(),
+        up = upstream.port(),
+        entry = crash.entry(),
+    )
+}
+
+/// The worker pids of plugin `name`, from the start-up log line.
+fn logged_pids(log: &str, name: &str) -> Vec<u32> {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&format!("nylon-serve: plugin `{name}`:")))
+        .unwrap_or_else(|| panic!("no start-up line for `{name}`:\n{log}"));
+    let list = line
+        .split("(worker processes [")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .unwrap_or_else(|| panic!("no worker pids in {line:?}"));
+    list.split(',')
+        .map(|p| p.trim().parse().expect("a pid"))
+        .collect()
+}
+
+/// GET `path`: (status, `error` of a JSON error body or the body itself).
+async fn get(c: &reqwest::Client, proxy: &Proxy, path: &str) -> Result<(u16, String), String> {
+    let r = c
+        .get(proxy.url(path))
+        .send()
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| format!("GET {path}: {e}"))?;
+    Ok((status, body))
+}
+
+/// Whether `body` is the 502 of a dead worker naming `crash`'s reason.
+fn is_crash_502(status: u16, body: &str, crash: Crash) -> bool {
+    if status != 502 {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    v["error"] == "plugin_crashed"
+        && v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(crash.reason()))
+}
+
+/// Requests `/{plugin}/ok/N` until one succeeds; returns how long that took
+/// from `since` and the statuses seen before it.
+async fn recover(
+    c: &reqwest::Client,
+    proxy: &Proxy,
+    plugin: &str,
+    since: Instant,
+) -> (Duration, Vec<u16>) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "`{plugin}` did not serve again within 30 s of the crash (statuses {seen:?}):\n{}",
+            proxy.log_text()
+        );
+        let path = format!("/{plugin}/ok/r{i}");
+        match get(c, proxy, &path).await {
+            Ok((200, body)) => {
+                assert_eq!(body, format!("upstream GET {path} id= body="));
+                return (since.elapsed(), seen);
+            }
+            Ok((s, _)) => seen.push(s),
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    unreachable!()
+}
+
+/// Sends `n` sequential requests to `/{plugin}/ok/N`; each must succeed.
+async fn all_ok(c: &reqwest::Client, proxy: &Proxy, plugin: &str, n: usize) {
+    for i in 0..n {
+        let path = format!("/{plugin}/ok/after{i}");
+        let (status, body) = get(c, proxy, &path).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, 200, "{path} after recovery: {body}");
+        assert_eq!(body, format!("upstream GET {path} id= body="));
+    }
+}
+
+/// Kills `one`'s only worker the way `crash` says while requests are in
+/// flight on it; returns when the kill has happened.
+async fn crash_one(c: &reqwest::Client, proxy: &Proxy, crash: Crash, pid: u32) {
+    match crash {
+        Crash::Kill => kill(pid, libc::SIGKILL),
+        Crash::Loop => {
+            let (status, body) = get(c, proxy, "/one/crash")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, 504, "the looping request itself: {body}");
+        }
+        _ => {
+            let (status, body) = get(c, proxy, "/one/crash")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                is_crash_502(status, &body, crash),
+                "the crashing request: {status} {body}"
+            );
+        }
+    }
+}
+
+async fn crash_suite(crash: Crash) {
+    let dir = scratch_dir(&format!("crash-{crash:?}"));
+    let upstream = Upstream::start().await;
+    let mut proxy = Proxy::start(&dir, &crash_config(upstream.addr, crash), &[]);
+    let c = client();
+    let log = proxy.log_text();
+    let one = logged_pids(&log, "one");
+    let two = logged_pids(&log, "two");
+    assert_eq!((one.len(), two.len()), (1, 2), "{log}");
+    all_ok(&c, &proxy, "one", 3).await;
+
+    // 1. Requests in flight on the worker that dies: each gets the 502.
+    //    (For the loop: the requests queued behind the looping one.)
+    let mut in_flight = Vec::new();
+    let loop_task = if crash == Crash::Loop {
+        let (c, p) = (c.clone(), proxy.url("/one/crash"));
+        let t = tokio::spawn(async move {
+            let r = c.get(p).send().await.expect("GET /one/crash");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        });
+        // Only orders events (the loop has begun before the others are
+        // sent); no timing is asserted.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Some(t)
+    } else {
+        None
+    };
+    for i in 0..3 {
+        let path = if crash == Crash::Loop {
+            format!("/one/ok/{i}")
+        } else {
+            format!("/one/silent/{i}")
+        };
+        let (c, proxy_url) = (c.clone(), proxy.url(&path));
+        in_flight.push(tokio::spawn(async move {
+            let r = c.get(proxy_url).send().await.expect("GET in flight");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }));
+    }
+    // Only orders events: the three requests reach the worker before it dies.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let died = Instant::now();
+    match loop_task {
+        Some(t) => {
+            let (status, body) = t.await.expect("loop task");
+            assert_eq!(status, 504, "the looping request itself: {body}");
+        }
+        None => crash_one(&c, &proxy, crash, one[0]).await,
+    }
+    for t in in_flight {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("answered within 60 s")
+            .expect("task");
+        assert!(
+            is_crash_502(status, &body, crash),
+            "a request in flight on the dead worker: {status} {body}\n{}",
+            proxy.log_text()
+        );
+    }
+    assert!(proxy.alive(), "the proxy died:\n{}", proxy.log_text());
+    let (took, seen) = recover(&c, &proxy, "one", died).await;
+    println!(
+        "{crash:?}: crash recovery (death -> first successful request) {:.1} ms; statuses \
+         while the worker restarted: {seen:?}",
+        took.as_secs_f64() * 1e3
+    );
+    all_ok(&c, &proxy, "one", 20).await;
+    let now = proxy.worker_pids();
+    assert!(
+        !now.contains(&one[0]),
+        "the dead worker {} is gone: {now:?}",
+        one[0]
+    );
+    let log = proxy.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("nylon-serve: plugin `one`: ")
+                && l.contains(crash.reason())
+                && l.contains("get 502")),
+        "the reason is logged:\n{log}"
+    );
+
+    // 2. The same under 1,000 concurrent requests on `two` (two workers):
+    //    one worker dies in the middle; every answer is the right 200 or the
+    //    dead worker's 502 (504 too for the loop, for requests whose own
+    //    timeout passed before the kill), the proxy stays up.
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        if i == 500 {
+            let (c2, url) = (c.clone(), proxy.url("/two/crash"));
+            let victim = two[0];
+            tasks.push(tokio::spawn(async move {
+                if crash == Crash::Kill {
+                    kill(victim, libc::SIGKILL);
+                    return Ok((usize::MAX, 0, String::new()));
+                }
+                let r = c2.get(url).send().await.map_err(|e| e.to_string())?;
+                let status = r.status().as_u16();
+                Ok((
+                    usize::MAX - 1,
+                    status,
+                    r.text().await.map_err(|e| e.to_string())?,
+                ))
+            }));
+        }
+        let (c2, url) = (c.clone(), proxy.url(&format!("/two/ok/{i}")));
+        tasks.push(tokio::spawn(async move {
+            let r = c2
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| format!("request {i}: {e}"))?;
+            let status = r.status().as_u16();
+            Ok::<_, String>((
+                i,
+                status,
+                r.text().await.map_err(|e| format!("body {i}: {e}"))?,
+            ))
+        }));
+    }
+    let (mut ok, mut failed, mut timed_out) = (0, 0, 0);
+    for t in tasks {
+        let (i, status, body) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every request answered within 60 s")
+            .expect("task")
+            .unwrap_or_else(|e| panic!("{e}"));
+        match i {
+            usize::MAX => {}
+            x if x == usize::MAX - 1 => match crash {
+                Crash::Loop => assert_eq!(status, 504, "the looping request: {body}"),
+                _ => assert!(is_crash_502(status, &body, crash), "crash: {status} {body}"),
+            },
+            i if status == 200 => {
+                assert_eq!(body, format!("upstream GET /two/ok/{i} id= body="));
+                ok += 1;
+            }
+            _ if is_crash_502(status, &body, crash) => failed += 1,
+            _ if crash == Crash::Loop && status == 504 => timed_out += 1,
+            i => panic!("request {i}: {status} {body}"),
+        }
+    }
+    println!("{crash:?} under load: {ok} x 200, {failed} x 502 (in flight on the dead worker), {timed_out} x 504");
+    assert_eq!(ok + failed + timed_out, 1000);
+    assert!(ok > 0, "the other worker served nothing");
+    assert!(
+        proxy.alive(),
+        "the proxy died under load:\n{}",
+        proxy.log_text()
+    );
+    let (took, seen) = recover(&c, &proxy, "two", Instant::now()).await;
+    println!(
+        "{crash:?} under load: first success after the load {:.1} ms later; statuses before: {seen:?}",
+        took.as_secs_f64() * 1e3
+    );
+    // Every later request is answered correctly, on both plugins.
+    all_ok(&c, &proxy, "two", 50).await;
+    all_ok(&c, &proxy, "one", 10).await;
+    let now = proxy.worker_pids();
+    assert_eq!(now.len(), 4, "1 + 2 + 1 workers again: {now:?}");
+    assert!(
+        !now.contains(&two[0]),
+        "the dead worker {} is gone: {now:?}",
+        two[0]
+    );
+
+    let (status, log) = tokio::task::spawn_blocking(move || proxy.terminate())
+        .await
+        .expect("terminate");
+    assert!(status.success(), "nylon-serve exit {status}:\n{log}");
+    let stats_line = log
+        .lines()
+        .find(|l| l.starts_with("nylon-serve: stats "))
+        .unwrap_or_else(|| panic!("no stats line:\n{log}"));
+    let stats: serde_json::Value =
+        serde_json::from_str(stats_line.trim_start_matches("nylon-serve: stats ")).expect("stats");
+    for p in ["one", "two"] {
+        assert!(
+            stats["isolated"][p]["deaths"].as_u64() >= Some(1),
+            "{p}: {stats}"
+        );
+        assert!(
+            stats["isolated"][p]["restarts"].as_u64() >= Some(1),
+            "{p}: {stats}"
+        );
+    }
+    assert_eq!(
+        stats["sessions_opened"], stats["sessions_closed"],
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_segfault_fails_only_its_workers_requests_and_the_worker_restarts() {
+    crash_suite(Crash::Segv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abort_fails_only_its_workers_requests_and_the_worker_restarts() {
+    crash_suite(Crash::Abort).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exit_fails_only_its_workers_requests_and_the_worker_restarts() {
+    crash_suite(Crash::Exit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_looping_worker_is_killed_after_the_timeout_and_restarts() {
+    crash_suite(Crash::Loop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_from_outside_fails_only_its_requests_and_restarts() {
+    crash_suite(Crash::Kill).await;
+}
+
+/// `workers: 1, worker_queue: 1`: while one session holds the only place, a
+/// request is refused at once with 503; the place frees with the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_queue_gives_a_fast_503() {
+    let dir = scratch_dir("queue");
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start(&dir, &crash_config(upstream.addr, Crash::Segv), &[]);
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (c, url) = (c.clone(), proxy.url(&format!("/q/silent/{i}")));
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(url).send().await.expect("GET /q/silent");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("answered within 60 s")
+            .expect("task");
+        if status == 503 {
+            assert!(body.contains("plugin_busy"), "{body}");
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert!(
+        statuses.iter().all(|s| *s == 503 || *s == 504),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&503), "nobody was refused: {statuses:?}");
+    assert!(
+        statuses.contains(&504),
+        "nobody held the place: {statuses:?}"
+    );
+    // The place is free again.
+    let (took, seen) = recover(&c, &proxy, "q", Instant::now()).await;
+    let _ = (took, seen);
+    all_ok(&c, &proxy, "q", 3).await;
+}
