@@ -397,7 +397,13 @@ fn stats_json(host: &Host<ConfigRoutes>) -> serde_json::Value {
 }
 
 /// The worker settings of an isolated plugin: the config's keys over the
-/// transport's defaults; the worker deadline is the plugin's phase timeout.
+/// transport's defaults.
+///
+/// The worker's deadline is the plugin's phase timeout plus a margin (a
+/// quarter of it, at least 100 ms): the request a stuck worker holds always
+/// gets the host's 504 first, and the watchdog kills the worker after that
+/// (the requests queued behind it get 502). With equal deadlines the two
+/// would race and the stuck request's status would be either.
 fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> IsolatedConfig {
     let d = IsolatedConfig::default();
     let c = &p.isolation_config;
@@ -410,7 +416,7 @@ fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> 
     IsolatedConfig {
         workers: c.workers.map_or(d.workers, |n| n.get()),
         queue: c.worker_queue.map_or(d.queue, |n| n.get()),
-        phase_timeout: timeout,
+        phase_timeout: timeout + (timeout / 4).max(Duration::from_millis(100)),
         restart_backoff: (first, max),
         worker_command: vec![exe, "worker".into()],
         legacy_transport: kind.inner(),
