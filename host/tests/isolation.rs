@@ -24,7 +24,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::suite::{suite, Kind};
-use common::{c_plugin, client, kill, scratch_dir, Proxy, Upstream};
+use common::{client, crash_plugin, kill, scratch_dir, Proxy, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rust_legacy_plugin_isolated() {
@@ -41,15 +41,17 @@ async fn c_legacy_plugin_isolated() {
     suite(Kind::C, "fast", true).await;
 }
 
-/// How a worker dies.
+/// How a worker dies (the entries of `examples/c_plugin/crash.c`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Crash {
-    /// The C entry `crash_segv` dereferences NULL.
+    /// The C entry `crash_segv` writes through NULL.
     Segv,
     /// `crash_abort` calls `abort()`.
     Abort,
-    /// `crash_exit` calls `exit(3)`.
+    /// `crash_exit` calls `exit(7)`.
     Exit,
+    /// `crash_fatal` prints a Go-style `fatal error:` and exits with 2.
+    Fatal,
     /// `crash_loop` loops forever (the worker is killed after the timeout).
     Loop,
     /// The test sends SIGKILL to the worker's pid.
@@ -62,27 +64,31 @@ impl Crash {
             Self::Segv => "crash_segv",
             Self::Abort => "crash_abort",
             Self::Exit => "crash_exit",
+            Self::Fatal => "crash_fatal",
             Self::Loop => "crash_loop",
             // Never called: the route exists only to keep the config uniform.
-            Self::Kill => "c_next",
+            Self::Kill => "ok",
         }
     }
 
     /// What the logged reason and the 502's message say.
     fn reason(self) -> &'static str {
         match self {
-            Self::Segv => "SIGSEGV",
-            Self::Abort => "SIGABRT",
-            Self::Exit => "exit",
+            Self::Segv => "killed by signal 11 (SIGSEGV)",
+            Self::Abort => "killed by signal 6 (SIGABRT)",
+            Self::Exit => "exited with status 7",
+            Self::Fatal => "exited with status 2",
             Self::Loop => "no answer within",
-            Self::Kill => "SIGKILL",
+            Self::Kill => "killed by signal 9 (SIGKILL)",
         }
     }
 }
 
-/// Two isolated copies of the C plugin: `one` (one worker: every request of
-/// it is on the worker that dies) and `two` (two workers: the load test),
-/// plus `q` (one worker, a queue of one) for the 503.
+/// Three isolated copies of the crash plugin: `one` (one worker: every
+/// request of it is on the worker that dies), `two` (two workers: the load
+/// test) and `q` (one worker, a queue of one: the 503). Entry `ok` answers
+/// 200 itself (END) with the worker's pid in `x-worker-pid`; `silent` never
+/// ends its phase.
 fn crash_config(upstream: std::net::SocketAddr, crash: Crash) -> String {
     // The loop is detected by the timeout, so it gets a short one; the
     // others get a long one, so that a request the crash did not fail would
@@ -126,15 +132,15 @@ routes:
   - route: {{ type: host, value: "127.0.0.1" }}
     name: app
     paths:
-      - {{ path: "/one/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: c_next }} ] }}
-      - {{ path: "/one/silent/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: c_silent }} ] }}
+      - {{ path: "/one/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: ok }} ] }}
+      - {{ path: "/one/silent/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: silent }} ] }}
       - {{ path: "/one/crash", service: {{ name: up }}, middleware: [ {{ plugin: one, entry: {entry} }} ] }}
-      - {{ path: "/two/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: two, entry: c_next }} ] }}
+      - {{ path: "/two/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: two, entry: ok }} ] }}
       - {{ path: "/two/crash", service: {{ name: up }}, middleware: [ {{ plugin: two, entry: {entry} }} ] }}
-      - {{ path: "/q/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: q, entry: c_next }} ] }}
-      - {{ path: "/q/silent/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: q, entry: c_silent }} ] }}
+      - {{ path: "/q/ok/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: q, entry: ok }} ] }}
+      - {{ path: "/q/silent/{{id}}", service: {{ name: up }}, middleware: [ {{ plugin: q, entry: silent }} ] }}
 "#,
-        c = c_plugin().display(),
+        c = crash_plugin().display(),
         up = upstream.port(),
         entry = crash.entry(),
     )
@@ -156,7 +162,8 @@ fn logged_pids(log: &str, name: &str) -> Vec<u32> {
         .collect()
 }
 
-/// GET `path`: (status, `error` of a JSON error body or the body itself).
+/// GET `path`: (status, body), and for a 200 of entry `ok` the pid of the
+/// worker that answered (`x-worker-pid`) as the body.
 async fn get(c: &reqwest::Client, proxy: &Proxy, path: &str) -> Result<(u16, String), String> {
     let r = c
         .get(proxy.url(path))
@@ -164,8 +171,17 @@ async fn get(c: &reqwest::Client, proxy: &Proxy, path: &str) -> Result<(u16, Str
         .await
         .map_err(|e| format!("GET {path}: {e}"))?;
     let status = r.status().as_u16();
+    let pid = r
+        .headers()
+        .get("x-worker-pid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = r.text().await.map_err(|e| format!("GET {path}: {e}"))?;
-    Ok((status, body))
+    Ok(match (status, pid) {
+        (200, Some(pid)) if body.is_empty() => (200, pid),
+        (200, _) => (0, format!("a 200 that is not entry `ok`'s: {body:?}")),
+        (s, _) => (s, body),
+    })
 }
 
 /// Whether `body` is the 502 of a dead worker naming `crash`'s reason.
@@ -180,6 +196,15 @@ fn is_crash_502(status: u16, body: &str, crash: Crash) -> bool {
         && v["message"]
             .as_str()
             .is_some_and(|m| m.contains(crash.reason()))
+}
+
+/// The worker pid a 502's reason names (`worker 1234 killed by ...`).
+fn reason_pid(body: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let m = v["message"].as_str()?;
+    let rest = &m[m.find("worker ")? + "worker ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// Requests `/{plugin}/ok/N` until one succeeds; returns how long that took
@@ -200,10 +225,7 @@ async fn recover(
         );
         let path = format!("/{plugin}/ok/r{i}");
         match get(c, proxy, &path).await {
-            Ok((200, body)) => {
-                assert_eq!(body, format!("upstream GET {path} id= body="));
-                return (since.elapsed(), seen);
-            }
+            Ok((200, _pid)) => return (since.elapsed(), seen),
             Ok((s, _)) => seen.push(s),
             Err(e) => panic!("{e}"),
         }
@@ -218,7 +240,6 @@ async fn all_ok(c: &reqwest::Client, proxy: &Proxy, plugin: &str, n: usize) {
         let path = format!("/{plugin}/ok/after{i}");
         let (status, body) = get(c, proxy, &path).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(status, 200, "{path} after recovery: {body}");
-        assert_eq!(body, format!("upstream GET {path} id= body="));
     }
 }
 
@@ -335,38 +356,45 @@ async fn crash_suite(crash: Crash) {
     let mut tasks = Vec::new();
     for i in 0..1000 {
         if i == 500 {
-            let (c2, url) = (c.clone(), proxy.url("/two/crash"));
+            let (c2, proxy_url) = (c.clone(), proxy.url("/two/crash"));
             let victim = two[0];
             tasks.push(tokio::spawn(async move {
                 if crash == Crash::Kill {
                     kill(victim, libc::SIGKILL);
                     return Ok((usize::MAX, 0, String::new()));
                 }
-                let r = c2.get(url).send().await.map_err(|e| e.to_string())?;
+                let r = c2.get(proxy_url).send().await.map_err(|e| e.to_string())?;
                 let status = r.status().as_u16();
-                Ok((
-                    usize::MAX - 1,
-                    status,
-                    r.text().await.map_err(|e| e.to_string())?,
-                ))
+                let body = r.text().await.map_err(|e| e.to_string())?;
+                Ok((usize::MAX - 1, status, body))
             }));
         }
-        let (c2, url) = (c.clone(), proxy.url(&format!("/two/ok/{i}")));
+        let (c2, p) = (c.clone(), proxy.port);
         tasks.push(tokio::spawn(async move {
+            let proxy_path = format!("/two/ok/{i}");
+            let url = format!("http://127.0.0.1:{p}{proxy_path}");
             let r = c2
                 .get(url)
                 .send()
                 .await
                 .map_err(|e| format!("request {i}: {e}"))?;
             let status = r.status().as_u16();
-            Ok::<_, String>((
-                i,
-                status,
-                r.text().await.map_err(|e| format!("body {i}: {e}"))?,
-            ))
+            let pid = r
+                .headers()
+                .get("x-worker-pid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = r.text().await.map_err(|e| format!("body {i}: {e}"))?;
+            Ok::<_, String>(match (status, pid) {
+                (200, Some(pid)) if body.is_empty() => (i, 200, pid),
+                (200, _) => (i, 0, format!("a 200 that is not entry `ok`'s: {body:?}")),
+                (s, _) => (i, s, body),
+            })
         }));
     }
-    let (mut ok, mut failed, mut timed_out) = (0, 0, 0);
+    let (mut failed, mut timed_out) = (0, 0);
+    let mut served: std::collections::BTreeMap<u32, usize> = Default::default();
+    let mut dead: std::collections::BTreeSet<u32> = Default::default();
     for t in tasks {
         let (i, status, body) = tokio::time::timeout(Duration::from_secs(60), t)
             .await
@@ -377,20 +405,40 @@ async fn crash_suite(crash: Crash) {
             usize::MAX => {}
             x if x == usize::MAX - 1 => match crash {
                 Crash::Loop => assert_eq!(status, 504, "the looping request: {body}"),
-                _ => assert!(is_crash_502(status, &body, crash), "crash: {status} {body}"),
+                _ => {
+                    assert!(is_crash_502(status, &body, crash), "crash: {status} {body}");
+                    dead.extend(reason_pid(&body));
+                }
             },
-            i if status == 200 => {
-                assert_eq!(body, format!("upstream GET /two/ok/{i} id= body="));
-                ok += 1;
+            _ if status == 200 => {
+                *served.entry(body.parse().expect("a pid")).or_default() += 1;
             }
-            _ if is_crash_502(status, &body, crash) => failed += 1,
+            _ if is_crash_502(status, &body, crash) => {
+                dead.extend(reason_pid(&body));
+                failed += 1;
+            }
             _ if crash == Crash::Loop && status == 504 => timed_out += 1,
             i => panic!("request {i}: {status} {body}"),
         }
     }
-    println!("{crash:?} under load: {ok} x 200, {failed} x 502 (in flight on the dead worker), {timed_out} x 504");
+    let ok: usize = served.values().sum();
+    println!(
+        "{crash:?} under load: {ok} x 200 (by worker pid: {served:?}), {failed} x 502 (in flight \
+         on the dead worker {dead:?}), {timed_out} x 504"
+    );
     assert_eq!(ok + failed + timed_out, 1000);
-    assert!(ok > 0, "the other worker served nothing");
+    // Only one worker died, and every 502 names it; the other served.
+    assert!(dead.len() <= 1, "the 502s name several workers: {dead:?}");
+    if crash == Crash::Kill {
+        assert!(dead.iter().all(|d| *d == two[0]), "{dead:?} vs {}", two[0]);
+    }
+    let survivor = two
+        .iter()
+        .find(|p| !dead.contains(p) && (crash != Crash::Kill || **p != two[0]));
+    assert!(
+        survivor.is_some_and(|p| served.get(p).copied().unwrap_or(0) > 0),
+        "the other worker served nothing: {served:?}"
+    );
     assert!(
         proxy.alive(),
         "the proxy died under load:\n{}",
@@ -406,11 +454,9 @@ async fn crash_suite(crash: Crash) {
     all_ok(&c, &proxy, "one", 10).await;
     let now = proxy.worker_pids();
     assert_eq!(now.len(), 4, "1 + 2 + 1 workers again: {now:?}");
-    assert!(
-        !now.contains(&two[0]),
-        "the dead worker {} is gone: {now:?}",
-        two[0]
-    );
+    for d in &dead {
+        assert!(!now.contains(d), "the dead worker {d} is gone: {now:?}");
+    }
 
     let (status, log) = tokio::task::spawn_blocking(move || proxy.terminate())
         .await

@@ -90,6 +90,37 @@ pub(crate) fn c_plugin() -> PathBuf {
     out
 }
 
+/// The root crate's crash plugin (`examples/c_plugin/crash.c`) with a
+/// `silent` entry added (`host/tests/support/crash_silent.c`), compiled once.
+/// Only ever loaded with `isolation: process`: its entries crash the process
+/// that runs them.
+pub(crate) fn crash_plugin() -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash_host.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crash_silent.c");
+    let crash = root().join("examples/c_plugin/crash.c");
+    let built = out.metadata().and_then(|m| m.modified()).ok();
+    let fresh = out.exists()
+        && [&src, &crash]
+            .iter()
+            .all(|f| built >= f.metadata().and_then(|m| m.modified()).ok());
+    if !fresh {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = Command::new(cc)
+            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-std=c11"])
+            .arg("-I")
+            .arg(root().join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run the system C compiler");
+        assert!(status.success(), "compiling {} failed", src.display());
+    }
+    out
+}
+
 /// A fresh directory for one test's files.
 pub(crate) fn scratch_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
