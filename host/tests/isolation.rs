@@ -500,6 +500,11 @@ async fn an_exit_fails_only_its_workers_requests_and_the_worker_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_go_style_fatal_error_fails_only_its_workers_requests_and_the_worker_restarts() {
+    crash_suite(Crash::Fatal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_looping_worker_is_killed_after_the_timeout_and_restarts() {
     crash_suite(Crash::Loop).await;
 }
