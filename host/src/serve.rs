@@ -222,7 +222,7 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
                 handle: PluginHandle::Isolated(plugin),
                 transport: HostTransport::isolated(),
                 sessions: p.max_sessions.map(|n| Arc::new(Semaphore::new(n.get()))),
-                timeout,
+                timeout: timeout * ISOLATED_BACKSTOP,
                 rewrites_body: !opts.keep_content_length,
                 last_worker_failure: Default::default(),
             }));
@@ -332,15 +332,16 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
     }
     server.add_service(service);
     for p in &host.routes.plugins {
-        let (abi, workers) = match &p.handle {
-            PluginHandle::Legacy(_) => ("legacy", String::new()),
-            PluginHandle::V2(_) => ("v2", String::new()),
+        let (abi, workers, timeout) = match &p.handle {
+            PluginHandle::Legacy(_) => ("legacy", String::new(), p.timeout),
+            PluginHandle::V2(_) => ("v2", String::new(), p.timeout),
             PluginHandle::Isolated(iso) => (
                 match iso.abi() {
                     Abi::Legacy => "legacy",
                     Abi::V2 => "v2",
                 },
                 format!(" (worker processes {:?})", iso.worker_pids()),
+                p.timeout / ISOLATED_BACKSTOP,
             ),
         };
         eprintln!(
@@ -348,7 +349,7 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
              ms, sessions in flight {}",
             p.name,
             p.transport.name(),
-            p.timeout.as_millis(),
+            timeout.as_millis(),
             p.sessions.as_ref().map_or("unbounded".to_string(), |s| s
                 .available_permits()
                 .to_string()),
@@ -399,11 +400,15 @@ fn stats_json(host: &Host<ConfigRoutes>) -> serde_json::Value {
 /// The worker settings of an isolated plugin: the config's keys over the
 /// transport's defaults.
 ///
-/// The worker's deadline is the plugin's phase timeout plus a margin (a
-/// quarter of it, at least 100 ms): the request a stuck worker holds always
-/// gets the host's 504 first, and the watchdog kills the worker after that
-/// (the requests queued behind it get 502). With equal deadlines the two
-/// would race and the stuck request's status would be either.
+/// The plugin's phase timeout is the worker's deadline: the transport's
+/// watchdog kills a worker that has not answered a waiting phase for that
+/// long, and every request in flight on it (the stuck one included) gets
+/// 502. The host's own phase timer for an isolated plugin is only a backstop
+/// at [`ISOLATED_BACKSTOP`] times the timeout (see [`load`]): were it to
+/// fire first, it would cancel the stuck phase, and a worker with no phase
+/// waiting on it is never judged stuck, so a worker looping in a plugin
+/// would stay stuck until some later request waited on it for a whole
+/// timeout.
 fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> IsolatedConfig {
     let d = IsolatedConfig::default();
     let c = &p.isolation_config;
@@ -416,12 +421,18 @@ fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> 
     IsolatedConfig {
         workers: c.workers.map_or(d.workers, |n| n.get()),
         queue: c.worker_queue.map_or(d.queue, |n| n.get()),
-        phase_timeout: timeout + (timeout / 4).max(Duration::from_millis(100)),
+        phase_timeout: timeout,
         restart_backoff: (first, max),
         worker_command: vec![exe, "worker".into()],
         legacy_transport: kind.inner(),
     }
 }
+
+/// The host's phase timer of an isolated plugin, in multiples of its
+/// `timeout` (the worker's deadline): the watchdog kills a stuck worker
+/// between 1 and 1.5 timeouts after the phase began, so the timer fires only
+/// if the watchdog failed.
+pub const ISOLATED_BACKSTOP: u32 = 2;
 
 /// How long isolated workers get to run the plugin's `shutdown` and exit.
 const WORKER_GRACE: Duration = Duration::from_secs(5);

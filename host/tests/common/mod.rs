@@ -326,6 +326,16 @@ impl Proxy {
         }
     }
 
+    /// A handle on a proxy another handle runs (for `url` only: it owns no
+    /// process).
+    pub(crate) fn for_port(port: u16) -> Proxy {
+        Proxy {
+            child: None,
+            port,
+            log: PathBuf::new(),
+        }
+    }
+
     /// `http://127.0.0.1:PORT{path}`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)

@@ -341,16 +341,27 @@ async fn case_c_basic(proxy: &Proxy) {
 
 /// A plugin that never ends its phase: 504 (after its 1 s phase timeout) and
 /// the proxy serves the next request; a plugin error: 502.
-async fn case_faults(proxy: &Proxy) {
+///
+/// Isolated, the phase timeout is the worker's deadline: the worker that
+/// never answers is killed and the request gets 502 `plugin_crashed`.
+async fn case_faults(proxy: &Proxy, isolated: bool) {
     let c = client();
     let r = c
         .get(proxy.url("/timeout"))
         .send()
         .await
         .expect("GET /timeout");
-    assert_eq!(r.status(), 504);
+    let status = r.status();
     let v: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
-    assert_eq!(v["error"], "plugin_timeout");
+    if isolated {
+        assert_eq!(status, 502, "{v}");
+        assert_eq!(v["error"], "plugin_crashed", "{v}");
+        let m = v["message"].as_str().unwrap_or("");
+        assert!(m.contains("no answer within 1s"), "{v}");
+    } else {
+        assert_eq!(status, 504, "{v}");
+        assert_eq!(v["error"], "plugin_timeout");
+    }
     let r = c.get(proxy.url("/plain")).send().await.expect("GET /plain");
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -460,7 +471,7 @@ pub(crate) async fn suite(kind: Kind, transport: &str, isolated: bool) {
             case_append(&proxy, &upstream).await;
         }
     }
-    case_faults(&proxy).await;
+    case_faults(&proxy, isolated).await;
     case_concurrent(kind, &proxy).await;
 
     let (status, log) = tokio::task::spawn_blocking(move || proxy.terminate())
