@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nylon_transport::bench;
 use nylon_transport::host::driver::{run_request, RunOptions};
 use nylon_transport::host::{inspect, LegacyPlugin, MemoryContext, RequestSpec};
-use nylon_transport::transport::{Baseline, Fast, FastConfig, ReplyMode, V2Plugin, V2};
+use nylon_transport::transport::{
+    Baseline, Fast, FastConfig, Isolated, IsolatedConfig, IsolatedPlugin, ReplyMode, V2Plugin, V2,
+};
 
 #[derive(Parser)]
 #[command(
@@ -127,6 +129,8 @@ enum Command {
 enum TransportArg {
     Baseline,
     Fast,
+    /// The plugin runs in worker processes (either ABI).
+    Isolated,
 }
 
 fn main() -> ExitCode {
@@ -201,6 +205,19 @@ fn execute(command: Command) -> Result<ExitCode> {
                 bail!("{}: {}", plugin.display(), inspected.problems.join("; "));
             }
             let report = match (abi, transport) {
+                (_, TransportArg::Isolated) => {
+                    let lib = IsolatedPlugin::start(&plugin, &config, IsolatedConfig::default())?;
+                    let report = run_request(
+                        &Isolated::new(),
+                        &lib,
+                        &entry,
+                        &mut ctx,
+                        upstream.as_ref(),
+                        options,
+                    )?;
+                    lib.shutdown(Duration::from_secs(5));
+                    report
+                }
                 ("v2", TransportArg::Fast) => {
                     let lib = Arc::new(V2Plugin::load(&plugin, &config)?);
                     run_request(

@@ -22,7 +22,8 @@ use nylon_transport::abi::legacy::Phase;
 use nylon_transport::bench::context::{BenchContext, WsCodec};
 use nylon_transport::host::loader::LegacyPlugin;
 use nylon_transport::transport::{
-    Fast, FastConfig, PhaseOutcome, SessionOptions, Transport, V2Plugin, V2,
+    Fast, FastConfig, Isolated, IsolatedConfig, IsolatedPlugin, PhaseOutcome, SessionOptions,
+    Transport, V2Plugin, V2,
 };
 
 #[path = "../examples/v2_plugin.rs"]
@@ -85,7 +86,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// The checks in order; v2 first, so that threads the legacy plugin leaves
 /// behind cannot run while the v2 count is taken.
 fn main() {
-    let checks: [(&str, fn()); 3] = [
+    let checks: [(&str, fn()); 4] = [
         (
             "the counter counts on every thread",
             the_counter_counts_on_every_thread,
@@ -97,6 +98,10 @@ fn main() {
         (
             "a legacy request on the fast host allocates nothing host side",
             a_legacy_request_on_the_fast_host_allocates_nothing_host_side,
+        ),
+        (
+            "an isolated request allocates nothing host side",
+            an_isolated_request_allocates_nothing_host_side,
         ),
     ];
     for (name, check) in checks {
@@ -165,6 +170,30 @@ fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
     let (n, headers) = count_requests(&fast, &plugin, 200, 2_000);
     assert_eq!(n, 0, "host heap allocations in 2 000 legacy requests");
     assert!(has(&headers, "x-scenario", b"1"));
+}
+
+/// The v2 scenario through a worker process: every allocation of the host
+/// process counts (the task's thread, the worker's dispatcher and
+/// supervisor threads); the worker's own are in another process.
+fn an_isolated_request_allocates_nothing_host_side() {
+    let (_, v2, _) = nylon_transport::bench::find_plugins().unwrap();
+    let plugin = IsolatedPlugin::start(
+        &v2,
+        b"{}",
+        IsolatedConfig {
+            workers: 1,
+            worker_command: vec![
+                env!("CARGO_BIN_EXE_nylon-transport").into(),
+                "worker".into(),
+            ],
+            ..IsolatedConfig::default()
+        },
+    )
+    .unwrap();
+    let (n, headers) = count_requests(&Isolated::new(), &plugin, 200, 2_000);
+    assert_eq!(n, 0, "host heap allocations in 2 000 isolated requests");
+    assert!(has(&headers, "x-scenario", b"1"));
+    plugin.shutdown(TIMEOUT);
 }
 
 fn the_counter_counts_on_every_thread() {

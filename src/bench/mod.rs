@@ -19,6 +19,7 @@ pub mod contended;
 pub mod context;
 pub mod go;
 pub mod instructions;
+pub mod isolated;
 pub mod render;
 pub mod ring_rows;
 pub mod rows;
@@ -110,6 +111,7 @@ pub const MULTI_THREAD_ROWS: &[&str] = &[
     "ring_batched",
     "request_contended",
     "request_go",
+    "request_isolated",
 ];
 
 impl Row {
@@ -179,6 +181,7 @@ pub fn note(name: &str) -> &'static str {
         "header_serialization" => "8 request headers as a NylonHttpHeaders FlatBuffer: map clone + new builder vs reused builder",
         "frame_parse" => "parse and unmask one 125-byte masked frame: legacy host style (growing buffer, copy, byte-wise unmask, drain) vs in place, word-wise",
         "channel" => "a u64 to another thread and back: two crossbeam bounded(1) channels, blocking send/recv (unbounded measured the same, bounded(0) far slower) vs two SPSC rings on the heap backend (spin, yield, futex)",
+        "request_isolated" => "the request scenario (open, four phases, close) with the plugin in a worker process over the memfd ring pair: baseline: the legacy plugin on the in-process fast host; fast: the v2 plugin through a worker; isolated_legacy: the legacy plugin through a worker (fast inner transport); v2: the v2 plugin in process; isolated_concurrent: 16 v2 requests in flight on one worker, per request. Compare with ring_round_trip of the same run",
         "ring_round_trip" => "8 bytes to another process and back: two pipes to a child process (blocking reads) vs two SPSC rings in one memfd the child maps (spin, yield, futex)",
         "ring_batched" => "one-way throughput, ns per 64-byte frame (frames/s = 1e9/ns): crossbeam bounded(1024) of [u8; 64], send per frame, recv + try_iter vs ring push_many (32) / pop_many (256), 64 KiB, heap backend",
         "request_contended" => "8 host threads at once on 2 cores, each: open, 4 phases of the request scenario, close (per request, wall time over all threads), the legacy plugin running every phase on its own 4 threads as the Go SDK does. baseline: baseline host; fast: fast host; fast_deferred: fast host answering reads from the driver thread",

@@ -179,7 +179,7 @@ pub(crate) fn channel() -> Result<Row, String> {
 /// Where the `nylon-transport` binary is: the running executable, or the
 /// one next to it (a test or criterion bench runs from `target/*/deps`),
 /// built first with cargo (same profile) when the source tree is there.
-fn find_binary() -> Result<PathBuf, String> {
+pub(super) fn find_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut dir = exe.parent().ok_or("no binary directory")?.to_path_buf();
     if dir.ends_with("deps") || dir.ends_with("examples") {

@@ -536,6 +536,7 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
         super::ring_rows::batched()?,
     ];
     rows.push(super::contended::row(l));
+    rows.push(super::isolated::row(plugins)?);
     for r in &mut rows {
         r.note = super::note(r.name);
     }

@@ -11,13 +11,25 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use super::{OpenError, PhaseOutcome, SessionOptions, TraceEntry, Transport};
-use crate::abi::legacy::Phase;
+use super::wait::{run_to_end, Latency, PhaseProgress, WaitPolicy};
+use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport};
+use crate::abi::legacy::{Method, Phase};
 use crate::host::context::HttpContext;
+use crate::host::dispatch::DispatchError;
+use host::{lock, Counters, Launch, Stage, Worker};
+
+mod host;
+pub mod proto;
+mod worker;
 
 /// Settings of an [`IsolatedPlugin`].
 #[derive(Clone, Debug)]
@@ -43,7 +55,17 @@ pub struct IsolatedConfig {
 
 impl Default for IsolatedConfig {
     fn default() -> Self {
-        unimplemented!()
+        let exe = std::env::current_exe()
+            .map(OsString::from)
+            .unwrap_or_else(|_| OsString::from("nylon-transport"));
+        Self {
+            workers: 2,
+            queue: 1024,
+            phase_timeout: Duration::from_secs(5),
+            restart_backoff: (Duration::from_millis(10), Duration::from_secs(2)),
+            worker_command: vec![exe, OsString::from("worker")],
+            legacy_transport: InnerKind::Fast,
+        }
     }
 }
 
@@ -113,13 +135,26 @@ pub struct IsolatedStats {
 }
 
 /// A plugin loaded in worker processes.
+///
+/// Dropping the last handle shuts the workers down (as
+/// [`IsolatedPlugin::shutdown`] with a one-second grace).
 pub struct IsolatedPlugin {
-    _private: (),
+    workers: Box<[Arc<Worker>]>,
+    counters: Arc<Counters>,
+    abi: Abi,
+    /// Entries asked about so far, and the plugin's answer.
+    entries: RwLock<Vec<(Arc<str>, bool)>>,
+    next: AtomicUsize,
+    stopped: AtomicBool,
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for IsolatedPlugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IsolatedPlugin").finish_non_exhaustive()
+        f.debug_struct("IsolatedPlugin")
+            .field("abi", &self.abi)
+            .field("workers", &self.worker_pids())
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,8 +171,74 @@ impl IsolatedPlugin {
         config: &[u8],
         cfg: IsolatedConfig,
     ) -> Result<Arc<Self>, IsolatedError> {
-        let _ = (path, config, cfg);
-        unimplemented!()
+        if cfg.workers == 0 || cfg.queue == 0 {
+            return Err(IsolatedError::Spawn(
+                "workers and queue must be at least 1".into(),
+            ));
+        }
+        if config.len() > host::RING_CAPACITY / 4 {
+            return Err(IsolatedError::Spawn("plugin config too large".into()));
+        }
+        let n = cfg.workers;
+        let launch = Arc::new(Launch {
+            path: path.to_path_buf(),
+            config: config.to_vec(),
+            cfg,
+        });
+        let counters = Arc::new(Counters::default());
+        let workers: Box<[Arc<Worker>]> = (0..n)
+            .map(|i| Arc::new(Worker::new(i, Arc::clone(&launch), Arc::clone(&counters))))
+            .collect();
+        let mut supervisors = Vec::with_capacity(n);
+        let mut firsts = Vec::with_capacity(n);
+        for w in workers.iter() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let w2 = Arc::clone(w);
+            let h = std::thread::Builder::new()
+                .name(format!("nylon-iso-s{}", w.index))
+                .spawn(move || host::supervise(w2, tx))
+                .map_err(|e| IsolatedError::Spawn(e.to_string()))?;
+            supervisors.push(h);
+            firsts.push(rx);
+        }
+        let mut abi = Ok(Abi::Legacy);
+        for (i, rx) in firsts.into_iter().enumerate() {
+            let r = rx
+                .recv()
+                .unwrap_or_else(|_| Err(IsolatedError::Spawn("supervisor ended".into())));
+            match (i, r) {
+                (_, Err(e)) => abi = Err(e),
+                (0, Ok(a)) => {
+                    if abi.is_ok() {
+                        abi = Ok(a);
+                    }
+                }
+                (_, Ok(_)) => {}
+            }
+        }
+        let plugin = Arc::new(Self {
+            workers,
+            counters,
+            abi: Abi::Legacy,
+            entries: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            supervisors: Mutex::new(supervisors),
+        });
+        match abi {
+            Ok(a) => {
+                let mut p = plugin;
+                // Only this function holds the Arc yet.
+                if let Some(m) = Arc::get_mut(&mut p) {
+                    m.abi = a;
+                }
+                Ok(p)
+            }
+            Err(e) => {
+                plugin.shutdown(Duration::from_secs(1));
+                Err(e)
+            }
+        }
     }
 
     /// Asks a worker whether the plugin accepts `entry` (opens and closes a
@@ -145,39 +246,114 @@ impl IsolatedPlugin {
     ///
     /// # Errors
     ///
-    /// [`IsolatedError::Worker`] when no worker answered.
+    /// [`IsolatedError::Worker`] when no worker answered,
+    /// [`IsolatedError::ShutDown`] after [`IsolatedPlugin::shutdown`].
     pub fn check_entry(&self, entry: &str) -> Result<bool, IsolatedError> {
-        let _ = entry;
-        unimplemented!()
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(IsolatedError::ShutDown);
+        }
+        let live = self
+            .workers
+            .iter()
+            .find(|w| w.live.load(Ordering::Acquire))
+            .ok_or_else(|| IsolatedError::Worker("no live worker".into()))?;
+        live.check_entry(entry)
     }
 
     /// The ABI the workers found.
     pub fn abi(&self) -> Abi {
-        unimplemented!()
+        self.abi
     }
 
     /// The pids of the live workers.
     pub fn worker_pids(&self) -> Vec<u32> {
-        unimplemented!()
+        self.workers
+            .iter()
+            .map(|w| w.pid.load(Ordering::Relaxed))
+            .filter(|p| *p != 0)
+            .collect()
     }
 
     /// The counters.
     pub fn stats(&self) -> IsolatedStats {
-        unimplemented!()
+        let c = &self.counters;
+        IsolatedStats {
+            started: c.started.load(Ordering::Relaxed),
+            restarts: c.restarts.load(Ordering::Relaxed),
+            deaths: c.deaths.load(Ordering::Relaxed),
+            last_death: lock(&c.last_death).clone(),
+            in_flight: self
+                .workers
+                .iter()
+                .map(|w| w.open.load(Ordering::Relaxed) as u64)
+                .sum(),
+            rejected: c.rejected.load(Ordering::Relaxed),
+        }
     }
 
     /// Calls the plugin's `shutdown` in every worker once, waits up to
-    /// `grace` for them to exit, then kills the rest. Later opens fail.
+    /// `grace` for them to exit, then kills the rest. Later opens fail with
+    /// [`OpenError::Overloaded`]. Calling it again does nothing.
     pub fn shutdown(&self, grace: Duration) {
-        let _ = grace;
-        unimplemented!()
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for w in self.workers.iter() {
+            w.send_shutdown();
+        }
+        let deadline = Instant::now() + grace;
+        let handles = std::mem::take(&mut *lock(&self.supervisors));
+        while Instant::now() < deadline && handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for w in self.workers.iter() {
+            w.kill_now();
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    /// The entry's cached answer, asking a worker the first time.
+    fn entry(&self, entry: &str) -> Result<Arc<str>, OpenError> {
+        {
+            let cache = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((e, ok)) = cache.iter().find(|(e, _)| &**e == entry) {
+                return if *ok {
+                    Ok(Arc::clone(e))
+                } else {
+                    Err(OpenError::Rejected(entry.to_string()))
+                };
+            }
+        }
+        let ok = match self.check_entry(entry) {
+            Ok(ok) => ok,
+            Err(_) => return Err(OpenError::Overloaded),
+        };
+        let e: Arc<str> = Arc::from(entry);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Arc::clone(&e), ok));
+        if ok {
+            Ok(e)
+        } else {
+            Err(OpenError::Rejected(entry.to_string()))
+        }
+    }
+}
+
+impl Drop for IsolatedPlugin {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(1));
     }
 }
 
 /// The process-isolated transport (see the [module docs](self)).
 #[derive(Debug, Default)]
 pub struct Isolated {
-    _private: (),
+    wait: WaitPolicy,
+    latency: Latency,
 }
 
 impl Isolated {
@@ -190,23 +366,289 @@ impl Isolated {
 /// One session open in a worker.
 #[derive(Debug)]
 pub struct IsolatedSession {
-    _private: (),
+    plugin: Arc<IsolatedPlugin>,
+    worker: usize,
+    slot: u32,
+    sid: u32,
+    epoch: u64,
+    entry: Arc<str>,
+    /// The worker has opened the session (with its first phase start).
+    opened: bool,
+    /// Failed, cancelled or timed out: later phases return `Closed`.
+    closed: bool,
+}
+
+impl IsolatedSession {
+    /// The pid of the worker process the session runs in (0 if it is down).
+    pub fn worker_pid(&self) -> u32 {
+        self.plugin.workers[self.worker].pid.load(Ordering::Relaxed)
+    }
+
+    /// Tells the worker to close the session (best effort: a dead or
+    /// replaced worker has forgotten it already).
+    fn close_remote(&mut self) {
+        if !self.opened {
+            return;
+        }
+        self.opened = false;
+        let w = &self.plugin.workers[self.worker];
+        if let Some(l) = lock(&w.link).as_mut() {
+            if l.epoch == self.epoch {
+                let _ = l.push(self.sid, proto::CLOSE, &[]);
+            }
+        }
+    }
+}
+
+impl Drop for IsolatedSession {
+    fn drop(&mut self) {
+        self.close_remote();
+        self.plugin.workers[self.worker].release(self.slot);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PhaseState {
+    Start,
+    Running,
+    Done,
 }
 
 /// The future of one isolated phase (see [`Transport::phase`]).
-#[derive(Debug)]
+///
+/// The first poll writes the phase start into the worker's ring; the
+/// dispatcher stores the phase end in the session's slot and wakes the task;
+/// the next poll applies the commands to the context. Dropping it while the
+/// phase runs cancels it: the session is closed in the worker.
 pub struct IsolatedPhase<'a> {
-    _ctx: std::marker::PhantomData<&'a mut IsolatedSession>,
+    s: &'a mut IsolatedSession,
+    ctx: &'a mut dyn HttpContext,
+    phase: Phase,
+    state: PhaseState,
 }
 
-impl std::future::Future for IsolatedPhase<'_> {
+impl fmt::Debug for IsolatedPhase<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IsolatedPhase")
+            .field("phase", &self.phase)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IsolatedPhase<'_> {
+    /// Writes the phase start; `Some` when the phase cannot start.
+    fn start(&mut self) -> Option<PhaseOutcome> {
+        if self.s.closed {
+            return Some(PhaseOutcome::Error(SessionError::Closed));
+        }
+        let w = &self.s.plugin.workers[self.s.worker];
+        let slot = &w.slots[self.s.slot as usize];
+        let mut link = lock(&w.link);
+        let Some(l) = link.as_mut().filter(|l| l.epoch == self.s.epoch) else {
+            drop(link);
+            self.s.closed = true;
+            self.s.opened = false;
+            return Some(PhaseOutcome::Error(SessionError::Worker(w.death_reason())));
+        };
+        let mut st = lock(&slot.state);
+        let entry = (!self.s.opened).then_some(&*self.s.entry);
+        st.url.clear();
+        self.ctx.request_url(&mut st.url);
+        let mut count = proto::Counter::default();
+        proto::encode_start(&mut count, self.phase as u8, entry, self.ctx, &st.url);
+        let mut loan = match l.loan(count.0) {
+            Ok(loan) => loan,
+            Err(e) => {
+                drop(st);
+                drop(link);
+                self.s.closed = true;
+                return Some(PhaseOutcome::Error(SessionError::Worker(format!(
+                    "cannot send the phase start: {e}"
+                ))));
+            }
+        };
+        proto::encode_start(
+            &mut proto::SliceOut::new(loan.payload_mut()),
+            self.phase as u8,
+            entry,
+            self.ctx,
+            &st.url,
+        );
+        st.stage = Stage::Waiting;
+        loan.commit(self.s.sid, proto::PHASE_START, 0);
+        self.s.opened = true;
+        self.state = PhaseState::Running;
+        None
+    }
+
+    /// Looks at the slot: the phase's end, a read to answer, a death.
+    fn resume(&mut self, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        let w = &self.s.plugin.workers[self.s.worker];
+        let slot = &w.slots[self.s.slot as usize];
+        loop {
+            let mut st = lock(&slot.state);
+            match st.stage {
+                Stage::Ended => {
+                    st.stage = Stage::Idle;
+                    let o = apply(&st.buf, self.ctx, &self.s.entry);
+                    drop(st);
+                    return Poll::Ready(self.end(o));
+                }
+                Stage::Failed => {
+                    st.stage = Stage::Idle;
+                    let reason = st.failure.take().unwrap_or_default();
+                    drop(st);
+                    self.s.opened = false;
+                    return Poll::Ready(
+                        self.end(PhaseOutcome::Error(SessionError::Worker(reason))),
+                    );
+                }
+                Stage::Read => {
+                    st.stage = Stage::Waiting;
+                    drop(st);
+                    let body = self.ctx.request_body();
+                    let sent = match lock(&w.link).as_mut() {
+                        Some(l) if l.epoch == self.s.epoch => {
+                            l.push(self.s.sid, proto::READ_REPLY, body).is_ok()
+                        }
+                        _ => false,
+                    };
+                    if !sent {
+                        // Too large or the worker is gone: it waits in vain
+                        // until the watchdog or its death ends the phase.
+                        continue;
+                    }
+                }
+                Stage::Waiting => {
+                    slot.waker.register(cx.waker());
+                    return Poll::Pending;
+                }
+                Stage::Idle | Stage::Free => {
+                    drop(st);
+                    return Poll::Ready(self.end(PhaseOutcome::Error(SessionError::Closed)));
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, o: PhaseOutcome) -> PhaseOutcome {
+        self.state = PhaseState::Done;
+        if !matches!(
+            o,
+            PhaseOutcome::Next | PhaseOutcome::End | PhaseOutcome::StreamEnd
+        ) {
+            // The worker closed its session after a failure; a dead worker
+            // forgot it.
+            self.s.closed = true;
+            self.s.close_remote();
+        }
+        o
+    }
+}
+
+/// Applies a validated phase end to the context: its commands in order,
+/// then its outcome.
+fn apply(frame: &[u8], ctx: &mut dyn HttpContext, entry: &str) -> PhaseOutcome {
+    let mut failed: Option<DispatchError> = None;
+    let decoded = proto::decode_end(frame, |c| {
+        if failed.is_some() {
+            return;
+        }
+        let r = match c {
+            proto::Command::Status(s) => {
+                ctx.set_response_status(s);
+                Ok(())
+            }
+            proto::Command::SetHeader(n, v) => {
+                ctx.set_response_header(n, v);
+                Ok(())
+            }
+            proto::Command::RemoveHeader(n) => {
+                ctx.remove_response_header(n);
+                Ok(())
+            }
+            proto::Command::SetBody(b) => {
+                ctx.set_response_body(b);
+                Ok(())
+            }
+            proto::Command::StreamHeader => ctx
+                .response_stream_header()
+                .map_err(|e| (Method::SetResponseStreamHeader, e)),
+            proto::Command::StreamData(d) => ctx
+                .response_stream_data(d)
+                .map_err(|e| (Method::SetResponseStreamData, e)),
+            proto::Command::StreamEnd => ctx
+                .response_stream_end()
+                .map_err(|e| (Method::SetResponseStreamEnd, e)),
+        };
+        if let Err((m, reason)) = r {
+            failed = Some(DispatchError::Downstream {
+                method: m as u32,
+                reason,
+            });
+        }
+    });
+    let (code, message) = match decoded {
+        Ok(d) => d,
+        // The dispatcher validated the frame before storing it.
+        Err(e) => return PhaseOutcome::Error(SessionError::Worker(e.to_string())),
+    };
+    if let Some(e) = failed {
+        return PhaseOutcome::Error(SessionError::Dispatch(e));
+    }
+    use proto::outcome::*;
+    match code {
+        NEXT => PhaseOutcome::Next,
+        END => PhaseOutcome::End,
+        STREAM_END => PhaseOutcome::StreamEnd,
+        TIMEOUT => PhaseOutcome::Timeout,
+        REJECTED => PhaseOutcome::Error(SessionError::Plugin(format!(
+            "plugin refused to open a session for entry `{entry}`"
+        ))),
+        QUEUE_FULL => PhaseOutcome::Error(SessionError::QueueFull),
+        CLOSED => PhaseOutcome::Error(SessionError::Closed),
+        PLUGIN_REPORTED => PhaseOutcome::Error(SessionError::Dispatch(DispatchError::Plugin(
+            message.to_string(),
+        ))),
+        _ => PhaseOutcome::Error(SessionError::Plugin(message.to_string())),
+    }
+}
+
+impl Future for IsolatedPhase<'_> {
     type Output = PhaseOutcome;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<PhaseOutcome> {
-        unimplemented!()
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
+        let this = self.get_mut();
+        match this.state {
+            PhaseState::Start => match this.start() {
+                Some(o) => {
+                    this.state = PhaseState::Done;
+                    Poll::Ready(o)
+                }
+                None => this.resume(cx),
+            },
+            PhaseState::Running => this.resume(cx),
+            PhaseState::Done => Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
+        }
+    }
+}
+
+impl PhaseProgress for IsolatedPhase<'_> {
+    fn websocket(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Drop for IsolatedPhase<'_> {
+    fn drop(&mut self) {
+        if self.state == PhaseState::Running {
+            // Cancelled: a late phase end finds the slot idle and is dropped.
+            let w = &self.s.plugin.workers[self.s.worker];
+            lock(&w.slots[self.s.slot as usize].state).stage = Stage::Idle;
+            self.s.closed = true;
+            self.s.close_remote();
+        }
     }
 }
 
@@ -219,14 +661,43 @@ impl Transport for Isolated {
         "isolated"
     }
 
+    /// Opens a session on the worker with the fewest open sessions among
+    /// the next ones in turn. The worker opens it with the first phase
+    /// start (the entry was checked once, when first seen).
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::Rejected`] when the plugin refuses the entry,
+    /// [`OpenError::Overloaded`] when every worker is full or down.
     fn open(
         &self,
         plugin: &Arc<IsolatedPlugin>,
         entry: &str,
-        options: SessionOptions,
+        _options: SessionOptions,
     ) -> Result<IsolatedSession, OpenError> {
-        let _ = (plugin, entry, options);
-        unimplemented!()
+        if plugin.stopped.load(Ordering::Acquire) {
+            return Err(OpenError::Overloaded);
+        }
+        let entry = plugin.entry(entry)?;
+        let n = plugin.workers.len();
+        let first = plugin.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let i = (first + k) % n;
+            if let Some((slot, sid, epoch)) = plugin.workers[i].acquire() {
+                return Ok(IsolatedSession {
+                    plugin: Arc::clone(plugin),
+                    worker: i,
+                    slot,
+                    sid,
+                    epoch,
+                    entry,
+                    opened: false,
+                    closed: false,
+                });
+            }
+        }
+        plugin.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(OpenError::Overloaded)
     }
 
     fn phase<'a>(
@@ -235,8 +706,12 @@ impl Transport for Isolated {
         phase: Phase,
         ctx: &'a mut dyn HttpContext,
     ) -> IsolatedPhase<'a> {
-        let _ = (session, phase, ctx);
-        unimplemented!()
+        IsolatedPhase {
+            s: session,
+            ctx,
+            phase,
+            state: PhaseState::Start,
+        }
     }
 
     fn run_phase(
@@ -246,17 +721,19 @@ impl Transport for Isolated {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
-        let _ = (session, phase, ctx, timeout);
-        unimplemented!()
+        run_to_end(
+            self.phase(session, phase, ctx),
+            self.wait,
+            &self.latency,
+            timeout,
+        )
     }
 
     fn close(&self, session: IsolatedSession) {
-        let _ = session;
-        unimplemented!()
+        drop(session);
     }
 
-    fn take_trace(&self, session: &mut IsolatedSession) -> Vec<TraceEntry> {
-        let _ = session;
+    fn take_trace(&self, _session: &mut IsolatedSession) -> Vec<TraceEntry> {
         Vec::new()
     }
 }
@@ -264,6 +741,5 @@ impl Transport for Isolated {
 /// The `worker` subcommand: both binaries (`nylon-transport`, and the
 /// host's `nylon-serve`) call it with the arguments after `worker`.
 pub fn worker_main(args: &[OsString]) -> std::process::ExitCode {
-    let _ = args;
-    unimplemented!()
+    worker::main(args)
 }

@@ -1,0 +1,152 @@
+/*
+ * A legacy Nylon plugin that crashes on purpose, for the process-isolation
+ * tests only (tests/isolated.rs). Never load it in process: it takes the
+ * process down.
+ *
+ *   cc -shared -fPIC -O2 -o libcrash.so examples/c_plugin/crash.c -Iinclude
+ *
+ * Entries (phase 1; phases 2..4 send NEXT):
+ *   ok           sets x-worker-pid to getpid() and x-config to the config
+ *                passed to initialize, then END.
+ *   crash_segv   writes through a NULL pointer (SIGSEGV).
+ *   crash_abort  calls abort() (SIGABRT).
+ *   crash_exit   calls exit(7), like a runtime that gives up.
+ *   crash_fatal  prints a Go-style "fatal error:" line and exits with 2, as
+ *                the Go runtime does on a fatal error.
+ *   crash_loop   loops forever without answering.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nylon_legacy.h"
+
+#define MAX_SESSIONS 4096
+
+enum entry { NONE = 0, OK, SEGV, ABRT, EXIT, FATAL, LOOP };
+
+static const struct {
+    const char *name;
+    enum entry entry;
+} entries[] = {
+    {"ok", OK},          {"crash_segv", SEGV}, {"crash_abort", ABRT},
+    {"crash_exit", EXIT}, {"crash_fatal", FATAL}, {"crash_loop", LOOP},
+};
+
+/* Sessions by sid modulo the table size; a worker runs one phase at a time. */
+static struct {
+    uint32_t sid;
+    enum entry entry;
+    data_event_fn cb;
+} sessions[MAX_SESSIONS];
+
+static char config[256];
+static size_t config_len;
+
+void initialize(const uint8_t *cfg, uint32_t cfg_len)
+{
+    config_len = cfg_len < sizeof config ? cfg_len : sizeof config;
+    if (config_len != 0)
+        memcpy(config, cfg, config_len);
+}
+
+void plugin_free(uint8_t *p)
+{
+    (void)p;
+}
+
+uint8_t register_session_stream(uint32_t sid, const uint8_t *entry, uint32_t entry_len,
+                                data_event_fn cb)
+{
+    size_t i;
+    for (i = 0; i < sizeof entries / sizeof entries[0]; i++) {
+        size_t n = strlen(entries[i].name);
+        if (n == entry_len && memcmp(entries[i].name, entry, n) == 0) {
+            uint32_t k = sid % MAX_SESSIONS;
+            sessions[k].sid = sid;
+            sessions[k].entry = entries[i].entry;
+            sessions[k].cb = cb;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void send_msg(data_event_fn cb, uint32_t sid, uint32_t method, const void *data, size_t len)
+{
+    FfiBuffer buf;
+    memset(&buf, 0, sizeof buf);
+    buf.sid = sid;
+    buf.phase = NYLON_PHASE_ZERO;
+    buf.method = method;
+    buf.ptr = len ? (const unsigned char *)data : NULL;
+    buf.len = (uint64_t)len;
+    cb(&buf);
+}
+
+static void send_header(data_event_fn cb, uint32_t sid, const char *key, const char *val,
+                        size_t vlen)
+{
+    uint8_t out[512];
+    size_t n = nylon_header_kv_encode(out, sizeof out, key, strlen(key), val, vlen);
+    if (n != 0)
+        send_msg(cb, sid, NYLON_METHOD_SET_RESPONSE_HEADER, out, n);
+}
+
+void event_stream(const FfiBuffer *buf)
+{
+    if (buf == NULL || buf->phase == NYLON_PHASE_ZERO || buf->phase > NYLON_PHASE_LOGGING)
+        return;
+    uint32_t k = buf->sid % MAX_SESSIONS;
+    if (sessions[k].sid != buf->sid || sessions[k].cb == NULL)
+        return;
+    data_event_fn cb = sessions[k].cb;
+    if (buf->phase != NYLON_PHASE_REQUEST_FILTER) {
+        send_msg(cb, buf->sid, NYLON_METHOD_NEXT, NULL, 0);
+        return;
+    }
+    switch (sessions[k].entry) {
+    case OK: {
+        char pid[32];
+        int n = snprintf(pid, sizeof pid, "%d", (int)getpid());
+        send_header(cb, buf->sid, "x-worker-pid", pid, (size_t)n);
+        send_header(cb, buf->sid, "x-config", config, config_len);
+        send_msg(cb, buf->sid, NYLON_METHOD_END, NULL, 0);
+        return;
+    }
+    case SEGV: {
+        volatile int *p = NULL;
+        *p = 42;
+        return;
+    }
+    case ABRT:
+        abort();
+    case EXIT:
+        exit(7);
+    case FATAL:
+        fprintf(stderr, "fatal error: all goroutines are asleep - deadlock!\n");
+        exit(2);
+    case LOOP:
+        for (;;) {
+            /* A volatile read keeps the loop from being optimised out. */
+            volatile int spin = 0;
+            (void)spin;
+        }
+    case NONE:
+        return;
+    }
+}
+
+void close_session_stream(uint32_t sid)
+{
+    uint32_t k = sid % MAX_SESSIONS;
+    if (sessions[k].sid == sid)
+        sessions[k].cb = NULL;
+}
+
+void shutdown(void)
+{
+    /* Tells the test the worker ran the plugin's shutdown: a line on stderr. */
+    fprintf(stderr, "crash plugin: shutdown\n");
+}

@@ -1,0 +1,688 @@
+//! The host side of one worker: its session slots, its ring producer, the
+//! dispatcher thread that reads the worker's frames, and the supervisor
+//! thread that starts it, watches it, reaps it and restarts it.
+//!
+//! # Threads and locks
+//!
+//! - The **supervisor** (one per worker, for the plugin's lifetime) spawns
+//!   each incarnation from its own thread (the worker's `PR_SET_PDEATHSIG`
+//!   follows the thread that forked it), waits on the worker's stdout pipe
+//!   (EOF = the worker died; a tick drives the stall watchdog), reaps it,
+//!   fails its in-flight sessions and restarts it with backoff.
+//! - The **dispatcher** (one per incarnation) pops worker-to-host frames,
+//!   validates them, stores a phase end in its session's slot and wakes the
+//!   session's task through the slot's `AtomicWaker`.
+//! - Tasks write host-to-worker frames straight into the ring under the
+//!   `link` mutex (the single producer): no thread hop on the request path.
+//!
+//! Lock order: `link`, then a slot's `state`; `child` alone.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+
+use super::proto;
+use super::{Abi, InnerKind, IsolatedConfig, IsolatedError};
+use crate::ring::{region_size, Consumer, MmapRegion, Producer, Ring, RingError};
+
+/// Data bytes of each ring (host to worker, worker to host); a frame takes
+/// at most half.
+pub(super) const RING_CAPACITY: usize = 4 << 20;
+/// Bits of a session id that name the slot; the rest is a generation.
+const SLOT_BITS: u32 = 16;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+/// How long a task waits for room in a full ring before the phase fails.
+const ROOM_WAIT: Duration = Duration::from_millis(50);
+/// How long the host waits for a new worker's hello.
+const HELLO_WAIT: Duration = Duration::from_secs(30);
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a slot's session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// No session.
+    Free,
+    /// Open, no phase running.
+    Idle,
+    /// A phase start was sent; waiting for its end.
+    Waiting,
+    /// The worker asked for something the phase start did not carry.
+    Read,
+    /// The phase end is in `buf`, validated.
+    Ended,
+    /// The worker died during the phase; `failure` says why.
+    Failed,
+}
+
+#[derive(Debug)]
+pub(super) struct SlotState {
+    pub(super) sid: u32,
+    pub(super) epoch: u64,
+    pub(super) stage: Stage,
+    generation: u32,
+    /// The phase end's bytes (memory reused across sessions).
+    pub(super) buf: Vec<u8>,
+    /// The request URL, rebuilt per phase start (memory reused).
+    pub(super) url: Vec<u8>,
+    pub(super) failure: Option<String>,
+}
+
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) state: Mutex<SlotState>,
+    pub(super) waker: AtomicWaker,
+}
+
+/// The host's end of a live incarnation's host-to-worker ring.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) tx: Producer<MmapRegion>,
+    pub(super) epoch: u64,
+}
+
+impl Link {
+    /// Loans room for `len` bytes, waiting up to [`ROOM_WAIT`] for the
+    /// worker to make room.
+    pub(super) fn loan(
+        &mut self,
+        len: usize,
+    ) -> Result<crate::ring::Loan<'_, MmapRegion>, RingError> {
+        let deadline = Instant::now() + ROOM_WAIT;
+        let mut tries = 0u32;
+        loop {
+            match self.tx.try_loan(len) {
+                Err(RingError::Full) if Instant::now() < deadline => {
+                    tries += 1;
+                    if tries > 64 {
+                        std::thread::sleep(Duration::from_micros(100));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                // Re-borrow: the loop's borrow ends with the Err arm.
+                Err(e) => return Err(e),
+                Ok(_) => break,
+            }
+        }
+        self.tx.try_loan(len)
+    }
+
+    /// Pushes a whole frame (as [`Link::loan`]).
+    pub(super) fn push(&mut self, sid: u32, method: u32, payload: &[u8]) -> Result<(), RingError> {
+        let mut loan = self.loan(payload.len())?;
+        loan.payload_mut().copy_from_slice(payload);
+        loan.commit(sid, method, 0);
+        Ok(())
+    }
+}
+
+/// The answers a supervisor or a caller waits for.
+#[derive(Debug, Default)]
+struct Control {
+    hello: Option<Result<Abi, String>>,
+    token: u32,
+    entry: Option<(u32, bool)>,
+}
+
+/// Counters shared by a plugin's workers.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) started: AtomicU64,
+    pub(super) restarts: AtomicU64,
+    pub(super) deaths: AtomicU64,
+    pub(super) rejected: AtomicU64,
+    pub(super) last_death: Mutex<Option<String>>,
+}
+
+/// What every worker of a plugin is started with.
+#[derive(Debug)]
+pub(super) struct Launch {
+    pub(super) path: PathBuf,
+    pub(super) config: Vec<u8>,
+    pub(super) cfg: IsolatedConfig,
+}
+
+/// One worker: the process (across restarts) and its sessions.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) index: usize,
+    pub(super) slots: Box<[Slot]>,
+    pub(super) free: Mutex<Vec<u32>>,
+    /// Open sessions.
+    pub(super) open: AtomicUsize,
+    pub(super) link: Mutex<Option<Link>>,
+    /// The current incarnation (bumped before each spawn).
+    pub(super) epoch: AtomicU64,
+    pub(super) live: AtomicBool,
+    pub(super) pid: AtomicU32,
+    child: Mutex<Option<Child>>,
+    kill_reason: Mutex<Option<String>>,
+    /// Frames received from the worker (the stall watchdog's clock).
+    progress: AtomicU64,
+    control: Mutex<Control>,
+    control_cv: Condvar,
+    pub(super) stopping: AtomicBool,
+    pub(super) last_death: Mutex<Option<String>>,
+    pub(super) counters: Arc<Counters>,
+    launch: Arc<Launch>,
+}
+
+impl Worker {
+    pub(super) fn new(index: usize, launch: Arc<Launch>, counters: Arc<Counters>) -> Self {
+        let n = launch.cfg.queue.clamp(1, 1 << SLOT_BITS);
+        let slots = (0..n)
+            .map(|_| Slot {
+                state: Mutex::new(SlotState {
+                    sid: 0,
+                    epoch: 0,
+                    stage: Stage::Free,
+                    generation: 0,
+                    buf: Vec::new(),
+                    url: Vec::new(),
+                    failure: None,
+                }),
+                waker: AtomicWaker::new(),
+            })
+            .collect();
+        Self {
+            index,
+            slots,
+            free: Mutex::new((0..n as u32).rev().collect()),
+            open: AtomicUsize::new(0),
+            link: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            pid: AtomicU32::new(0),
+            child: Mutex::new(None),
+            kill_reason: Mutex::new(None),
+            progress: AtomicU64::new(0),
+            control: Mutex::new(Control::default()),
+            control_cv: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            last_death: Mutex::new(None),
+            counters,
+            launch,
+        }
+    }
+
+    /// Takes a free slot for a new session: its index, sid and epoch.
+    pub(super) fn acquire(&self) -> Option<(u32, u32, u64)> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let idx = lock(&self.free).pop()?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let mut st = lock(&self.slots[idx as usize].state);
+        st.generation = st.generation % ((1 << (32 - SLOT_BITS)) - 1) + 1;
+        st.sid = (st.generation << SLOT_BITS) | idx;
+        st.epoch = self.epoch.load(Ordering::Acquire);
+        st.stage = Stage::Idle;
+        st.failure = None;
+        Some((idx, st.sid, st.epoch))
+    }
+
+    /// Frees a slot.
+    pub(super) fn release(&self, idx: u32) {
+        let mut st = lock(&self.slots[idx as usize].state);
+        st.stage = Stage::Free;
+        st.failure = None;
+        drop(st);
+        lock(&self.free).push(idx);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Why the worker's last incarnation died (for sessions of a dead one).
+    pub(super) fn death_reason(&self) -> String {
+        lock(&self.last_death)
+            .clone()
+            .unwrap_or_else(|| format!("worker {} restarted", self.index))
+    }
+
+    /// Kills incarnation `epoch` (if it is still the current one), giving
+    /// `reason` as the cause of its death.
+    pub(super) fn kill(&self, epoch: u64, reason: String) {
+        let mut child = lock(&self.child);
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if let Some(c) = child.as_mut() {
+            let mut r = lock(&self.kill_reason);
+            if r.is_none() {
+                *r = Some(reason);
+            }
+            let _ = c.kill();
+        }
+    }
+
+    /// Asks the worker whether the plugin accepts `entry`.
+    pub(super) fn check_entry(&self, entry: &str) -> Result<bool, IsolatedError> {
+        let token = {
+            let mut c = lock(&self.control);
+            c.token = c.token.wrapping_add(1);
+            c.entry = None;
+            c.token
+        };
+        {
+            let mut link = lock(&self.link);
+            let l = link
+                .as_mut()
+                .ok_or_else(|| IsolatedError::Worker(self.death_reason()))?;
+            l.push(token, proto::CHECK_ENTRY, entry.as_bytes())
+                .map_err(|e| IsolatedError::Worker(e.to_string()))?;
+        }
+        let deadline = Instant::now() + self.launch.cfg.phase_timeout + HELLO_WAIT;
+        let mut c = lock(&self.control);
+        loop {
+            if let Some((t, ok)) = c.entry {
+                if t == token {
+                    return Ok(ok);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline || !self.live.load(Ordering::Acquire) {
+                return Err(IsolatedError::Worker(format!(
+                    "worker {} did not answer the entry check",
+                    self.index
+                )));
+            }
+            c = self
+                .control_cv
+                .wait_timeout(c, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends `SHUTDOWN` to the live incarnation.
+    pub(super) fn send_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(l) = lock(&self.link).as_mut() {
+            let _ = l.push(0, proto::SHUTDOWN, &[]);
+        }
+    }
+
+    /// Kills whatever incarnation is running.
+    pub(super) fn kill_now(&self) {
+        if let Some(c) = lock(&self.child).as_mut() {
+            let _ = c.kill();
+        }
+    }
+}
+
+/// Starts one incarnation: the memfd with both rings, the INIT frame, the
+/// process, its dispatcher. Returns the child and the host's producer.
+fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), String> {
+    let launch = &w.launch;
+    let len = region_size(RING_CAPACITY);
+    let back_offset = (len as u64).div_ceil(1 << 16) << 16;
+    let (to, file) = MmapRegion::memfd("nylon-isolated", len).map_err(|e| e.to_string())?;
+    let back = MmapRegion::file_range(&file, back_offset, len).map_err(|e| e.to_string())?;
+    let mut tx = Ring::create(to, RING_CAPACITY)
+        .map_err(|e| e.to_string())?
+        .into_producer();
+    let rx = Ring::create(back, RING_CAPACITY)
+        .map_err(|e| e.to_string())?
+        .into_consumer();
+    tx.try_push(0, proto::INIT, 0, &launch.config)
+        .map_err(|e| format!("plugin config: {e}"))?;
+    let cmd = &launch.cfg.worker_command;
+    let program = cmd.first().ok_or("empty worker command")?;
+    let legacy = match launch.cfg.legacy_transport {
+        InnerKind::Fast => "fast",
+        InnerKind::FastDeferred => "fast-deferred",
+        InnerKind::Baseline => "baseline",
+    };
+    let timeout = launch
+        .cfg
+        .phase_timeout
+        .saturating_mul(2)
+        .as_millis()
+        .max(1);
+    // The memfd becomes the worker's standard input (descriptor 0); its
+    // standard output is a pipe whose end of file tells the supervisor the
+    // worker is gone.
+    let child = Command::new(program)
+        .args(&cmd[1..])
+        .args(["--fd", "0", "--capacity"])
+        .arg(RING_CAPACITY.to_string())
+        .arg("--back-offset")
+        .arg(back_offset.to_string())
+        .arg("--plugin")
+        .arg(&launch.path)
+        .args(["--legacy", legacy, "--host-pid"])
+        .arg(std::process::id().to_string())
+        .arg("--timeout-ms")
+        .arg(timeout.to_string())
+        .stdin(Stdio::from(file))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
+    let worker = Arc::clone(w);
+    std::thread::Builder::new()
+        .name(format!("nylon-iso-d{}", w.index))
+        .spawn(move || dispatcher(&worker, rx, epoch))
+        .map_err(|e| e.to_string())?;
+    Ok((child, tx))
+}
+
+/// Reads worker-to-host frames of incarnation `epoch` until it is replaced.
+fn dispatcher(w: &Worker, mut rx: Consumer<MmapRegion>, epoch: u64) {
+    loop {
+        if w.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let r = match rx.pop_timeout(Duration::from_secs(1)) {
+            Ok(f) => {
+                w.progress.fetch_add(1, Ordering::Relaxed);
+                handle(w, epoch, f.header().session, f.header().method, f.payload())
+            }
+            Err(RingError::Timeout) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = r {
+            w.kill(epoch, reason);
+            // Wake a supervisor waiting for the hello.
+            w.control_cv.notify_all();
+            return;
+        }
+    }
+}
+
+/// Handles one frame from the worker; `Err` means the worker broke the
+/// protocol and is killed.
+fn handle(w: &Worker, epoch: u64, sid: u32, method: u32, payload: &[u8]) -> Result<(), String> {
+    proto::decode_from_worker(method, payload).map_err(|e| e.to_string())?;
+    match method {
+        proto::PHASE_END | proto::READ => {
+            let idx = (sid & SLOT_MASK) as usize;
+            let slot = w
+                .slots
+                .get(idx)
+                .ok_or("protocol violation: session id out of range")?;
+            let mut st = lock(&slot.state);
+            // A stale sid or stage is an answer to a cancelled phase.
+            if st.sid != sid || st.epoch != epoch {
+                return Ok(());
+            }
+            match (method, st.stage) {
+                (proto::PHASE_END, Stage::Waiting) => {
+                    st.buf.clear();
+                    st.buf.extend_from_slice(payload);
+                    st.stage = Stage::Ended;
+                }
+                (proto::READ, Stage::Waiting) => st.stage = Stage::Read,
+                (_, Stage::Waiting | Stage::Read) => {
+                    return Err("protocol violation: phase end during a read".into())
+                }
+                _ => return Ok(()),
+            }
+            drop(st);
+            slot.waker.wake();
+        }
+        proto::HELLO => {
+            let (abi, _pid) = proto::decode_hello(payload).map_err(|e| e.to_string())?;
+            lock(&w.control).hello = Some(Ok(if abi == 1 { Abi::V2 } else { Abi::Legacy }));
+            w.control_cv.notify_all();
+        }
+        proto::LOAD_ERROR => {
+            lock(&w.control).hello = Some(Err(String::from_utf8_lossy(payload).into_owned()));
+            w.control_cv.notify_all();
+        }
+        proto::ENTRY => {
+            lock(&w.control).entry = Some((sid, payload == [1]));
+            w.control_cv.notify_all();
+        }
+        _ => return Err("protocol violation: unexpected frame".into()),
+    }
+    Ok(())
+}
+
+/// The wait status as a reason: `worker 1234 killed by signal 11 (SIGSEGV)`.
+pub(super) fn describe(pid: u32, status: ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGILL => "SIGILL",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGTRAP => "SIGTRAP",
+            _ => "signal",
+        };
+        format!("worker {pid} killed by signal {sig} ({name})")
+    } else {
+        format!(
+            "worker {pid} exited with status {}",
+            status.code().unwrap_or(-1)
+        )
+    }
+}
+
+/// Waits for the hello of the incarnation just spawned.
+fn await_hello(w: &Worker, pid: u32) -> Result<Abi, IsolatedError> {
+    let deadline = Instant::now() + HELLO_WAIT;
+    let mut c = lock(&w.control);
+    loop {
+        if let Some(h) = c.hello.take() {
+            return h.map_err(IsolatedError::Load);
+        }
+        let exited = lock(&w.child)
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            return Err(IsolatedError::Load(describe(pid, status)));
+        }
+        if Instant::now() >= deadline {
+            return Err(IsolatedError::Spawn("no hello from the worker".into()));
+        }
+        c = w
+            .control_cv
+            .wait_timeout(c, Duration::from_millis(20))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// Waits until the worker's stdout reaches end of file (it died or exited),
+/// forwarding what it prints to stderr, and killing it when it stalls.
+fn watch(w: &Worker, epoch: u64, out: &mut std::process::ChildStdout) {
+    let cfg = &w.launch.cfg;
+    let tick = (cfg.phase_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut last = w.progress.load(Ordering::Relaxed);
+    let mut stalled: Option<Instant> = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, tick.as_millis() as i32) };
+        if n > 0 {
+            match out.read(&mut buf) {
+                Ok(0) => return,
+                Ok(k) => {
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(&buf[..k]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+            continue;
+        }
+        // The stall watchdog: a phase is waiting and the worker has sent
+        // nothing for a whole phase timeout.
+        let now = w.progress.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            stalled = None;
+            continue;
+        }
+        let waiting = w
+            .slots
+            .iter()
+            .any(|s| matches!(lock(&s.state).stage, Stage::Waiting));
+        if !waiting {
+            stalled = None;
+            continue;
+        }
+        let since = *stalled.get_or_insert_with(Instant::now);
+        if since.elapsed() >= cfg.phase_timeout {
+            w.kill(epoch, format!("no answer within {:?}", cfg.phase_timeout));
+        }
+    }
+}
+
+/// The supervisor of one worker: start, watch, reap, fail in-flight
+/// sessions, restart with backoff; until the plugin stops. The first
+/// incarnation's result goes to `first`.
+pub(super) fn supervise(
+    w: Arc<Worker>,
+    first: std::sync::mpsc::Sender<Result<Abi, IsolatedError>>,
+) {
+    let cfg = w.launch.cfg.clone();
+    let mut first = Some(first);
+    let mut backoff = cfg.restart_backoff.0;
+    loop {
+        let epoch = w.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        lock(&w.control).hello = None;
+        let (mut child, tx) = match spawn(&w, epoch) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(IsolatedError::Spawn(e)));
+                    return;
+                }
+                eprintln!("nylon: cannot restart worker {}: {e}", w.index);
+                if sleep_unless_stopping(&w, backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(cfg.restart_backoff.1);
+                continue;
+            }
+        };
+        let pid = child.id();
+        let mut out = child.stdout.take();
+        *lock(&w.child) = Some(child);
+        w.counters.started.fetch_add(1, Ordering::Relaxed);
+        if first.is_none() {
+            w.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        let hello = await_hello(&w, pid);
+        let born = Instant::now();
+        match hello {
+            Ok(abi) => {
+                *lock(&w.link) = Some(Link { tx, epoch });
+                w.live.store(true, Ordering::Release);
+                w.pid.store(pid, Ordering::Release);
+                if let Some(f) = first.take() {
+                    let _ = f.send(Ok(abi));
+                }
+                if let Some(out) = out.as_mut() {
+                    watch(&w, epoch, out);
+                }
+            }
+            Err(e) => {
+                w.kill(epoch, e.to_string());
+                if let Some(f) = first.take() {
+                    reap(&w, pid, epoch, true);
+                    let _ = f.send(Err(e));
+                    return;
+                }
+                eprintln!("nylon: worker {} did not start: {e}", w.index);
+            }
+        }
+        let stopping = w.stopping.load(Ordering::Acquire);
+        reap(&w, pid, epoch, stopping);
+        if stopping || w.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if born.elapsed() > cfg.restart_backoff.1 {
+            backoff = cfg.restart_backoff.0;
+        }
+        if sleep_unless_stopping(&w, backoff) {
+            return;
+        }
+        backoff = (backoff * 2).min(cfg.restart_backoff.1);
+    }
+}
+
+/// Sleeps `d` in short steps; true when the plugin is stopping.
+fn sleep_unless_stopping(w: &Worker, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if w.stopping.load(Ordering::Acquire) {
+            return true;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(20)));
+    }
+    w.stopping.load(Ordering::Acquire)
+}
+
+/// Reaps incarnation `epoch` and fails its in-flight sessions.
+fn reap(w: &Worker, pid: u32, epoch: u64, quiet: bool) {
+    // Its stdout closed: it is gone, or about to be. One that closed its
+    // stdout and lives on is killed after a second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let status = loop {
+        let mut g = lock(&w.child);
+        let Some(c) = g.as_mut() else { break None };
+        match c.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = c.kill();
+                break c.wait().ok();
+            }
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        drop(g);
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut reason = match status {
+        Some(s) => describe(pid, s),
+        None => format!("worker {pid} vanished"),
+    };
+    if let Some(r) = lock(&w.kill_reason).take() {
+        reason = format!("worker {pid} killed: {r}");
+    }
+    // Counted before the sessions hear of it, so that a session that saw
+    // its worker die also sees the death in the stats.
+    *lock(&w.last_death) = Some(reason.clone());
+    if !quiet {
+        w.counters.deaths.fetch_add(1, Ordering::Relaxed);
+        *lock(&w.counters.last_death) = Some(reason.clone());
+        eprintln!("nylon: {reason}; restarting");
+    }
+    // No new phase can start on this incarnation once the link is gone.
+    let mut link = lock(&w.link);
+    w.live.store(false, Ordering::Release);
+    w.pid.store(0, Ordering::Release);
+    *link = None;
+    for slot in w.slots.iter() {
+        let mut st = lock(&slot.state);
+        if st.epoch == epoch && matches!(st.stage, Stage::Waiting | Stage::Read) {
+            st.stage = Stage::Failed;
+            st.failure = Some(reason.clone());
+            drop(st);
+            slot.waker.wake();
+        }
+    }
+    drop(link);
+    *lock(&w.child) = None;
+    w.control_cv.notify_all();
+}

@@ -1,0 +1,689 @@
+//! The worker protocol: the frames host and worker exchange over the two
+//! rings, their encoders, and decoders that validate every length, count and
+//! code (the peer is untrusted; see `docs/isolation.md`).
+//!
+//! A frame's ring header carries the session id (`session`) and the frame
+//! kind (`method`); `flags` is unused (0). Integers are little-endian; a
+//! string or byte field is a `u32` length and its bytes, in place (values
+//! are read by offset into the frame, never copied on the host side).
+//!
+//! Host to worker: [`INIT`], [`CHECK_ENTRY`], [`PHASE_START`],
+//! [`READ_REPLY`], [`CLOSE`], [`SHUTDOWN`]. Worker to host: [`HELLO`],
+//! [`LOAD_ERROR`], [`ENTRY`], [`PHASE_END`], [`READ`].
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use crate::host::context::HttpContext;
+
+/// Host to worker, first frame: the plugin config for `initialize`.
+pub const INIT: u32 = 1;
+/// Worker to host: loaded and initialized. `u8` ABI (0 legacy, 1 v2), `u32` pid.
+pub const HELLO: u32 = 2;
+/// Worker to host: the library could not be loaded; a message.
+pub const LOAD_ERROR: u32 = 3;
+/// Host to worker: does the plugin accept this entry? The entry name;
+/// `session` is a token echoed in the answer.
+pub const CHECK_ENTRY: u32 = 4;
+/// Worker to host: the answer to [`CHECK_ENTRY`], `u8` (1 accepted).
+pub const ENTRY: u32 = 5;
+/// Host to worker: start a phase (see [`encode_start`]).
+pub const PHASE_START: u32 = 6;
+/// Worker to host: the phase ended (see [`EndWriter`]).
+pub const PHASE_END: u32 = 7;
+/// Worker to host: the plugin read something the phase start did not
+/// carry; `u8` what ([`READ_REQUEST_BODY`]).
+pub const READ: u32 = 8;
+/// Host to worker: the answer to [`READ`], the bytes.
+pub const READ_REPLY: u32 = 9;
+/// Host to worker: close the session.
+pub const CLOSE: u32 = 10;
+/// Host to worker: call the plugin's shutdown and exit.
+pub const SHUTDOWN: u32 = 11;
+
+/// [`READ`]: the whole request body.
+pub const READ_REQUEST_BODY: u8 = 1;
+
+/// Phase start flag: open the session first (the entry name follows).
+pub const START_OPEN: u8 = 1;
+/// Phase start flag: a middleware payload is present.
+pub const START_PAYLOAD: u8 = 2;
+/// Phase start flag: route params are present.
+pub const START_PARAMS: u8 = 4;
+
+/// Phase end outcome codes.
+pub mod outcome {
+    /// `NEXT`.
+    pub const NEXT: u8 = 0;
+    /// `END`.
+    pub const END: u8 = 1;
+    /// The stream or the WebSocket ended.
+    pub const STREAM_END: u8 = 2;
+    /// The worker's own phase timeout.
+    pub const TIMEOUT: u8 = 3;
+    /// An error; the message follows.
+    pub const ERROR: u8 = 4;
+    /// The plugin refused to open the session for the entry.
+    pub const REJECTED: u8 = 5;
+    /// The session's queue overflowed in the worker.
+    pub const QUEUE_FULL: u8 = 6;
+    /// The session was closed in the worker.
+    pub const CLOSED: u8 = 7;
+    /// The plugin's SDK reported a handler error or panic (the message follows).
+    pub const PLUGIN_REPORTED: u8 = 8;
+}
+
+/// Phase end command codes.
+pub mod op {
+    /// `u16` status.
+    pub const STATUS: u8 = 1;
+    /// Name, value.
+    pub const SET_HEADER: u8 = 2;
+    /// Name.
+    pub const REMOVE_HEADER: u8 = 3;
+    /// The body.
+    pub const SET_BODY: u8 = 4;
+    /// Write the streamed response's header now.
+    pub const STREAM_HEADER: u8 = 5;
+    /// One streamed chunk.
+    pub const STREAM_DATA: u8 = 6;
+    /// Finish the streamed response.
+    pub const STREAM_END: u8 = 7;
+}
+
+/// Why a frame from the peer was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtoError(pub &'static str);
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "protocol violation: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// A checked reader over a frame's payload: every read is bounds-checked.
+#[derive(Clone, Debug)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// The offset of the next byte.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether every byte was read.
+    pub fn is_done(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or(ProtoError("field past the end of the frame"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(self.take(1)?[0])
+    }
+
+    /// A `u16`.
+    pub fn u16(&mut self) -> Result<u16, ProtoError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    /// A `u32`.
+    pub fn u32(&mut self) -> Result<u32, ProtoError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A `u64`.
+    pub fn u64(&mut self) -> Result<u64, ProtoError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A length-prefixed byte field.
+    pub fn bytes(&mut self) -> Result<&'a [u8], ProtoError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    /// A length-prefixed byte field, as its offset range in the frame.
+    pub fn range(&mut self) -> Result<(u32, u32), ProtoError> {
+        let n = self.u32()? as usize;
+        let start = self.pos;
+        self.take(n)?;
+        Ok((start as u32, n as u32))
+    }
+
+    /// A length-prefixed UTF-8 field.
+    pub fn str(&mut self) -> Result<&'a str, ProtoError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| ProtoError("string is not UTF-8"))
+    }
+
+    /// A count of items that are each at least `min_item` bytes: refused
+    /// when the rest of the frame cannot hold them (no huge preallocation).
+    pub fn count(&mut self, min_item: usize) -> Result<usize, ProtoError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item) > self.buf.len() - self.pos {
+            return Err(ProtoError("count larger than the frame"));
+        }
+        Ok(n)
+    }
+}
+
+/// Where an encoder writes: a length counter or a byte slice.
+pub trait Out {
+    /// Appends bytes.
+    fn put(&mut self, b: &[u8]);
+    /// Appends a length-prefixed field.
+    fn field(&mut self, b: &[u8]) {
+        self.put(&(b.len() as u32).to_le_bytes());
+        self.put(b);
+    }
+}
+
+/// Counts the bytes an encoding takes.
+#[derive(Debug, Default)]
+pub struct Counter(pub usize);
+
+impl Out for Counter {
+    fn put(&mut self, b: &[u8]) {
+        self.0 += b.len();
+    }
+}
+
+/// Writes into a slice of exactly the counted length.
+#[derive(Debug)]
+pub struct SliceOut<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> SliceOut<'a> {
+    /// A writer at the start of `buf`.
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Bytes written.
+    pub fn written(&self) -> usize {
+        self.pos
+    }
+}
+
+impl Out for SliceOut<'_> {
+    fn put(&mut self, b: &[u8]) {
+        // The caller sized the slice with a `Counter` over the same context
+        // (which does not change in between): an overflow is a bug, and it
+        // truncates rather than panics; the peer refuses the frame.
+        let end = (self.pos + b.len()).min(self.buf.len());
+        let n = end - self.pos;
+        self.buf[self.pos..end].copy_from_slice(&b[..n]);
+        self.pos = end;
+    }
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+}
+
+/// Encodes a phase start from the host's context: everything a plugin is
+/// likely to read, so that most reads are answered in the worker.
+///
+/// Layout: `u8 phase, u8 flags, u16 status, u64 timestamp_ms,
+/// u64 duration_ms, u64 response_bytes`, then `entry` (with
+/// [`START_OPEN`]), `method, path, query, host, url, client_ip, error`,
+/// `payload` (with [`START_PAYLOAD`]), `u32 n` params as name, value (with
+/// [`START_PARAMS`]), `u32 n` request headers as name, value, `u32 n`
+/// response headers as name, value, and the response body the plugin sees.
+pub fn encode_start(
+    out: &mut impl Out,
+    phase: u8,
+    open_entry: Option<&str>,
+    ctx: &mut dyn HttpContext,
+    url: &[u8],
+) {
+    let ctx: &dyn HttpContext = ctx;
+    let mut flags = 0;
+    if open_entry.is_some() {
+        flags |= START_OPEN;
+    }
+    if ctx.payload().is_some() {
+        flags |= START_PAYLOAD;
+    }
+    if ctx.request_params().is_some() {
+        flags |= START_PARAMS;
+    }
+    out.put(&[phase, flags]);
+    out.put(&ctx.response_status().to_le_bytes());
+    out.put(&ctx.request_timestamp_ms().to_le_bytes());
+    out.put(&ctx.response_duration_ms().to_le_bytes());
+    out.put(&ctx.response_bytes().to_le_bytes());
+    if let Some(e) = open_entry {
+        out.field(e.as_bytes());
+    }
+    out.field(ctx.request_method().as_bytes());
+    out.field(ctx.request_path().as_bytes());
+    out.field(ctx.request_query().as_bytes());
+    out.field(ctx.request_host().as_bytes());
+    out.field(url);
+    out.field(ctx.client_ip().as_bytes());
+    out.field(ctx.response_error().as_bytes());
+    if let Some(p) = ctx.payload() {
+        out.field(p);
+    }
+    if let Some(params) = ctx.request_params() {
+        out.put(&(params.len() as u32).to_le_bytes());
+        for (k, v) in params {
+            out.field(k.as_bytes());
+            out.field(v.as_bytes());
+        }
+    }
+    let mut n = 0u32;
+    ctx.for_each_request_header(&mut |_, _| n += 1);
+    out.put(&n.to_le_bytes());
+    ctx.for_each_request_header(&mut |k, v| {
+        out.field(k);
+        out.field(v);
+    });
+    let mut n = 0u32;
+    ctx.for_each_response_header(&mut |_, _| n += 1);
+    out.put(&n.to_le_bytes());
+    ctx.for_each_response_header(&mut |k, v| {
+        out.field(k);
+        out.field(v);
+    });
+    out.field(ctx.response_body());
+}
+
+/// A byte range of a frame: offset and length.
+pub type Span = (u32, u32);
+
+/// A decoded phase start: the scalars, and every field as a range of the
+/// frame (checked to lie inside it; strings checked to be UTF-8).
+#[derive(Clone, Debug, Default)]
+pub struct Start {
+    /// The phase byte.
+    pub phase: u8,
+    /// [`START_OPEN`] and the others.
+    pub flags: u8,
+    /// The response status.
+    pub status: u16,
+    /// When the request started (ms since the epoch).
+    pub timestamp_ms: u64,
+    /// Milliseconds since the request started.
+    pub duration_ms: u64,
+    /// The response byte count.
+    pub response_bytes: u64,
+    /// The entry to open (with [`START_OPEN`]).
+    pub entry: Span,
+    /// Method, path, query, host, url, client IP, proxy error.
+    pub strings: [Span; 7],
+    /// The payload (with [`START_PAYLOAD`]).
+    pub payload: Span,
+    /// Params (with [`START_PARAMS`]).
+    pub params: Vec<(Span, Span)>,
+    /// Request headers.
+    pub request_headers: Vec<(Span, Span)>,
+    /// Response headers.
+    pub response_headers: Vec<(Span, Span)>,
+    /// The response body the plugin sees.
+    pub body: Span,
+}
+
+/// Index of the method in [`Start::strings`].
+pub const S_METHOD: usize = 0;
+/// Path.
+pub const S_PATH: usize = 1;
+/// Query.
+pub const S_QUERY: usize = 2;
+/// Host.
+pub const S_HOST: usize = 3;
+/// URL.
+pub const S_URL: usize = 4;
+/// Client IP.
+pub const S_CLIENT_IP: usize = 5;
+/// Proxy error.
+pub const S_ERROR: usize = 6;
+
+/// Decodes a phase start into `into` (its vectors reused).
+///
+/// # Errors
+///
+/// A [`ProtoError`] for any field outside the frame, a string that is not
+/// UTF-8, a bad phase or unknown flags, or trailing bytes.
+pub fn decode_start(frame: &[u8], into: &mut Start) -> Result<(), ProtoError> {
+    let mut r = Reader::new(frame);
+    into.phase = r.u8()?;
+    if into.phase > 4 {
+        return Err(ProtoError("bad phase"));
+    }
+    into.flags = r.u8()?;
+    if into.flags & !(START_OPEN | START_PAYLOAD | START_PARAMS) != 0 {
+        return Err(ProtoError("unknown phase start flags"));
+    }
+    into.status = r.u16()?;
+    into.timestamp_ms = r.u64()?;
+    into.duration_ms = r.u64()?;
+    into.response_bytes = r.u64()?;
+    let utf8 = |r: &mut Reader<'_>| -> Result<Span, ProtoError> {
+        let before = r.clone();
+        let span = r.range()?;
+        before.clone().str()?;
+        Ok(span)
+    };
+    into.entry = if into.flags & START_OPEN != 0 {
+        utf8(&mut r)?
+    } else {
+        (0, 0)
+    };
+    for s in &mut into.strings {
+        *s = utf8(&mut r)?;
+    }
+    into.payload = if into.flags & START_PAYLOAD != 0 {
+        r.range()?
+    } else {
+        (0, 0)
+    };
+    into.params.clear();
+    if into.flags & START_PARAMS != 0 {
+        let n = r.count(8)?;
+        for _ in 0..n {
+            let k = utf8(&mut r)?;
+            let v = utf8(&mut r)?;
+            into.params.push((k, v));
+        }
+    }
+    for list in [&mut into.request_headers, &mut into.response_headers] {
+        list.clear();
+        let n = r.count(8)?;
+        for _ in 0..n {
+            let k = r.range()?;
+            let v = r.range()?;
+            list.push((k, v));
+        }
+    }
+    into.body = r.range()?;
+    if !r.is_done() {
+        return Err(ProtoError("trailing bytes after the phase start"));
+    }
+    Ok(())
+}
+
+/// The bytes of `span` in `frame` (empty if out of range, which a decoded
+/// span never is).
+pub fn at(frame: &[u8], span: Span) -> &[u8] {
+    let (o, n) = (span.0 as usize, span.1 as usize);
+    frame.get(o..o + n).unwrap_or(&[])
+}
+
+/// A phase end's head: the outcome code, then the error message.
+///
+/// Layout: `u8 outcome, u8 0, u16 0`, the message (empty unless an error),
+/// then commands until the end: `u8 op` and its arguments ([`op`]).
+#[derive(Debug, Default)]
+pub struct EndWriter;
+
+impl EndWriter {
+    /// Writes the head of a phase end into `out`.
+    pub fn head(out: &mut Vec<u8>, code: u8, message: &str) {
+        out.extend_from_slice(&[code, 0, 0, 0]);
+        out.field(message.as_bytes());
+    }
+}
+
+/// One command of a phase end, borrowed from the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Set the status.
+    Status(u16),
+    /// Set a header.
+    SetHeader(&'a str, &'a str),
+    /// Remove a header.
+    RemoveHeader(&'a str),
+    /// Set the body.
+    SetBody(&'a [u8]),
+    /// Write the streamed response's header.
+    StreamHeader,
+    /// Write a streamed chunk.
+    StreamData(&'a [u8]),
+    /// Finish the streamed response.
+    StreamEnd,
+}
+
+/// Appends one command to a phase end being built.
+pub fn write_command(out: &mut Vec<u8>, c: Command<'_>) {
+    match c {
+        Command::Status(s) => {
+            out.push(op::STATUS);
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        Command::SetHeader(n, v) => {
+            out.push(op::SET_HEADER);
+            out.field(n.as_bytes());
+            out.field(v.as_bytes());
+        }
+        Command::RemoveHeader(n) => {
+            out.push(op::REMOVE_HEADER);
+            out.field(n.as_bytes());
+        }
+        Command::SetBody(b) => {
+            out.push(op::SET_BODY);
+            out.field(b);
+        }
+        Command::StreamHeader => out.push(op::STREAM_HEADER),
+        Command::StreamData(b) => {
+            out.push(op::STREAM_DATA);
+            out.field(b);
+        }
+        Command::StreamEnd => out.push(op::STREAM_END),
+    }
+}
+
+/// Decodes a phase end: returns the outcome code and message, and calls `f`
+/// with each command in order. Run it once with a no-op `f` to validate a
+/// frame before applying anything.
+///
+/// # Errors
+///
+/// A [`ProtoError`] for an unknown outcome or command, a field outside the
+/// frame, or a name or value that is not UTF-8.
+pub fn decode_end<'a>(
+    frame: &'a [u8],
+    mut f: impl FnMut(Command<'a>),
+) -> Result<(u8, &'a str), ProtoError> {
+    let mut r = Reader::new(frame);
+    let code = r.u8()?;
+    if code > outcome::PLUGIN_REPORTED {
+        return Err(ProtoError("unknown phase outcome"));
+    }
+    if r.u8()? != 0 || r.u16()? != 0 {
+        return Err(ProtoError("reserved phase end bytes are not zero"));
+    }
+    let message = r.str()?;
+    while !r.is_done() {
+        let c = match r.u8()? {
+            op::STATUS => Command::Status(r.u16()?),
+            op::SET_HEADER => Command::SetHeader(r.str()?, r.str()?),
+            op::REMOVE_HEADER => Command::RemoveHeader(r.str()?),
+            op::SET_BODY => Command::SetBody(r.bytes()?),
+            op::STREAM_HEADER => Command::StreamHeader,
+            op::STREAM_DATA => Command::StreamData(r.bytes()?),
+            op::STREAM_END => Command::StreamEnd,
+            _ => return Err(ProtoError("unknown command")),
+        };
+        f(c);
+    }
+    Ok((code, message))
+}
+
+/// Decodes a [`HELLO`]: the ABI code and the worker's pid.
+///
+/// # Errors
+///
+/// A [`ProtoError`] for a short frame or an unknown ABI.
+pub fn decode_hello(frame: &[u8]) -> Result<(u8, u32), ProtoError> {
+    let mut r = Reader::new(frame);
+    let abi = r.u8()?;
+    let pid = r.u32()?;
+    if abi > 1 || !r.is_done() {
+        return Err(ProtoError("bad hello"));
+    }
+    Ok((abi, pid))
+}
+
+/// Decodes any worker-to-host frame of kind `method` as the host would
+/// (the fuzz target's entry): `Ok` when the host would accept it.
+///
+/// # Errors
+///
+/// A [`ProtoError`] for anything the host refuses.
+pub fn decode_from_worker(method: u32, frame: &[u8]) -> Result<(), ProtoError> {
+    match method {
+        HELLO => decode_hello(frame).map(drop),
+        LOAD_ERROR => std::str::from_utf8(frame)
+            .map(drop)
+            .map_err(|_| ProtoError("load error is not UTF-8")),
+        ENTRY => match frame {
+            [0 | 1] => Ok(()),
+            _ => Err(ProtoError("bad entry answer")),
+        },
+        PHASE_END => decode_end(frame, |_| {}).map(drop),
+        READ => match frame {
+            [READ_REQUEST_BODY] => Ok(()),
+            _ => Err(ProtoError("bad read request")),
+        },
+        _ => Err(ProtoError("unknown frame kind")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{MemoryContext, RequestSpec};
+
+    fn sample() -> MemoryContext {
+        let spec: RequestSpec = serde_json::from_value(serde_json::json!({
+            "method": "POST", "path": "/a", "query": "x=1", "host": "h:8080",
+            "client_ip": "10.0.0.1",
+            "headers": [["X-A", "1"], ["x-b", "2"]],
+            "params": {"id": "7"},
+        }))
+        .unwrap();
+        let mut ctx = MemoryContext::new(spec, Some(b"{\"p\":1}".to_vec()));
+        ctx.set_response_header("x-r", "v");
+        ctx
+    }
+
+    #[test]
+    fn a_phase_start_round_trips_and_its_counter_matches() {
+        let mut ctx = sample();
+        let mut url = Vec::new();
+        ctx.request_url(&mut url);
+        let mut c = Counter::default();
+        encode_start(&mut c, 2, Some("e"), &mut ctx, &url);
+        let mut buf = vec![0; c.0];
+        let mut w = SliceOut::new(&mut buf);
+        encode_start(&mut w, 2, Some("e"), &mut ctx, &url);
+        assert_eq!(w.written(), c.0);
+        let mut s = Start::default();
+        decode_start(&buf, &mut s).unwrap();
+        assert_eq!(s.phase, 2);
+        assert_eq!(at(&buf, s.entry), b"e");
+        assert_eq!(at(&buf, s.strings[S_METHOD]), b"POST");
+        assert_eq!(at(&buf, s.strings[S_URL]), b"http://h:8080/a?x=1");
+        assert_eq!(at(&buf, s.payload), b"{\"p\":1}");
+        assert_eq!(s.params.len(), 1);
+        assert_eq!(s.request_headers.len(), 2);
+        assert_eq!(at(&buf, s.request_headers[0].0), b"x-a");
+        assert_eq!(at(&buf, s.response_headers[0].1), b"v");
+    }
+
+    #[test]
+    fn every_truncation_of_a_phase_start_is_refused() {
+        let mut ctx = sample();
+        let mut buf = Vec::new();
+        encode_start(&mut buf, 1, Some("entry"), &mut ctx, b"u");
+        let mut s = Start::default();
+        for n in 0..buf.len() {
+            assert!(decode_start(&buf[..n], &mut s).is_err(), "prefix {n}");
+        }
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(decode_start(&longer, &mut s).is_err());
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_without_allocating_for_it() {
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        let mut buf = Vec::new();
+        encode_start(&mut buf, 1, None, &mut ctx, b"");
+        // The request header count sits right after the seven strings.
+        let mut r = Reader::new(&buf);
+        r.take(28).unwrap();
+        for _ in 0..7 {
+            r.bytes().unwrap();
+        }
+        let at = r.pos();
+        buf[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut s = Start::default();
+        assert_eq!(
+            decode_start(&buf, &mut s),
+            Err(ProtoError("count larger than the frame"))
+        );
+    }
+
+    #[test]
+    fn a_phase_end_round_trips_and_garbage_is_refused() {
+        let mut out = Vec::new();
+        EndWriter::head(&mut out, outcome::END, "");
+        write_command(&mut out, Command::Status(201));
+        write_command(&mut out, Command::SetHeader("x", "y"));
+        write_command(&mut out, Command::SetBody(b"body"));
+        write_command(&mut out, Command::StreamEnd);
+        let mut got = Vec::new();
+        let (code, msg) = decode_end(&out, |c| got.push(format!("{c:?}"))).unwrap();
+        assert_eq!((code, msg), (outcome::END, ""));
+        assert_eq!(got.len(), 4);
+        for n in 0..out.len() {
+            // A cut inside the head or a command is refused; a cut between
+            // commands is a shorter valid frame.
+            let _ = decode_end(&out[..n], |_| {});
+        }
+        let mut bad = out.clone();
+        bad.push(99);
+        assert!(decode_end(&bad, |_| {}).is_err());
+        let mut bad = out.clone();
+        bad[0] = 42;
+        assert!(decode_end(&bad, |_| {}).is_err());
+        // A header length that points past the end.
+        let mut bad = Vec::new();
+        EndWriter::head(&mut bad, outcome::NEXT, "");
+        bad.push(op::SET_HEADER);
+        bad.extend_from_slice(&1000u32.to_le_bytes());
+        assert!(decode_end(&bad, |_| {}).is_err());
+    }
+}

@@ -1,0 +1,471 @@
+//! The process-isolated transport: requests through worker processes match
+//! the in-process transports, and a worker that crashes, hangs or writes
+//! garbage fails only its in-flight sessions, is restarted, and later
+//! requests succeed.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::Command;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use nylon_transport::abi::legacy::Phase;
+use nylon_transport::host::driver::{run_request, RequestReport, RunOptions};
+use nylon_transport::host::{HttpContext, LegacyPlugin, MemoryContext, RequestSpec};
+use nylon_transport::transport::isolated::{Abi, InnerKind};
+use nylon_transport::transport::{
+    Fast, Isolated, IsolatedConfig, IsolatedPlugin, OpenError, PhaseOutcome, SessionError,
+    SessionOptions, Transport, V2Plugin, V2,
+};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// An example plugin `.so`, built by cargo once per test process.
+fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("cargo build").success());
+        built.push(name.to_string());
+    }
+    profile_dir().join("examples").join(format!("lib{name}.so"))
+}
+
+/// `examples/c_plugin/crash.c`, compiled once.
+fn crash_plugin() -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/c_plugin/crash.c");
+    let fresh = out.exists()
+        && out.metadata().and_then(|m| m.modified()).ok()
+            >= src.metadata().and_then(|m| m.modified()).ok();
+    if !fresh {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = Command::new(cc)
+            .args([
+                "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
+            ])
+            .arg("-I")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run cc");
+        assert!(status.success());
+    }
+    out
+}
+
+fn config(workers: usize) -> IsolatedConfig {
+    IsolatedConfig {
+        workers,
+        worker_command: vec![
+            OsString::from(env!("CARGO_BIN_EXE_nylon-transport")),
+            OsString::from("worker"),
+        ],
+        restart_backoff: (Duration::from_millis(5), Duration::from_millis(200)),
+        ..IsolatedConfig::default()
+    }
+}
+
+fn full_request() -> RequestSpec {
+    serde_json::from_str(
+        r#"{"method":"POST","path":"/users/7","query":"a=1&b=2","host":"example.com:8080",
+            "client_ip":"10.0.0.1","scheme":"https",
+            "headers":[["X-User","alice"],["Content-Length","5"],["accept","*/*"],["accept","text/html"]],
+            "body":"hello","params":{"id":"7"},"error":"upstream reset",
+            "upstream":{"status":200,"headers":[["content-type","text/html"],["x-up","1"]],"body_chunks":["ab","cd"]}}"#,
+    )
+    .expect("valid request spec")
+}
+
+fn run<T: Transport>(t: &T, plugin: &Arc<T::Plugin>, entry: &str) -> RequestReport {
+    let spec = full_request();
+    let upstream = spec.upstream.clone();
+    let mut ctx = MemoryContext::new(spec, Some(br#"{"user":"alice"}"#.to_vec()));
+    run_request(
+        t,
+        plugin,
+        entry,
+        &mut ctx,
+        upstream.as_ref(),
+        RunOptions {
+            timeout: BOUND,
+            trace: false,
+        },
+    )
+    .expect("session opens")
+}
+
+/// What a client sees: the outcomes and the response.
+fn seen(r: &RequestReport) -> String {
+    format!(
+        "{:?} {}",
+        r.outcomes(),
+        serde_json::to_string(&r.response).unwrap()
+    )
+}
+
+#[test]
+fn legacy_requests_through_a_worker_match_the_in_process_fast_transport() {
+    let path = example("rust_plugin");
+    let cfg = br#"{"greeting":"hi from config"}"#;
+    let local = Arc::new(LegacyPlugin::load(&path).unwrap());
+    local.initialize(cfg).unwrap();
+    let remote = IsolatedPlugin::start(&path, cfg, config(2)).unwrap();
+    assert_eq!(remote.abi(), Abi::Legacy);
+    for entry in [
+        "all_methods",
+        "end",
+        "stream",
+        "reads",
+        "commands",
+        "body_rewrite",
+        "scenario",
+        "read_command",
+    ] {
+        let want = run(&Fast::default(), &local, entry);
+        let got = run(&Isolated::new(), &remote, entry);
+        assert_eq!(seen(&got), seen(&want), "entry {entry}");
+    }
+    // The config reached the plugin's initialize in the worker.
+    assert!(seen(&run(&Isolated::new(), &remote, "end")).contains("hi from config"));
+    let failed = run(&Isolated::new(), &remote, "error");
+    assert_eq!(failed.outcomes(), ["error"]);
+    assert_eq!(remote.stats().deaths, 0);
+}
+
+#[test]
+fn v2_requests_through_a_worker_match_the_in_process_v2_transport() {
+    let path = example("v2_plugin");
+    let local = Arc::new(V2Plugin::load(&path, b"{}").unwrap());
+    let remote = IsolatedPlugin::start(&path, b"{}", config(2)).unwrap();
+    assert_eq!(remote.abi(), Abi::V2);
+    for entry in [
+        "scenario",
+        "all",
+        "end",
+        "stream",
+        "async",
+        "reads",
+        "commands",
+        "body_rewrite",
+        "read_command",
+        "e2e_headers",
+        "e2e_payload",
+        "e2e_append",
+    ] {
+        let want = run(&V2::default(), &local, entry);
+        let got = run(&Isolated::new(), &remote, entry);
+        assert_eq!(seen(&got), seen(&want), "entry {entry}");
+    }
+}
+
+#[test]
+fn legacy_requests_match_on_every_inner_transport() {
+    let path = example("rust_plugin");
+    let local = Arc::new(LegacyPlugin::load(&path).unwrap());
+    local.initialize(b"{}").unwrap();
+    for inner in [InnerKind::FastDeferred, InnerKind::Baseline] {
+        let remote = IsolatedPlugin::start(
+            &path,
+            b"{}",
+            IsolatedConfig {
+                legacy_transport: inner,
+                ..config(1)
+            },
+        )
+        .unwrap();
+        for entry in ["all_methods", "scenario", "reads"] {
+            let want = run(&Fast::default(), &local, entry);
+            let got = run(&Isolated::new(), &remote, entry);
+            assert_eq!(seen(&got), seen(&want), "{inner:?} entry {entry}");
+        }
+    }
+}
+
+/// Runs phase 1 of `entry` on a new session; the outcome and the worker pid
+/// the `ok` entry reports.
+fn phase1(t: &Isolated, p: &Arc<IsolatedPlugin>, entry: &str) -> (PhaseOutcome, Option<String>) {
+    let mut s = t.open(p, entry, SessionOptions::default()).unwrap();
+    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+    let o = t.run_phase(&mut s, Phase::RequestFilter, &mut ctx, BOUND);
+    let pid = ctx
+        .headers()
+        .iter()
+        .find(|(n, _)| n == "x-worker-pid")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    t.close(s);
+    (o, pid)
+}
+
+/// Waits until the plugin has `n` live workers again.
+fn await_workers(p: &IsolatedPlugin, n: usize) {
+    let end = Instant::now() + BOUND;
+    while p.worker_pids().len() < n {
+        assert!(
+            Instant::now() < end,
+            "workers not restarted: {:?}",
+            p.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn worker_error(o: &PhaseOutcome) -> &str {
+    match o {
+        PhaseOutcome::Error(SessionError::Worker(r)) => r,
+        other => panic!("expected a worker error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_kind_of_crash_fails_only_in_flight_sessions_and_the_worker_comes_back() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"cfg-1", config(1)).unwrap();
+    let (o, first) = phase1(&t, &p, "ok");
+    assert_eq!(o, PhaseOutcome::End);
+    let mut pid = first.expect("the ok entry reports its pid");
+    for (entry, reason) in [
+        ("crash_segv", "killed by signal 11 (SIGSEGV)"),
+        ("crash_abort", "killed by signal 6 (SIGABRT)"),
+        ("crash_exit", "exited with status 7"),
+        ("crash_fatal", "exited with status 2"),
+    ] {
+        let deaths = p.stats().deaths;
+        // A session opened before the crash, idle during it.
+        let mut idle = t.open(&p, "ok", SessionOptions::default()).unwrap();
+        let (o, _) = phase1(&t, &p, entry);
+        let r = worker_error(&o);
+        assert!(r.contains(reason), "{entry}: {r}");
+        assert!(r.contains(&pid), "{entry}: the reason names the pid: {r}");
+        assert_eq!(p.stats().deaths, deaths + 1);
+        // The idle session's worker state is gone: its next phase fails.
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        let o = t.run_phase(&mut idle, Phase::RequestFilter, &mut ctx, BOUND);
+        assert!(
+            matches!(o, PhaseOutcome::Error(SessionError::Worker(_))),
+            "{o:?}"
+        );
+        t.close(idle);
+        await_workers(&p, 1);
+        let (o, now) = phase1(&t, &p, "ok");
+        assert_eq!(o, PhaseOutcome::End, "after {entry}");
+        let now = now.unwrap();
+        assert_ne!(now, pid, "a new worker answers after {entry}");
+        pid = now;
+    }
+    let s = p.stats();
+    assert_eq!(s.deaths, 4);
+    assert_eq!(s.started, 5);
+    assert_eq!(s.restarts, 4);
+    assert!(s.last_death.unwrap().contains("status 2"));
+}
+
+/// Polls `f` once with a no-op waker.
+fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    std::pin::Pin::new(f).poll(&mut Context::from_waker(std::task::Waker::noop()))
+}
+
+#[test]
+fn a_crash_fails_the_sessions_queued_behind_it_and_spares_the_other_worker() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(2)).unwrap();
+    await_workers(&p, 2);
+    // Sessions alternate between the two workers.
+    let mut sessions: Vec<_> = (0..4)
+        .map(|_| t.open(&p, "ok", SessionOptions::default()).unwrap())
+        .collect();
+    let mut crash = t.open(&p, "crash_segv", SessionOptions::default()).unwrap();
+    let victim_pid = crash.worker_pid();
+    let (same, other): (Vec<_>, Vec<_>) = sessions
+        .iter_mut()
+        .partition(|s| s.worker_pid() == victim_pid);
+    assert!(!same.is_empty() && !other.is_empty());
+    let mut ctxs: Vec<_> = (0..5)
+        .map(|_| MemoryContext::new(RequestSpec::default(), None))
+        .collect();
+    let (c0, rest) = ctxs.split_first_mut().unwrap();
+    // The crash goes first; the others queue behind it in the same worker.
+    let mut crash_phase = t.phase(&mut crash, Phase::RequestFilter, c0);
+    assert!(poll_once(&mut crash_phase).is_pending());
+    let mut queued: Vec<_> = same
+        .into_iter()
+        .zip(rest.iter_mut())
+        .map(|(s, c)| t.phase(s, Phase::RequestFilter, c))
+        .collect();
+    for q in &mut queued {
+        let _ = poll_once(q);
+    }
+    let end = Instant::now() + BOUND;
+    let crash_o = loop {
+        if let Poll::Ready(o) = poll_once(&mut crash_phase) {
+            break o;
+        }
+        assert!(Instant::now() < end, "the crash was never reported");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(worker_error(&crash_o).contains("SIGSEGV"));
+    for q in &mut queued {
+        let o = loop {
+            if let Poll::Ready(o) = poll_once(q) {
+                break o;
+            }
+            assert!(Instant::now() < end);
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(worker_error(&o).contains("SIGSEGV"), "{o:?}");
+    }
+    drop(queued);
+    drop(crash_phase);
+    // The other worker's sessions never noticed.
+    for s in other {
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        assert_eq!(
+            t.run_phase(s, Phase::RequestFilter, &mut ctx, BOUND),
+            PhaseOutcome::End
+        );
+    }
+    assert_eq!(p.stats().deaths, 1);
+}
+
+#[test]
+fn a_worker_that_stops_answering_is_killed_after_the_phase_timeout() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(
+        &path,
+        b"",
+        IsolatedConfig {
+            phase_timeout: Duration::from_millis(300),
+            ..config(1)
+        },
+    )
+    .unwrap();
+    let (o, _) = phase1(&t, &p, "crash_loop");
+    let r = worker_error(&o);
+    assert!(r.contains("no answer within"), "{r}");
+    assert_eq!(p.stats().deaths, 1);
+    await_workers(&p, 1);
+    assert_eq!(phase1(&t, &p, "ok").0, PhaseOutcome::End);
+}
+
+#[test]
+fn a_worker_that_writes_garbage_is_killed() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    for fault in ["garbage-end", "bad-sid", "corrupt-ring"] {
+        let mut cfg = config(1);
+        cfg.worker_command
+            .extend([OsString::from("--fault"), OsString::from(fault)]);
+        let p = IsolatedPlugin::start(&path, b"", cfg).unwrap();
+        let (o, _) = phase1(&t, &p, "ok");
+        let r = worker_error(&o);
+        assert!(
+            r.contains("protocol violation") || r.contains("corrupt ring"),
+            "{fault}: {r}"
+        );
+        assert!(
+            r.contains("SIGKILL") || r.contains("killed"),
+            "{fault}: {r}"
+        );
+        assert_eq!(p.stats().deaths, 1, "{fault}");
+    }
+}
+
+#[test]
+fn a_full_plugin_refuses_new_sessions_fast() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(
+        &path,
+        b"",
+        IsolatedConfig {
+            queue: 2,
+            ..config(1)
+        },
+    )
+    .unwrap();
+    let a = t.open(&p, "ok", SessionOptions::default()).unwrap();
+    let b = t.open(&p, "ok", SessionOptions::default()).unwrap();
+    assert_eq!(
+        t.open(&p, "ok", SessionOptions::default()).unwrap_err(),
+        OpenError::Overloaded
+    );
+    assert_eq!(p.stats().rejected, 1);
+    assert_eq!(p.stats().in_flight, 2);
+    t.close(a);
+    let c = t.open(&p, "ok", SessionOptions::default()).unwrap();
+    drop((b, c));
+    assert_eq!(
+        t.open(&p, "nope", SessionOptions::default()).unwrap_err(),
+        OpenError::Rejected("nope".into())
+    );
+    assert!(p.check_entry("crash_loop").unwrap());
+    assert!(!p.check_entry("nope").unwrap());
+}
+
+#[test]
+fn shutdown_stops_every_worker_and_later_opens_fail() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(2)).unwrap();
+    await_workers(&p, 2);
+    let pids = p.worker_pids();
+    p.shutdown(BOUND);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} still runs"
+        );
+    }
+    assert_eq!(p.stats().deaths, 0, "a clean exit is not a death");
+    assert_eq!(
+        t.open(&p, "ok", SessionOptions::default()).unwrap_err(),
+        OpenError::Overloaded
+    );
+}
+
+#[test]
+fn a_cancelled_phase_closes_the_session_and_the_worker_stays_usable() {
+    let path = example("rust_plugin");
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    let mut s = t.open(&p, "silent", SessionOptions::default()).unwrap();
+    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+    {
+        let mut f = pin!(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
+        assert!(f
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_pending());
+    }
+    let o = t.run_phase(&mut s, Phase::ResponseFilter, &mut ctx, BOUND);
+    assert_eq!(o, PhaseOutcome::Error(SessionError::Closed));
+    t.close(s);
+    let r = run(&t, &p, "all_methods");
+    assert_eq!(r.outcomes()[0], "next");
+    let _ = ctx.request_method();
+}
