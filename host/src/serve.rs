@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use nylon_transport::host::LegacyPlugin;
 use nylon_transport::transport::isolated::{Abi, IsolatedConfig};
-use nylon_transport::transport::{IsolatedPlugin, V2Plugin};
+use nylon_transport::transport::{IsolatedPlugin, OpenError, V2Plugin};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use tokio::sync::Semaphore;
@@ -262,13 +262,25 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             .ok_or_else(|| format!("plugin `{}` is not loaded", p.name))?;
         let exported = match &loaded.handle {
             PluginHandle::V2(v2) => v2.entry_id(entry).is_some(),
-            PluginHandle::Isolated(iso) => iso.check_entry(entry).map_err(|e| {
-                format!(
-                    "plugin `{}` ({}): cannot check entry `{entry}`: {e}",
-                    p.name,
-                    p.file.display()
-                )
-            })?,
+            // Through the transport's `open`, which asks a worker
+            // (`IsolatedPlugin::check_entry`) and caches the answer: a cold
+            // entry would otherwise be checked on the first request, by a
+            // synchronous round trip on a Pingora thread that waits behind
+            // whatever phase the worker runs.
+            PluginHandle::Isolated(_) => match loaded.transport.open(&loaded.handle, entry) {
+                Ok(s) => {
+                    loaded.transport.close(s);
+                    true
+                }
+                Err(OpenError::Rejected(_)) => false,
+                Err(e) => {
+                    return Err(format!(
+                        "plugin `{}` ({}): cannot check entry `{entry}`: {e}",
+                        p.name,
+                        p.file.display()
+                    ))
+                }
+            },
             PluginHandle::Legacy(_) => match loaded.transport.open(&loaded.handle, entry) {
                 Ok(s) => {
                     loaded.transport.close(s);

@@ -244,6 +244,15 @@ async fn all_ok(c: &reqwest::Client, proxy: &Proxy, plugin: &str, n: usize) {
     }
 }
 
+/// Whether the main thread of `pid` is in `nanosleep` / `clock_nanosleep`
+/// (the `slow` entry's sleep), from `/proc/PID/syscall`.
+fn in_sleep_syscall(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+        .is_some_and(|n| n == libc::SYS_nanosleep || n == libc::SYS_clock_nanosleep)
+}
+
 /// Starts `GET path` in a task: (status, body as `get` gives it).
 fn spawn_get(
     c: &reqwest::Client,
@@ -273,7 +282,7 @@ async fn crash_suite(crash: Crash) {
     //    one it runs and those queued behind it. The sleeps only order
     //    events (each request reaches the worker before the next is sent);
     //    no timing is asserted.
-    let gap = Duration::from_millis(300);
+    let gap = Duration::from_millis(500);
     let mut queued = Vec::new();
     let died;
     match crash {
@@ -302,10 +311,17 @@ async fn crash_suite(crash: Crash) {
             );
         }
         _ => {
-            // `slow` holds the worker for 1.5 s; the crash queues behind it,
+            // `slow` holds the worker for 3 s; the crash queues behind it,
             // three requests behind the crash.
             let slow = spawn_get(&c, &proxy, "/one/slow");
-            tokio::time::sleep(gap).await;
+            let worker = one[0];
+            tokio::task::spawn_blocking(move || {
+                common::wait_until("the worker runs the slow phase", || {
+                    in_sleep_syscall(worker)
+                })
+            })
+            .await
+            .expect("wait");
             let crashing = spawn_get(&c, &proxy, "/one/crash");
             tokio::time::sleep(gap).await;
             for i in 0..3 {

@@ -4,7 +4,7 @@
  *
  *   silent   phase 1: nothing, ever (the request stays in flight on its
  *            worker until the phase timeout or the worker's death).
- *   slow     phase 1: sleeps 1.5 s on the calling thread, then answers as
+ *   slow     phase 1: sleeps 3 s on the calling thread, then answers as
  *            `ok` does (a worker runs one phase at a time, so the requests
  *            sent meanwhile queue behind it on that worker).
  *
@@ -59,7 +59,7 @@ void event_stream(const FfiBuffer *buf)
         if (silent_used[k] && silent[k] == buf->sid)
             return;
         if (slow_used[k] && slow[k] == buf->sid && buf->phase == NYLON_PHASE_REQUEST_FILTER) {
-            struct timespec ts = {1, 500000000};
+            struct timespec ts = {3, 0};
             while (nanosleep(&ts, &ts) != 0) {
             }
         }
