@@ -645,14 +645,6 @@ impl<R: Routes> NylonProxy<R> {
                 })
             }
             Err(OpenError::Overloaded) => {
-                if let crate::transport::PluginHandle::Isolated(i) = &plugin.handle {
-                    eprintln!(
-                        "DEBUG overloaded {} {:?} {:?}",
-                        plugin.name,
-                        i.worker_pids(),
-                        i.stats()
-                    );
-                }
                 self.host.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 Err((
                     503,
