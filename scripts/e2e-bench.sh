@@ -7,8 +7,10 @@
 # 1. The same route with no plugin, with a legacy plugin on the baseline
 #    transport, the same legacy plugin on the fast transport, and the v2
 #    plugin (entry `e2e_headers`: request filter 2 reads + 2 header sets,
-#    response filter 1 read + 1 set, body filter and logging say next), all on
-#    one proxy process, interleaved over ROUNDS rounds.
+#    response filter 1 read + 1 set, body filter and logging say next), and
+#    the legacy and v2 plugins again with `isolation: process` (ISO_WORKERS
+#    worker processes each, the legacy one driven by the fast transport in its
+#    workers), all on one proxy process, interleaved over ROUNDS rounds.
 # 2. A plugin whose request filter ends on its own thread 1 ms later
 #    (`delay_1ms`, as a Go plugin awaiting a service), at 256 connections:
 #    phases as futures (`--phase-wait future`) against the thread-blocking
@@ -24,7 +26,7 @@
 #
 # Environment: ROUNDS (3), DURATION (10s, whole seconds), CONNS (64),
 # SLOW_CONNS (256), PROXY_THREADS (2), UPSTREAM_THREADS (1), WRK_THREADS (1),
-# WS_CONNS (64), WS_WINDOW (16), WS_SIZE (64).
+# WS_CONNS (64), WS_WINDOW (16), WS_SIZE (64), ISO_WORKERS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 WS_CONNS=${WS_CONNS:-64}
 WS_WINDOW=${WS_WINDOW:-16}
 WS_SIZE=${WS_SIZE:-64}
+ISO_WORKERS=${ISO_WORKERS:-2}
 DOCS=0
 [ "${1:-}" = "--docs" ] && DOCS=1
 
@@ -63,6 +66,8 @@ trap cleanup EXIT
 cp "$TARGET/release/examples/librust_plugin.so" "$work/legacy-baseline.so"
 cp "$TARGET/release/examples/librust_plugin.so" "$work/legacy-fast.so"
 cp "$TARGET/release/examples/libv2_plugin.so" "$work/v2.so"
+cp "$TARGET/release/examples/librust_plugin.so" "$work/legacy-iso.so"
+cp "$TARGET/release/examples/libv2_plugin.so" "$work/v2-iso.so"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port)
@@ -84,6 +89,8 @@ plugins:
   - { name: lb, type: ffi, file: "$work/legacy-baseline.so", transport: baseline, timeout: 5s }
   - { name: lf, type: ffi, file: "$work/legacy-fast.so", transport: fast, timeout: 5s }
   - { name: v2, type: ffi, file: "$work/v2.so", timeout: 5s }
+  - { name: lfi, type: ffi, file: "$work/legacy-iso.so", transport: fast, timeout: 5s, isolation: process, workers: $ISO_WORKERS }
+  - { name: v2i, type: ffi, file: "$work/v2-iso.so", timeout: 5s, isolation: process, workers: $ISO_WORKERS }
 services:
   - name: up
     service_type: http
@@ -99,6 +106,8 @@ routes:
       - { path: "/baseline", service: { name: up }, middleware: [ { plugin: lb, entry: e2e_headers } ] }
       - { path: "/fast", service: { name: up }, middleware: [ { plugin: lf, entry: e2e_headers } ] }
       - { path: "/v2", service: { name: up }, middleware: [ { plugin: v2, entry: e2e_headers } ] }
+      - { path: "/iso-fast", service: { name: up }, middleware: [ { plugin: lfi, entry: e2e_headers } ] }
+      - { path: "/iso-v2", service: { name: up }, middleware: [ { plugin: v2i, entry: e2e_headers } ] }
       - { path: "/delay-baseline", service: { name: up }, middleware: [ { plugin: lb, entry: delay_1ms } ] }
       - { path: "/delay-fast", service: { name: up }, middleware: [ { plugin: lf, entry: delay_1ms } ] }
       - { path: "/delay-v2", service: { name: up }, middleware: [ { plugin: v2, entry: delay_1ms } ] }
@@ -130,7 +139,7 @@ for p in "$PA" "$PB" "$PC" "$UP"; do
   done
 done
 for p in "$PA" "$PB" "$PC"; do
-  for route in none baseline fast v2 delay-baseline delay-fast delay-v2; do
+  for route in none baseline fast v2 iso-fast iso-v2 delay-baseline delay-fast delay-v2; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-request-id: check' "http://127.0.0.1:$p/$route")
     [ "$code" = 200 ] || { echo "route /$route on port $p answered $code" >&2; cat "$work"/*.log >&2; exit 1; }
   done
@@ -164,6 +173,8 @@ for r in $(seq 1 "$ROUNDS"); do
   run baseline "$PA" /baseline "$CONNS"
   run fast "$PA" /fast "$CONNS"
   run v2 "$PA" /v2 "$CONNS"
+  run iso-fast "$PA" /iso-fast "$CONNS"
+  run iso-v2 "$PA" /iso-v2 "$CONNS"
   run fast-chunked "$PC" /fast "$CONNS"
   run v2-chunked "$PC" /v2 "$CONNS"
   run slow-none "$PA" /none "$SLOW_CONNS"
@@ -229,13 +240,19 @@ out.append("| route | req/s | vs no plugin | p50 | p99 | req/s per round | non-2
 out.append("|---|---:|---:|---:|---:|---|---:|")
 names = {'none': 'no plugin', 'baseline': 'legacy plugin, baseline transport',
          'fast': 'legacy plugin, fast transport', 'v2': 'v2 plugin',
+         'iso-fast': 'legacy plugin, isolation: process (fast in the workers)',
+         'iso-v2': 'v2 plugin, isolation: process',
          'fast-chunked': 'legacy plugin, fast, re-framed chunked (default framing)',
          'v2-chunked': 'v2 plugin, re-framed chunked (default framing)'}
-for label in ['none', 'baseline', 'fast', 'v2', 'fast-chunked', 'v2-chunked']:
+for label in ['none', 'baseline', 'fast', 'v2', 'iso-fast', 'iso-v2', 'fast-chunked', 'v2-chunked']:
     r = med(label)
     out.append(f"| {names[label]} | {r[0]:.0f} | {ratio(label, 'none'):.3f} | {r[1]:.2f} ms | "
                f"{r[2]:.2f} ms | {', '.join(f'{x[0]:.0f}' for x in rows[label])} | "
                f"{sum(x[3] for x in rows[label])} |")
+out.append("")
+out.append(f"Isolated vs in-process (median of the per-round ratios): legacy isolated / legacy fast "
+           f"{ratio('iso-fast', 'fast'):.3f}, v2 isolated / legacy fast {ratio('iso-v2', 'fast'):.3f}, "
+           f"v2 isolated / v2 in-process {ratio('iso-v2', 'v2'):.3f}.")
 out.append("")
 out.append(f"### A phase that ends on the plugin's thread 1 ms later, {slow} connections")
 out.append("")

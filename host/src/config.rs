@@ -149,6 +149,33 @@ pub enum TransportChoice {
     Fast,
 }
 
+/// Where a plugin runs (`plugins[i].isolation`).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub enum Isolation {
+    /// `none` (the default): the library is loaded into the proxy's process; a crash in it
+    /// takes the proxy down.
+    #[default]
+    None,
+    /// `process`: the library runs in worker processes of its own, driven over shared-memory
+    /// rings; a worker that crashes fails only its in-flight requests (502) and is restarted.
+    Process,
+}
+
+/// The worker settings of an isolated plugin; `None` leaves the transport's default.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct IsolationConfig {
+    /// `workers:`, worker processes for the plugin (sessions are spread across them).
+    pub workers: Option<NonZeroUsize>,
+    /// `worker_queue:`, submissions queued per worker; a request that finds every worker's
+    /// queue full gets a fast 503.
+    pub worker_queue: Option<NonZeroUsize>,
+    /// `restart_backoff:`, the delay before the first restart of a worker that died.
+    pub restart_backoff: Option<Duration>,
+    /// `restart_backoff_max:`, the longest delay between restarts (the delay doubles per
+    /// consecutive death up to it).
+    pub restart_backoff_max: Option<Duration>,
+}
+
 /// Index of a plugin in [`Config::plugins`].
 #[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct PluginId(pub usize);
@@ -177,6 +204,14 @@ pub struct PluginConfig {
     /// `timeout:` for one phase of this plugin (`500ms`, `2s`, `1m`); past it the client gets a
     /// 504. `None`: the proxy's default.
     pub timeout: Option<Duration>,
+    /// `isolation:`, where the plugin runs: [`Isolation::None`] (in the proxy's process, the
+    /// default) or [`Isolation::Process`] (in worker processes; see [`IsolationConfig`]).
+    pub isolation: Isolation,
+    /// The worker settings (`workers:`, `worker_queue:`, `restart_backoff:`,
+    /// `restart_backoff_max:`), each `None` when not written. The keys are accepted only with
+    /// `isolation: process`; `nylon-serve --isolation process` uses them (or the defaults) for
+    /// every plugin.
+    pub isolation_config: IsolationConfig,
     /// `entry:`, upstream's optional list of the entries the plugin exports. When given,
     /// every reference is checked against it at load; the proxy checks the loaded plugin anyway.
     pub entries: Option<Vec<String>>,

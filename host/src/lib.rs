@@ -50,6 +50,6 @@ pub mod template;
 pub mod transport;
 pub mod ws;
 
-pub use config::{Config, ConfigError, ConfigErrorKind, Location};
+pub use config::{Config, ConfigError, ConfigErrorKind, Isolation, IsolationConfig, Location};
 pub use route::{Params, RouteError};
 pub use template::{StrTemplate, Template, TemplateInput};

@@ -1,14 +1,21 @@
 //! `nylon-serve --config FILE`: the Nylon host, a Pingora proxy with the
 //! nylon-transport plugin transport swapped in.
+//!
+//! `nylon-serve worker ...` (hidden) is an isolated plugin's worker process:
+//! the host starts it for each plugin with `isolation: process` and it never
+//! reads the config or the other arguments.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use nylon_host::proxy::PhaseWait;
-use nylon_host::serve::{parse_transport, run, ServeOptions};
+use nylon_host::serve::{parse_transport, run, shutdown, ServeOptions};
 use nylon_host::ws::conn::WsConfig;
+use nylon_host::Isolation;
 use nylon_transport::ws::codec::Limits;
 
 /// The Nylon host: a Pingora proxy that runs nylon-transport plugins.
@@ -60,12 +67,23 @@ struct Cli {
     /// WebSocket: the largest client message, fragments together (1009 beyond).
     #[arg(long, default_value_t = 4 << 20)]
     ws_max_message: usize,
+    /// Where every plugin runs, whatever its `isolation:` says: `process`
+    /// (worker processes) or `none` (the proxy's process). Absent: as the
+    /// config says.
+    #[arg(long)]
+    isolation: Option<String>,
     /// Load the config and the plugins, check every entry, and exit.
     #[arg(long)]
     check: bool,
 }
 
 fn main() -> ExitCode {
+    // The worker subcommand comes first and bypasses the proxy's options: its
+    // arguments belong to the isolated transport.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "worker") {
+        return nylon_transport::transport::isolated::worker_main(&args[2..]);
+    }
     let cli = Cli::parse();
     let result = (|| -> anyhow::Result<()> {
         let opts = ServeOptions {
@@ -89,6 +107,12 @@ fn main() -> ExitCode {
                     max_message: cli.ws_max_message,
                 },
             },
+            isolation: match cli.isolation.as_deref() {
+                None => None,
+                Some("process") => Some(Isolation::Process),
+                Some("none") => Some(Isolation::None),
+                Some(other) => anyhow::bail!("unknown --isolation `{other}` (process, none)"),
+            },
         };
         if cli.check {
             let host = nylon_host::serve::load(&opts)?;
@@ -96,6 +120,8 @@ fn main() -> ExitCode {
                 "config OK: {} plugins loaded, every entry found",
                 host.routes.plugins().len()
             );
+            // Isolated plugins' workers are shut down like the proxy's.
+            shutdown(Arc::new(host));
             return Ok(());
         }
         run(&opts)

@@ -24,7 +24,10 @@
 //!
 //! Faults stay per request: a phase timeout gives 504, a plugin error 502, a
 //! plugin whose `max_sessions` are all in flight a fast 503 (a semaphore's
-//! `try_acquire`: no queue).
+//! `try_acquire`: no queue). With `isolation: process`, a worker that dies
+//! mid-phase gives its in-flight requests 502 `plugin_crashed` (the reason is
+//! logged once per death), and a plugin whose every worker queue is full a
+//! fast 503 `plugin_busy`.
 
 use std::future::Future;
 use std::pin::pin;
@@ -37,7 +40,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nylon_transport::abi::legacy::Phase;
 use nylon_transport::host::HttpContext;
-use nylon_transport::transport::PhaseOutcome;
+use nylon_transport::transport::{OpenError, PhaseOutcome, SessionError};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -128,6 +131,28 @@ pub struct LoadedPlugin {
     /// per response), and a body filter that changes a chunk's length anyway
     /// cuts that response short instead of sending a wrong length.
     pub rewrites_body: bool,
+    /// The last worker failure logged (isolated plugins): each death is
+    /// logged once, not once per request it failed.
+    pub last_worker_failure: Mutex<String>,
+}
+
+impl LoadedPlugin {
+    /// Logs a worker failure `reason` unless it is the one logged last.
+    fn log_worker_failure(&self, reason: &str, phase: Phase) {
+        let mut last = self
+            .last_worker_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *last != reason {
+            eprintln!(
+                "nylon-serve: plugin `{}`: {reason} (during {}); its requests in flight on \
+                 that worker get 502",
+                self.name,
+                phase.name()
+            );
+            reason.clone_into(&mut last);
+        }
+    }
 }
 
 /// One open session of a request.
@@ -346,6 +371,15 @@ fn fault(
                 plugin.timeout.as_millis()
             ),
         ),
+        PhaseOutcome::Error(SessionError::Worker(reason)) => (
+            502,
+            "plugin_crashed",
+            format!(
+                "plugin `{}` failed in {}: {reason}",
+                plugin.name,
+                phase.name()
+            ),
+        ),
         PhaseOutcome::Error(e) => (
             502,
             "plugin_error",
@@ -505,6 +539,9 @@ impl<R: Routes> NylonProxy<R> {
         s.payload = state.swap_payload(previous);
         if is_fault(&outcome) {
             s.failed = true;
+            if let PhaseOutcome::Error(SessionError::Worker(reason)) = &outcome {
+                plugin.log_worker_failure(reason, phase);
+            }
             let counter = if outcome == PhaseOutcome::Timeout {
                 &self.host.stats.timeouts
             } else {
@@ -621,6 +658,9 @@ impl<R: Routes> NylonProxy<R> {
             }
             if is_fault(&outcome) {
                 s.failed = true;
+                if let PhaseOutcome::Error(SessionError::Worker(reason)) = &outcome {
+                    plugin.log_worker_failure(reason, Phase::ResponseBodyFilter);
+                }
                 let (code, _, message) = fault(&outcome, plugin, Phase::ResponseBodyFilter);
                 state.set_error(message.clone());
                 let counter = if code == 504 {
@@ -669,6 +709,13 @@ impl<R: Routes> NylonProxy<R> {
                     failed: false,
                     _permit: permit,
                 })
+            }
+            Err(OpenError::Overloaded) => {
+                self.host.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err((
+                    503,
+                    format!("plugin `{}`: every worker's queue is full", plugin.name),
+                ))
             }
             Err(e) => {
                 self.host.stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use nylon_transport::host::LegacyPlugin;
-use nylon_transport::transport::V2Plugin;
+use nylon_transport::transport::isolated::{Abi, IsolatedConfig};
+use nylon_transport::transport::{IsolatedPlugin, OpenError, V2Plugin};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use tokio::sync::Semaphore;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrorKind, MiddlewareKind, PluginCall, ServiceKind, TransportChoice,
-    WebSocketAdapter,
+    Config, ConfigError, ConfigErrorKind, Isolation, MiddlewareKind, PluginCall, PluginConfig,
+    ServiceKind, TransportChoice, WebSocketAdapter,
 };
 use crate::ctx::{HeaderChange, RequestSnapshot};
 use crate::proxy::{
@@ -51,6 +52,9 @@ pub struct ServeOptions {
     /// WebSocket settings (ping interval, idle timeout, queue bounds, size
     /// limits).
     pub ws: WsConfig,
+    /// Where every plugin runs, overriding each plugin's `isolation:`
+    /// (`--isolation`); `None` follows the config.
+    pub isolation: Option<Isolation>,
 }
 
 /// The config's routes over the loaded plugins.
@@ -203,6 +207,34 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
     for p in &config.plugins {
         let fail =
             |why: String| ConfigError::at(&p.file_location, ConfigErrorKind::PluginLoad, why);
+        let kind = match p.transport.or(config.server.transport) {
+            Some(TransportChoice::Baseline) => TransportKind::Baseline,
+            Some(TransportChoice::Fast) => TransportKind::Fast,
+            None => opts.transport,
+        };
+        let timeout = p.timeout.unwrap_or(opts.phase_timeout);
+        if opts.isolation.unwrap_or(p.isolation) == Isolation::Process {
+            // The library is never opened in this process: the workers load
+            // it, detect its ABI and initialize it.
+            let plugin =
+                IsolatedPlugin::start(&p.file, &p.config, isolated_config(p, kind, timeout))
+                    .map_err(|e| {
+                        fail(format!(
+                            "cannot start `{}` in worker processes: {e}",
+                            p.file.display()
+                        ))
+                    })?;
+            plugins.push(Arc::new(LoadedPlugin {
+                name: p.name.clone(),
+                handle: PluginHandle::Isolated(plugin),
+                transport: HostTransport::isolated(),
+                sessions: p.max_sessions.map(|n| Arc::new(Semaphore::new(n.get()))),
+                timeout: timeout * ISOLATED_BACKSTOP,
+                rewrites_body: !opts.keep_content_length,
+                last_worker_failure: Default::default(),
+            }));
+            continue;
+        }
         let report = nylon_transport::host::inspect(&p.file)
             .map_err(|e| fail(format!("cannot load `{}`: {e}", p.file.display())))?;
         let (handle, transport) = if report.abi == "v2" {
@@ -215,11 +247,6 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             plugin
                 .initialize(&p.config)
                 .map_err(|e| fail(format!("`{}` failed to initialize: {e}", p.file.display())))?;
-            let kind = match p.transport.or(config.server.transport) {
-                Some(TransportChoice::Baseline) => TransportKind::Baseline,
-                Some(TransportChoice::Fast) => TransportKind::Fast,
-                None => opts.transport,
-            };
             (
                 PluginHandle::Legacy(Arc::new(plugin)),
                 HostTransport::legacy(kind),
@@ -230,8 +257,9 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             handle,
             transport,
             sessions: p.max_sessions.map(|n| Arc::new(Semaphore::new(n.get()))),
-            timeout: p.timeout.unwrap_or(opts.phase_timeout),
+            timeout,
             rewrites_body: !opts.keep_content_length,
+            last_worker_failure: Default::default(),
         }));
     }
     config.check_entries(|p, entry| {
@@ -241,6 +269,25 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             .ok_or_else(|| format!("plugin `{}` is not loaded", p.name))?;
         let exported = match &loaded.handle {
             PluginHandle::V2(v2) => v2.entry_id(entry).is_some(),
+            // Through the transport's `open`, which asks a worker
+            // (`IsolatedPlugin::check_entry`) and caches the answer: a cold
+            // entry would otherwise be checked on the first request, by a
+            // synchronous round trip on a Pingora thread that waits behind
+            // whatever phase the worker runs.
+            PluginHandle::Isolated(_) => match loaded.transport.open(&loaded.handle, entry) {
+                Ok(s) => {
+                    loaded.transport.close(s);
+                    true
+                }
+                Err(OpenError::Rejected(_)) => false,
+                Err(e) => {
+                    return Err(format!(
+                        "plugin `{}` ({}): cannot check entry `{entry}`: {e}",
+                        p.name,
+                        p.file.display()
+                    ))
+                }
+            },
             PluginHandle::Legacy(_) => match loaded.transport.open(&loaded.handle, entry) {
                 Ok(s) => {
                     loaded.transport.close(s);
@@ -309,16 +356,24 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
     }
     server.add_service(service);
     for p in &host.routes.plugins {
-        let abi = match p.handle {
-            PluginHandle::Legacy(_) => "legacy",
-            PluginHandle::V2(_) => "v2",
+        let (abi, workers, timeout) = match &p.handle {
+            PluginHandle::Legacy(_) => ("legacy", String::new(), p.timeout),
+            PluginHandle::V2(_) => ("v2", String::new(), p.timeout),
+            PluginHandle::Isolated(iso) => (
+                match iso.abi() {
+                    Abi::Legacy => "legacy",
+                    Abi::V2 => "v2",
+                },
+                format!(" (worker processes {:?})", iso.worker_pids()),
+                p.timeout / ISOLATED_BACKSTOP,
+            ),
         };
         eprintln!(
-            "nylon-serve: plugin `{}`: {abi} ABI on the {} transport, phase timeout {} ms, \
-             sessions in flight {}",
+            "nylon-serve: plugin `{}`: {abi} ABI on the {} transport{workers}, phase timeout {} \
+             ms, sessions in flight {}",
             p.name,
             p.transport.name(),
-            p.timeout.as_millis(),
+            timeout.as_millis(),
             p.sessions.as_ref().map_or("unbounded".to_string(), |s| s
                 .available_permits()
                 .to_string()),
@@ -334,7 +389,7 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<()> {
         host.routes.plugins.len()
     );
     server.run(RunArgs::default());
-    eprintln!("nylon-serve: stats {}", host.stats.to_json());
+    eprintln!("nylon-serve: stats {}", stats_json(&host));
     if let Some((runtime, cluster)) = cluster {
         runtime.block_on(cluster.shutdown());
         eprintln!("nylon-serve: websocket cluster {:?}", cluster.stats());
@@ -387,12 +442,83 @@ fn start_cluster(
     Ok(Some((runtime, cluster)))
 }
 
-/// Calls every plugin's `shutdown` once: legacy plugins explicitly, v2 ones
-/// when their last reference goes (the v2 ABI ties `shutdown` to the drop).
-fn shutdown(host: Arc<Host<ConfigRoutes>>) {
+/// The host's counters, with each isolated plugin's worker counters under
+/// `isolated.NAME`.
+fn stats_json(host: &Host<ConfigRoutes>) -> serde_json::Value {
+    let mut v = host.stats.to_json();
+    let mut iso = serde_json::Map::new();
     for p in &host.routes.plugins {
-        if let PluginHandle::Legacy(l) = &p.handle {
-            l.shutdown();
+        if let PluginHandle::Isolated(i) = &p.handle {
+            let s = i.stats();
+            iso.insert(
+                p.name.clone(),
+                serde_json::json!({
+                    "started": s.started,
+                    "restarts": s.restarts,
+                    "deaths": s.deaths,
+                    "last_death": s.last_death,
+                    "in_flight": s.in_flight,
+                    "rejected_503": s.rejected,
+                }),
+            );
+        }
+    }
+    if !iso.is_empty() {
+        v["isolated"] = serde_json::Value::Object(iso);
+    }
+    v
+}
+
+/// The worker settings of an isolated plugin: the config's keys over the
+/// transport's defaults.
+///
+/// The plugin's phase timeout is the worker's deadline: the transport's
+/// watchdog kills a worker that has not answered a waiting phase for that
+/// long, and every request in flight on it (the stuck one included) gets
+/// 502. The host's own phase timer for an isolated plugin is only a backstop
+/// at [`ISOLATED_BACKSTOP`] times the timeout (see [`load`]): were it to
+/// fire first, it would cancel the stuck phase, and a worker with no phase
+/// waiting on it is never judged stuck, so a worker looping in a plugin
+/// would stay stuck until some later request waited on it for a whole
+/// timeout.
+fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> IsolatedConfig {
+    let d = IsolatedConfig::default();
+    let c = &p.isolation_config;
+    let first = c.restart_backoff.unwrap_or(d.restart_backoff.0);
+    let max = c
+        .restart_backoff_max
+        .unwrap_or(d.restart_backoff.1)
+        .max(first);
+    let exe = std::env::current_exe().map_or_else(|_| "nylon-serve".into(), |e| e.into_os_string());
+    IsolatedConfig {
+        workers: c.workers.map_or(d.workers, |n| n.get()),
+        queue: c.worker_queue.map_or(d.queue, |n| n.get()),
+        phase_timeout: timeout,
+        restart_backoff: (first, max),
+        worker_command: vec![exe, "worker".into()],
+        legacy_transport: kind.inner(),
+    }
+}
+
+/// The host's phase timer of an isolated plugin, in multiples of its
+/// `timeout` (the worker's deadline): the watchdog kills a stuck worker
+/// between 1 and 1.5 timeouts after the phase began, so the timer fires only
+/// if the watchdog failed.
+pub const ISOLATED_BACKSTOP: u32 = 2;
+
+/// How long isolated workers get to run the plugin's `shutdown` and exit.
+const WORKER_GRACE: Duration = Duration::from_secs(5);
+
+/// Calls every plugin's `shutdown` once: legacy plugins explicitly, v2 ones
+/// when their last reference goes (the v2 ABI ties `shutdown` to the drop),
+/// isolated ones in their workers (which are then reaped, or killed after
+/// a grace period).
+pub fn shutdown(host: Arc<Host<ConfigRoutes>>) {
+    for p in &host.routes.plugins {
+        match &p.handle {
+            PluginHandle::Legacy(l) => l.shutdown(),
+            PluginHandle::Isolated(i) => i.shutdown(WORKER_GRACE),
+            PluginHandle::V2(_) => {}
         }
     }
     match Arc::try_unwrap(host) {

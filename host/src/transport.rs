@@ -1,5 +1,9 @@
 //! The transports a host can put behind a plugin, as one enum.
 //!
+//! Four transports: baseline, fast (legacy ABI), v2, all in the proxy's
+//! process, and isolated (either ABI, the library in worker processes; see
+//! `nylon_transport::transport::isolated`).
+//!
 //! [`Transport`] has a generic associated future type, so it is not
 //! dyn-compatible; the host picks one of the three at start-up (per plugin)
 //! and dispatches with a `match`, which also lets every phase future stay on
@@ -12,9 +16,10 @@ use std::task::{Context, Poll};
 
 use nylon_transport::abi::legacy::Phase;
 use nylon_transport::host::{HttpContext, LegacyPlugin};
+use nylon_transport::transport::isolated::InnerKind;
 use nylon_transport::transport::{
-    Baseline, Fast, FastConfig, OpenError, PhaseOutcome, ReplyMode, SessionOptions, Transport,
-    V2Plugin, V2,
+    Baseline, Fast, FastConfig, Isolated, IsolatedPlugin, OpenError, PhaseOutcome, ReplyMode,
+    SessionOptions, Transport, V2Plugin, V2,
 };
 
 /// Which transport drives a legacy plugin (v2 plugins always use [`V2`]).
@@ -40,6 +45,16 @@ impl TransportKind {
         })
     }
 
+    /// The in-process transport an isolated worker drives a legacy library
+    /// with.
+    pub fn inner(self) -> InnerKind {
+        match self {
+            Self::Baseline => InnerKind::Baseline,
+            Self::Fast => InnerKind::Fast,
+            Self::FastDeferred => InnerKind::FastDeferred,
+        }
+    }
+
     /// The name `parse` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +72,9 @@ pub enum PluginHandle {
     Legacy(Arc<LegacyPlugin>),
     /// A v2-ABI library.
     V2(Arc<V2Plugin>),
+    /// A library of either ABI loaded in worker processes (never in the
+    /// proxy's process).
+    Isolated(Arc<IsolatedPlugin>),
 }
 
 /// One transport instance.
@@ -68,6 +86,8 @@ pub enum HostTransport {
     Fast(Fast),
     /// See [`V2`].
     V2(V2),
+    /// See [`Isolated`].
+    Isolated(Isolated),
 }
 
 impl HostTransport {
@@ -88,12 +108,18 @@ impl HostTransport {
         Self::V2(V2::default())
     }
 
+    /// The process-isolated transport.
+    pub fn isolated() -> Self {
+        Self::Isolated(Isolated::new())
+    }
+
     /// The transport's name.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Baseline(t) => t.name(),
             Self::Fast(t) => t.name(),
             Self::V2(t) => t.name(),
+            Self::Isolated(t) => t.name(),
         }
     }
 
@@ -110,6 +136,9 @@ impl HostTransport {
             }
             (Self::Fast(t), PluginHandle::Legacy(p)) => HostSession::Fast(t.open(p, entry, opts)?),
             (Self::V2(t), PluginHandle::V2(p)) => HostSession::V2(t.open(p, entry, opts)?),
+            (Self::Isolated(t), PluginHandle::Isolated(p)) => {
+                HostSession::Isolated(t.open(p, entry, opts)?)
+            }
             _ => return Err(OpenError::Rejected(entry.to_string())),
         })
     }
@@ -133,6 +162,9 @@ impl HostTransport {
             (Self::V2(t), HostSession::V2(s)) => HostPhase::V2 {
                 f: t.phase(s, phase, ctx),
             },
+            (Self::Isolated(t), HostSession::Isolated(s)) => HostPhase::Isolated {
+                f: t.phase(s, phase, ctx),
+            },
             _ => HostPhase::Mismatch,
         }
     }
@@ -150,6 +182,7 @@ impl HostTransport {
             (Self::Baseline(t), HostSession::Baseline(s)) => t.run_phase(s, phase, ctx, timeout),
             (Self::Fast(t), HostSession::Fast(s)) => t.run_phase(s, phase, ctx, timeout),
             (Self::V2(t), HostSession::V2(s)) => t.run_phase(s, phase, ctx, timeout),
+            (Self::Isolated(t), HostSession::Isolated(s)) => t.run_phase(s, phase, ctx, timeout),
             _ => mismatch(),
         }
     }
@@ -160,6 +193,7 @@ impl HostTransport {
             (Self::Baseline(t), HostSession::Baseline(s)) => t.close(s),
             (Self::Fast(t), HostSession::Fast(s)) => t.close(s),
             (Self::V2(t), HostSession::V2(s)) => t.close(s),
+            (Self::Isolated(t), HostSession::Isolated(s)) => t.close(s),
             // A session always comes from the transport that opened it; a
             // mismatch is dropped, which releases what it holds.
             (_, s) => drop(s),
@@ -182,6 +216,8 @@ pub enum HostSession {
     Fast(<Fast as Transport>::Session),
     /// A [`V2`] session.
     V2(<V2 as Transport>::Session),
+    /// An [`Isolated`] session.
+    Isolated(<Isolated as Transport>::Session),
 }
 
 pin_project_lite::pin_project! {
@@ -205,6 +241,11 @@ pin_project_lite::pin_project! {
             #[pin]
             f: <V2 as Transport>::PhaseFuture<'a>,
         },
+        /// On [`Isolated`].
+        Isolated {
+            #[pin]
+            f: <Isolated as Transport>::PhaseFuture<'a>,
+        },
         /// The session came from another transport.
         Mismatch,
     }
@@ -218,6 +259,7 @@ impl Future for HostPhase<'_> {
             HostPhaseProj::Baseline { f } => f.poll(cx),
             HostPhaseProj::Fast { f } => f.poll(cx),
             HostPhaseProj::V2 { f } => f.poll(cx),
+            HostPhaseProj::Isolated { f } => f.poll(cx),
             HostPhaseProj::Mismatch => Poll::Ready(mismatch()),
         }
     }

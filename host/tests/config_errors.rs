@@ -237,6 +237,53 @@ fn bad_values() {
             "bad.yaml:4:19: plugins[0].max_sessions: must be at least 1",
         ),
         (
+            with("    type: ffi ", "    type: ffi\n    isolation: container "),
+            K::BadValue,
+            "bad.yaml:4:16: plugins[0].isolation: unknown isolation `container`; expected none or process",
+        ),
+        (
+            with("    type: ffi ", "    type: ffi\n    workers: 2 "),
+            K::BadValue,
+            "bad.yaml:4:14: plugins[0].workers: `workers` applies only to a plugin with `isolation: process` (this one runs in the proxy's process)",
+        ),
+        (
+            with(
+                "    type: ffi ",
+                "    type: ffi\n    isolation: none\n    worker_queue: 8 ",
+            ),
+            K::BadValue,
+            "bad.yaml:5:19: plugins[0].worker_queue: `worker_queue` applies only to a plugin with `isolation: process` (this one runs in the proxy's process)",
+        ),
+        (
+            with(
+                "    type: ffi ",
+                "    type: ffi\n    isolation: process\n    workers: 0 ",
+            ),
+            K::BadValue,
+            "bad.yaml:5:14: plugins[0].workers: must be at least 1",
+        ),
+        (
+            with(
+                "    type: ffi ",
+                "    type: ffi\n    isolation: process\n    worker_queue: many ",
+            ),
+            K::BadType,
+            "bad.yaml:5:19: plugins[0].worker_queue: expected an integer, found a string",
+        ),
+        (
+            with(
+                "    type: ffi ",
+                "    type: ffi\n    isolation: process\n    restart_backoff: 1s\n    restart_backoff_max: 100ms ",
+            ),
+            K::BadValue,
+            "bad.yaml:6:26: plugins[0].restart_backoff_max: must not be shorter than `restart_backoff` (1000 ms)",
+        ),
+        (
+            with("    type: ffi ", "    type: ffi\n    isolation: [process] "),
+            K::BadType,
+            "bad.yaml:4:16: plugins[0].isolation: expected a string, found a list",
+        ),
+        (
             with(
                 "      - path: /a ",
                 "      - path: /a\n        methods: [GET, FETCH] ",

@@ -3,6 +3,7 @@
 mod config_support;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use config_support::{render, Req};
 use nylon_host::config::{
     Algorithm, MiddlewareKind, PluginId, RouteMatcher, ServiceId, ServiceKind, TransportChoice,
 };
-use nylon_host::{Config, ConfigErrorKind, RouteError};
+use nylon_host::{Config, ConfigErrorKind, Isolation, IsolationConfig, RouteError};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nylon.yaml");
 
@@ -411,4 +412,46 @@ routes:
         panic!()
     };
     assert_eq!(endpoints[0].addr, "[::1]:80".parse::<SocketAddr>().unwrap());
+}
+
+#[test]
+fn isolation_keys() {
+    let text = r#"
+plugins:
+  - name: a
+    type: ffi
+    file: a.so
+  - name: b
+    type: ffi
+    file: b.so
+    isolation: process
+  - name: c
+    type: ffi
+    file: c.so
+    isolation: process
+    workers: 3
+    worker_queue: 16
+    restart_backoff: 50ms
+    restart_backoff_max: 2s
+  - name: d
+    type: ffi
+    file: d.so
+    isolation: none
+"#;
+    let c = Config::parse_with_env(text, "i.yaml", &|_| None).unwrap();
+    assert_eq!(c.plugins[0].isolation, Isolation::None);
+    assert_eq!(c.plugins[0].isolation_config, IsolationConfig::default());
+    assert_eq!(c.plugins[1].isolation, Isolation::Process);
+    assert_eq!(c.plugins[1].isolation_config, IsolationConfig::default());
+    assert_eq!(c.plugins[2].isolation, Isolation::Process);
+    assert_eq!(
+        c.plugins[2].isolation_config,
+        IsolationConfig {
+            workers: NonZeroUsize::new(3),
+            worker_queue: NonZeroUsize::new(16),
+            restart_backoff: Some(Duration::from_millis(50)),
+            restart_backoff_max: Some(Duration::from_secs(2)),
+        }
+    );
+    assert_eq!(c.plugins[3].isolation, Isolation::None);
 }

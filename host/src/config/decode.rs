@@ -17,8 +17,8 @@ use std::time::Duration;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use super::{
-    Config, ConfigError, ConfigErrorKind, Location, PluginCall, PluginConfig, PluginId,
-    RedisConfig, ServerConfig, TransportChoice, WebSocketAdapter,
+    Config, ConfigError, ConfigErrorKind, Isolation, IsolationConfig, Location, PluginCall,
+    PluginConfig, PluginId, RedisConfig, ServerConfig, TransportChoice, WebSocketAdapter,
 };
 use crate::route::Router;
 use crate::template::{Builder, Template, TemplateError};
@@ -415,6 +415,75 @@ impl Cx<'_> {
         }
     }
 
+    fn isolation(&self, node: &Node<'_>, path: &str) -> Result<Isolation> {
+        match self.string(node, path)? {
+            "none" => Ok(Isolation::None),
+            "process" => Ok(Isolation::Process),
+            other => Err(self.err(
+                node,
+                path,
+                K::BadValue,
+                format!("unknown isolation `{other}`; expected none or process"),
+            )),
+        }
+    }
+
+    /// A plugin's worker keys, from map `m`; they are accepted only with `isolation: process`.
+    fn isolation_config(
+        &self,
+        m: &mut Map<'_, '_>,
+        isolation: Isolation,
+    ) -> Result<IsolationConfig> {
+        let mut c = IsolationConfig::default();
+        let mut max_at = None;
+        for key in [
+            "workers",
+            "worker_queue",
+            "restart_backoff",
+            "restart_backoff_max",
+        ] {
+            let Some((n, p)) = m.get(key) else {
+                continue;
+            };
+            if isolation != Isolation::Process {
+                return Err(self.err(
+                    n,
+                    &p,
+                    K::BadValue,
+                    format!(
+                        "`{key}` applies only to a plugin with `isolation: process` (this one \
+                         runs in the proxy's process)"
+                    ),
+                ));
+            }
+            match key {
+                "workers" => c.workers = Some(self.positive(n, &p)?),
+                "worker_queue" => c.worker_queue = Some(self.positive(n, &p)?),
+                "restart_backoff" => c.restart_backoff = Some(self.duration(n, &p)?),
+                _ => {
+                    c.restart_backoff_max = Some(self.duration(n, &p)?);
+                    max_at = Some((n, p));
+                }
+            }
+        }
+        if let (Some(first), Some(max), Some((n, p))) =
+            (c.restart_backoff, c.restart_backoff_max, max_at)
+        {
+            if max < first {
+                return Err(self.err(
+                    n,
+                    &p,
+                    K::BadValue,
+                    format!(
+                        "must not be shorter than `restart_backoff` ({} ms)",
+                        first.as_millis()
+                    ),
+                ));
+            }
+        }
+        Ok(c)
+    }
+
     fn duration(&self, node: &Node<'_>, path: &str) -> Result<Duration> {
         let s = self.string(node, path).map_err(|_| {
             self.bad_type(node, path, "a duration with a unit (`500ms`, `2s`, `1m`)")
@@ -659,6 +728,11 @@ impl Cx<'_> {
                 Some((n, p)) => Some(self.duration(n, &p)?),
                 None => None,
             };
+            let isolation = match m.get("isolation") {
+                Some((n, p)) => self.isolation(n, &p)?,
+                None => Isolation::None,
+            };
+            let isolation_config = self.isolation_config(&mut m, isolation)?;
             let entries = match m.get("entry") {
                 Some((n, p)) => Some(
                     self.strings(n, &p)?
@@ -676,6 +750,8 @@ impl Cx<'_> {
                 transport,
                 max_sessions,
                 timeout,
+                isolation,
+                isolation_config,
                 entries,
                 location: self.loc(item, &ip),
                 file_location: self.loc(file_node, &file_path),

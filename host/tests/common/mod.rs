@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
+pub(crate) mod suite;
+
 /// The repository root (the host crate's parent).
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +78,37 @@ pub(crate) fn c_plugin() -> PathBuf {
             .args([
                 "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
             ])
+            .arg("-I")
+            .arg(root().join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run the system C compiler");
+        assert!(status.success(), "compiling {} failed", src.display());
+    }
+    out
+}
+
+/// The root crate's crash plugin (`examples/c_plugin/crash.c`) with a
+/// `silent` entry added (`host/tests/support/crash_silent.c`), compiled once.
+/// Only ever loaded with `isolation: process`: its entries crash the process
+/// that runs them.
+pub(crate) fn crash_plugin() -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash_host.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crash_silent.c");
+    let crash = root().join("examples/c_plugin/crash.c");
+    let built = out.metadata().and_then(|m| m.modified()).ok();
+    let fresh = out.exists()
+        && [&src, &crash]
+            .iter()
+            .all(|f| built >= f.metadata().and_then(|m| m.modified()).ok());
+    if !fresh {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = Command::new(cc)
+            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-std=c11"])
             .arg("-I")
             .arg(root().join("include"))
             .arg("-o")
@@ -293,6 +326,16 @@ impl Proxy {
         }
     }
 
+    /// A handle on a proxy another handle runs (for `url` only: it owns no
+    /// process).
+    pub(crate) fn for_port(port: u16) -> Proxy {
+        Proxy {
+            child: None,
+            port,
+            log: PathBuf::new(),
+        }
+    }
+
     /// `http://127.0.0.1:PORT{path}`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
@@ -322,6 +365,26 @@ impl Proxy {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The pids of the worker processes `nylon-serve` runs (its children
+    /// whose command line is `... worker ...`), sorted.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        children(self.pid())
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| c.split(|b| *b == 0).any(|a| a == b"worker"))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Whether `nylon-serve` is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends SIGTERM (a graceful shutdown) without waiting.
@@ -370,4 +433,50 @@ pub(crate) fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("build the HTTP client")
+}
+
+/// The live children of `pid` (from `/proc/*/stat`), sorted; zombies are
+/// left out.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        if ppid == pid && state != "Z" && state != "X" {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Sends `sig` to `pid`.
+pub(crate) fn kill(pid: u32, sig: libc::c_int) {
+    // SAFETY: a plain syscall; `pid` is a process this test started (or a
+    // child of one), looked up just before.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after 30 s.
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
