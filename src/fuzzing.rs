@@ -409,3 +409,46 @@ mod fuzz_plugin {
         }
     }
 }
+
+/// The isolated transport's frames (`transport::isolated::proto`): the
+/// first byte picks a worker-to-host frame kind, the rest is its payload;
+/// the host's decoder must refuse or accept it without panicking. The same
+/// bytes then go through the worker's phase-start decoder, whose every span
+/// must lie inside the frame, and an accepted phase end's commands must
+/// re-encode to the same bytes.
+pub fn isolated_frames(data: &[u8]) {
+    use crate::transport::isolated::proto;
+    let Some((&kind, frame)) = data.split_first() else {
+        return;
+    };
+    let _ = proto::decode_from_worker(u32::from(kind % 12), frame);
+    let mut start = proto::Start::default();
+    if proto::decode_start(frame, &mut start).is_ok() {
+        let spans = std::iter::once(start.entry)
+            .chain(start.strings)
+            .chain([start.payload, start.body])
+            .chain(
+                start
+                    .params
+                    .iter()
+                    .chain(&start.request_headers)
+                    .chain(&start.response_headers)
+                    .flat_map(|(k, v)| [*k, *v]),
+            );
+        for (o, n) in spans {
+            assert!(
+                o as usize + n as usize <= frame.len(),
+                "span past the frame"
+            );
+        }
+    }
+    let mut commands = Vec::new();
+    if let Ok((code, message)) = proto::decode_end(frame, |c| commands.push(c)) {
+        let mut again = Vec::new();
+        proto::EndWriter::head(&mut again, code, message);
+        for c in commands {
+            proto::write_command(&mut again, c);
+        }
+        assert_eq!(again, frame, "a phase end re-encodes differently");
+    }
+}

@@ -36,7 +36,8 @@ corpus!(
     ring_region,
     ws_frame,
     v2_commands,
-    ws_stream
+    ws_stream,
+    isolated_frames
 );
 
 /// Found by the `scalars` fuzzer: a decimal with leading zeros beyond 20

@@ -428,12 +428,23 @@ fn a_full_plugin_refuses_new_sessions_fast() {
 }
 
 #[test]
-fn shutdown_stops_every_worker_and_later_opens_fail() {
+fn shutdown_runs_the_plugins_shutdown_once_per_worker_and_later_opens_fail() {
     let path = crash_plugin();
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(&path, b"", config(2)).unwrap();
+    // The crash plugin appends a line to the file its config names when
+    // its shutdown runs.
+    let marker = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("isolated-shutdown-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let cfg = marker.to_str().unwrap().as_bytes();
+    let p = IsolatedPlugin::start(&path, cfg, config(2)).unwrap();
     await_workers(&p, 2);
+    let (_, _) = phase1(&t, &p, "ok");
     let pids = p.worker_pids();
+    p.shutdown(BOUND);
+    let lines = std::fs::read_to_string(&marker).unwrap_or_default();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(lines, "shutdown\nshutdown\n", "one shutdown per worker");
     p.shutdown(BOUND);
     for pid in pids {
         assert!(
@@ -468,4 +479,20 @@ fn a_cancelled_phase_closes_the_session_and_the_worker_stays_usable() {
     let r = run(&t, &p, "all_methods");
     assert_eq!(r.outcomes()[0], "next");
     let _ = ctx.request_method();
+}
+
+#[test]
+fn many_threads_opening_a_new_entry_at_once_all_get_a_session() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(2)).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let (o, _) = phase1(&t, &p, "ok");
+                assert_eq!(o, PhaseOutcome::End);
+            });
+        }
+    });
+    assert_eq!(p.stats().rejected, 0);
 }

@@ -144,6 +144,9 @@ pub struct IsolatedPlugin {
     abi: Abi,
     /// Entries asked about so far, and the plugin's answer.
     entries: RwLock<Vec<(Arc<str>, bool)>>,
+    /// Held while a worker is asked about a new entry: one question at a
+    /// time (a worker has one answer slot), and each entry asked once.
+    checking: Mutex<()>,
     next: AtomicUsize,
     stopped: AtomicBool,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
@@ -221,6 +224,7 @@ impl IsolatedPlugin {
             counters,
             abi: Abi::Legacy,
             entries: RwLock::new(Vec::new()),
+            checking: Mutex::new(()),
             next: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             supervisors: Mutex::new(supervisors),
@@ -314,17 +318,25 @@ impl IsolatedPlugin {
         }
     }
 
+    /// The entry's cached answer, if it was asked about before.
+    fn cached_entry(&self, entry: &str) -> Option<Result<Arc<str>, OpenError>> {
+        let cache = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let (e, ok) = cache.iter().find(|(e, _)| &**e == entry)?;
+        Some(if *ok {
+            Ok(Arc::clone(e))
+        } else {
+            Err(OpenError::Rejected(entry.to_string()))
+        })
+    }
+
     /// The entry's cached answer, asking a worker the first time.
     fn entry(&self, entry: &str) -> Result<Arc<str>, OpenError> {
-        {
-            let cache = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((e, ok)) = cache.iter().find(|(e, _)| &**e == entry) {
-                return if *ok {
-                    Ok(Arc::clone(e))
-                } else {
-                    Err(OpenError::Rejected(entry.to_string()))
-                };
-            }
+        if let Some(r) = self.cached_entry(entry) {
+            return r;
+        }
+        let _one_at_a_time = lock(&self.checking);
+        if let Some(r) = self.cached_entry(entry) {
+            return r;
         }
         let ok = match self.check_entry(entry) {
             Ok(ok) => ok,
