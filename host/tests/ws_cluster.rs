@@ -128,9 +128,30 @@ async fn two_nodes_share_a_room_and_the_survivor_cleans_up() {
     assert_eq!(next(&mut on_a).await, Message::text("ready-a"));
     let mut on_b = connect(&b, "/room?room=lobby").await;
     send(&mut on_b, Message::text("ready-b")).await;
-    assert_eq!(next(&mut on_b).await, Message::text("ready-b"));
     // b's marker crossed to a.
     assert_eq!(next(&mut on_a).await, Message::text("ready-b"));
+    // a's marker may still have been on its way through Redis to b when b's
+    // member joined, so b may get it too, at any point before a's next
+    // message: a "sync" from a (published after "ready-a", in order) bounds
+    // that window. Nothing else may reach b.
+    send(&mut on_a, Message::text("sync")).await;
+    assert_eq!(next(&mut on_a).await, Message::text("sync"));
+    let (mut seen_a, mut seen_b) = (false, false);
+    loop {
+        match next(&mut on_b).await {
+            m if m == Message::text("sync") => break,
+            m if m == Message::text("ready-b") => {
+                assert!(!seen_b, "b's marker twice on b");
+                seen_b = true;
+            }
+            m => {
+                assert_eq!(m, Message::text("ready-a"), "on b before the sync");
+                assert!(!seen_a, "a's marker twice on b");
+                seen_a = true;
+            }
+        }
+    }
+    assert!(seen_b, "b's own marker (sender included)");
 
     // Both ways, text and binary, in order.
     for i in 0..20 {
