@@ -314,7 +314,12 @@ impl Session for Threads {
 
 struct Victim(u32);
 
-impl Session for Victim {}
+impl Session for Victim {
+    fn request_filter(&mut self, cx: &mut PhaseCx<'_>) -> Result<Flow, SdkError> {
+        cx.set_response_header("x-victim-sid", &self.0.to_string());
+        Ok(Flow::Next)
+    }
+}
 
 impl Drop for Victim {
     fn drop(&mut self) {

@@ -35,6 +35,7 @@ pub mod abi;
 pub mod bench;
 pub mod channel;
 pub mod codec;
+mod futex;
 pub mod fuzzing;
 pub mod host;
 pub mod intern;

@@ -460,6 +460,51 @@ fn shutdown_runs_the_plugins_shutdown_once_per_worker_and_later_opens_fail() {
 }
 
 #[test]
+fn asynchronous_phases_finish_while_a_synchronous_caller_reads_the_ring() {
+    // A synchronous caller reads the worker's answers itself and keeps the
+    // dispatcher asleep meanwhile: answers it takes for other sessions must
+    // wake their tasks, and once it leaves the next frame must wake the
+    // dispatcher. A lost wake-up costs a phase the dispatcher's one-second
+    // nap, so 400 phases would take minutes instead of well under a second.
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let synchronous = std::thread::scope(|scope| {
+        let caller = scope.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (o, _) = phase1(&t, &p, "ok");
+                assert_eq!(o, PhaseOutcome::End);
+                n += 1;
+            }
+            n
+        });
+        // Stops the caller however this loop ends (the scope joins it).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stop_caller = Stop(&stop);
+        for i in 0..400 {
+            let mut s = t.open(&p, "ok", SessionOptions::default()).unwrap();
+            let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+            let o = futures::executor::block_on(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
+            assert_eq!(o, PhaseOutcome::End);
+            t.close(s);
+            assert!(start.elapsed() < BOUND, "only {i} phases within {BOUND:?}");
+        }
+        drop(stop_caller);
+        caller.join().expect("synchronous caller")
+    });
+    assert!(synchronous > 0);
+    assert_eq!(p.stats().deaths, 0);
+}
+
+#[test]
 fn a_cancelled_phase_closes_the_session_and_the_worker_stays_usable() {
     let path = example("rust_plugin");
     let t = Isolated::new();

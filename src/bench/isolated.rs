@@ -17,7 +17,7 @@ use super::rows::{legacy_request, v2_request, Plugins};
 use super::{Row, Variant};
 use crate::abi::legacy::Phase;
 use crate::transport::isolated::{IsolatedConfig, IsolatedPlugin};
-use crate::transport::{Fast, Isolated, PhaseOutcome, SessionOptions, Transport};
+use crate::transport::{Fast, Isolated, PhaseOutcome, SessionOptions, Transport, WaitPolicy};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests in flight at once in the throughput variant (one worker).
@@ -47,8 +47,7 @@ fn expect_next(o: PhaseOutcome) -> Result<(), String> {
 }
 
 /// One request of the scenario per iteration: open, four phases, close.
-fn sequential(plugin: Arc<IsolatedPlugin>) -> Variant {
-    let t = Isolated::new();
+fn sequential(plugin: Arc<IsolatedPlugin>, t: Isolated) -> Variant {
     let mut ctx = BenchContext::scenario(WsCodec::Fast);
     Variant::new(1, move |iters| {
         let start = Instant::now();
@@ -138,6 +137,8 @@ fn concurrent(plugin: Arc<IsolatedPlugin>) -> Variant {
 /// The row: baseline = the legacy plugin on the in-process fast host,
 /// fast = the v2 plugin through a worker; `isolated_legacy` the legacy
 /// plugin through a worker; `v2` the v2 plugin in process;
+/// `isolated_parked` the fast variant with the caller parking at once (the
+/// dispatcher hands it every answer, as it does for an asynchronous task);
 /// `isolated_concurrent` [`CONCURRENT`] v2 requests in flight on one worker.
 ///
 /// # Errors
@@ -152,9 +153,13 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
         "-",
         "< 5 µs",
         legacy_request(Fast::default(), plugins.legacy.clone(), "scenario"),
-        sequential(v2),
+        sequential(Arc::clone(&v2), Isolated::new()),
     )
-    .with("isolated_legacy", sequential(legacy))
+    .with("isolated_legacy", sequential(legacy, Isolated::new()))
+    .with(
+        "isolated_parked",
+        sequential(v2, Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO))),
+    )
     .with("v2", v2_request(plugins.v2.clone())?)
     .with("isolated_concurrent", concurrent(v2_many)))
 }

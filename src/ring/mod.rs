@@ -65,6 +65,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(not(loom))]
+use crate::futex;
 use crate::sync::{spin_loop, yield_now, AtomicU32, Ordering};
 
 mod heap;
@@ -1240,56 +1242,6 @@ impl<R: Region> Consumer<R> {
             None => Err(RingError::Corrupt("published frame withdrawn")),
         }
     }
-}
-
-#[cfg(not(loom))]
-mod futex {
-    use std::time::Instant;
-
-    use crate::sync::AtomicU32;
-
-    /// Sleeps while `*word == expected`, until woken or `deadline`.
-    #[cfg(target_os = "linux")]
-    pub(super) fn wait(word: &AtomicU32, expected: u32, deadline: Instant) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ts = libc::timespec {
-            tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
-        };
-        // SAFETY: FUTEX_WAIT on a valid, aligned u32 in memory that outlives
-        // the call, with a valid relative timeout. Not PRIVATE: the word may
-        // be shared with another process.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAIT,
-                expected,
-                &ts as *const libc::timespec,
-                std::ptr::null::<u32>(),
-                0,
-            );
-        }
-    }
-
-    /// Wakes every sleeper on `word`.
-    #[cfg(target_os = "linux")]
-    pub(super) fn wake(word: &AtomicU32) {
-        // SAFETY: FUTEX_WAKE on a valid, aligned u32.
-        unsafe {
-            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn wait(word: &AtomicU32, expected: u32, deadline: Instant) {
-        while word.load(crate::sync::Ordering::Acquire) == expected && Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn wake(_word: &AtomicU32) {}
 }
 
 /// The loom stand-ins: the shared words as loom atomics, and a futex made of

@@ -11,11 +11,16 @@
 //!   fails its in-flight sessions and restarts it with backoff.
 //! - The **dispatcher** (one per incarnation) pops worker-to-host frames,
 //!   validates them, stores a phase end in its session's slot and wakes the
-//!   session's task through the slot's `AtomicWaker`.
+//!   session's task through the slot's `AtomicWaker`. It sleeps on the
+//!   doorbell ([`super::doorbell`]), not on the ring.
+//! - A thread running a phase **synchronously** ([`Help`]) pops those frames
+//!   itself while it waits (any session's, handled as the dispatcher would),
+//!   so the worker's answer reaches it without waking the dispatcher.
 //! - Tasks write host-to-worker frames straight into the ring under the
 //!   `link` mutex (the single producer): no thread hop on the request path.
 //!
-//! Lock order: `link`, then a slot's `state`; `child` alone.
+//! Lock order: `link`, then a slot's `state`; `rx`, then a slot's `state`,
+//! `control`, `child`, `kill_reason`; `child` alone.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -23,11 +28,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
+use super::doorbell::{self, Doorbell, ARMED, QUIET};
 use super::proto;
 use super::{Abi, InnerKind, IsolatedConfig, IsolatedError};
 use crate::ring::{region_size, Consumer, MmapRegion, Producer, Ring, RingError};
@@ -42,6 +48,14 @@ const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 const ROOM_WAIT: Duration = Duration::from_millis(50);
 /// How long the host waits for a new worker's hello.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
+/// The dispatcher's longest sleep (it then looks whether its incarnation
+/// was replaced, and at the ring).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Frames handled per look at the ring, at most.
+const DRAIN_MAX: usize = 64;
+/// The dispatcher's spin and yields before it arms the doorbell and sleeps.
+const DISPATCH_SPIN: u32 = 128;
+const DISPATCH_YIELDS: u32 = 8;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -126,6 +140,15 @@ impl Link {
     }
 }
 
+/// The host's end of a live incarnation's worker-to-host ring, read by the
+/// dispatcher and by synchronous waiters ([`Help`]) in turn.
+#[derive(Debug)]
+pub(super) struct Rx {
+    consumer: Consumer<MmapRegion>,
+    epoch: u64,
+    bell: Arc<Doorbell>,
+}
+
 /// The answers a supervisor or a caller waits for.
 #[derive(Debug, Default)]
 struct Control {
@@ -161,6 +184,11 @@ pub(super) struct Worker {
     /// Open sessions.
     pub(super) open: AtomicUsize,
     pub(super) link: Mutex<Option<Link>>,
+    /// The worker-to-host ring of the live incarnation (`None` once it died
+    /// or broke the protocol).
+    rx: Mutex<Option<Rx>>,
+    /// Threads reading `rx` while they wait for a phase ([`Help`]).
+    helpers: AtomicU32,
     /// The current incarnation (bumped before each spawn).
     pub(super) epoch: AtomicU64,
     pub(super) live: AtomicBool,
@@ -200,6 +228,8 @@ impl Worker {
             free: Mutex::new((0..n as u32).rev().collect()),
             open: AtomicUsize::new(0),
             link: Mutex::new(None),
+            rx: Mutex::new(None),
+            helpers: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             pid: AtomicU32::new(0),
@@ -264,6 +294,54 @@ impl Worker {
         }
     }
 
+    /// Handles the frames incarnation `epoch` has sent (at most
+    /// [`DRAIN_MAX`]): `Some(count)`, or `None` when that incarnation's ring
+    /// is gone. With `block` false a reader busy elsewhere makes it return
+    /// `Some(0)` at once.
+    pub(super) fn drain(&self, epoch: u64, block: bool) -> Option<usize> {
+        let mut rx = if block {
+            lock(&self.rx)
+        } else {
+            match self.rx.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return Some(0),
+            }
+        };
+        match rx.as_ref() {
+            Some(r) if r.epoch == epoch => Some(self.drain_locked(&mut rx)),
+            _ => None,
+        }
+    }
+
+    /// As [`Worker::drain`], with the ring locked. A frame that breaks the
+    /// protocol, or a corrupt ring, kills the worker; nobody reads its ring
+    /// again.
+    fn drain_locked(&self, rx: &mut Option<Rx>) -> usize {
+        let Some(r) = rx.as_mut() else { return 0 };
+        let epoch = r.epoch;
+        let mut failure = None;
+        let popped = r.consumer.try_pop_many(DRAIN_MAX, |h, payload| {
+            if failure.is_none() {
+                self.progress.fetch_add(1, Ordering::Relaxed);
+                if let Err(reason) = handle(self, epoch, h.session, h.method, payload) {
+                    failure = Some(reason);
+                }
+            }
+        });
+        let n = popped.unwrap_or_else(|e| {
+            failure.get_or_insert_with(|| e.to_string());
+            0
+        });
+        if let Some(reason) = failure {
+            *rx = None;
+            self.kill(epoch, reason);
+            // Wake a supervisor waiting for the hello.
+            self.control_cv.notify_all();
+        }
+        n
+    }
+
     /// Asks the worker whether the plugin accepts `entry`.
     pub(super) fn check_entry(&self, entry: &str) -> Result<bool, IsolatedError> {
         let token = {
@@ -325,8 +403,12 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), S
     let launch = &w.launch;
     let len = region_size(RING_CAPACITY);
     let back_offset = (len as u64).div_ceil(1 << 16) << 16;
+    let bell_offset = 2 * back_offset;
     let (to, file) = MmapRegion::memfd("nylon-isolated", len).map_err(|e| e.to_string())?;
     let back = MmapRegion::file_range(&file, back_offset, len).map_err(|e| e.to_string())?;
+    let bell = Arc::new(Doorbell::new(
+        MmapRegion::file_range(&file, bell_offset, doorbell::LEN).map_err(|e| e.to_string())?,
+    )?);
     let mut tx = Ring::create(to, RING_CAPACITY)
         .map_err(|e| e.to_string())?
         .into_producer();
@@ -357,6 +439,8 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), S
         .arg(RING_CAPACITY.to_string())
         .arg("--back-offset")
         .arg(back_offset.to_string())
+        .arg("--doorbell-offset")
+        .arg(bell_offset.to_string())
         .arg("--plugin")
         .arg(&launch.path)
         .args(["--legacy", legacy, "--host-pid"])
@@ -368,33 +452,96 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), S
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("{}: {e}", program.to_string_lossy()))?;
+    *lock(&w.rx) = Some(Rx {
+        consumer: rx,
+        epoch,
+        bell: Arc::clone(&bell),
+    });
     let worker = Arc::clone(w);
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name(format!("nylon-iso-d{}", w.index))
-        .spawn(move || dispatcher(&worker, rx, epoch))
-        .map_err(|e| e.to_string())?;
+        .spawn(move || dispatcher(&worker, epoch, &bell));
+    if let Err(e) = spawned {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        *lock(&w.rx) = None;
+        return Err(e.to_string());
+    }
     Ok((child, tx))
 }
 
-/// Reads worker-to-host frames of incarnation `epoch` until it is replaced.
-fn dispatcher(w: &Worker, mut rx: Consumer<MmapRegion>, epoch: u64) {
+/// Reads worker-to-host frames of incarnation `epoch` until it is replaced:
+/// whatever is there, then a short spin, then sleep on the doorbell.
+fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
+    let mut idle = 0u32;
     loop {
         if w.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        let r = match rx.pop_timeout(Duration::from_secs(1)) {
-            Ok(f) => {
-                w.progress.fetch_add(1, Ordering::Relaxed);
-                handle(w, epoch, f.header().session, f.header().method, f.payload())
+        match w.drain(epoch, true) {
+            None => return,
+            Some(0) => {}
+            Some(_) => {
+                idle = 0;
+                continue;
             }
-            Err(RingError::Timeout) => continue,
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(reason) = r {
-            w.kill(epoch, reason);
-            // Wake a supervisor waiting for the hello.
-            w.control_cv.notify_all();
-            return;
+        }
+        if w.helpers.load(Ordering::SeqCst) > 0 {
+            // A synchronous waiter reads the ring, and the last one to leave
+            // arms the doorbell (so a later frame wakes this sleep).
+            bell.sleep(QUIET, Instant::now() + IDLE_WAIT);
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle <= DISPATCH_SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        if idle <= DISPATCH_SPIN + DISPATCH_YIELDS {
+            std::thread::yield_now();
+            continue;
+        }
+        bell.arm();
+        match w.drain(epoch, true) {
+            None => return,
+            Some(0) => bell.sleep(ARMED, Instant::now() + IDLE_WAIT),
+            Some(_) => {}
+        }
+        idle = 0;
+    }
+}
+
+/// A thread that reads the worker-to-host ring while it waits for its own
+/// phase: while one exists the doorbell is quiet, so the worker's answers
+/// wake nobody; the last to leave arms it and reads the ring once more
+/// (the protocol is in [`super::doorbell`]).
+#[derive(Debug)]
+pub(super) struct Help<'a> {
+    w: &'a Worker,
+}
+
+impl<'a> Help<'a> {
+    /// Starts reading; call before sending the phase start, so that its
+    /// answer finds the doorbell quiet.
+    pub(super) fn begin(w: &'a Worker) -> Self {
+        w.helpers.fetch_add(1, Ordering::SeqCst);
+        if let Some(r) = lock(&w.rx).as_ref() {
+            r.bell.disarm();
+        }
+        Self { w }
+    }
+}
+
+impl Drop for Help<'_> {
+    fn drop(&mut self) {
+        if self.w.helpers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let mut rx = lock(&self.w.rx);
+            if let Some(r) = rx.as_ref() {
+                r.bell.arm();
+            }
+            self.w.drain_locked(&mut rx);
         }
     }
 }
@@ -669,6 +816,9 @@ fn reap(w: &Worker, pid: u32, epoch: u64, quiet: bool) {
         eprintln!("nylon: {reason}; restarting");
     }
     // No new phase can start on this incarnation once the link is gone.
+    // Nobody reads its ring again (frames it sent before dying are lost
+    // with it: their sessions fail below).
+    *lock(&w.rx) = None;
     let mut link = lock(&w.link);
     w.live.store(false, Ordering::Release);
     w.pid.store(0, Ordering::Release);

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::doorbell::{self, Doorbell};
 use super::proto::{self, at, Command, EndWriter, Start};
 use super::InnerKind;
 use crate::abi::legacy::Phase;
@@ -38,6 +39,7 @@ struct Args {
     fd: i32,
     capacity: usize,
     back_offset: u64,
+    doorbell_offset: u64,
     plugin: PathBuf,
     legacy: InnerKind,
     host_pid: u32,
@@ -62,6 +64,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
         fd: 0,
         capacity: 0,
         back_offset: 0,
+        doorbell_offset: 0,
         plugin: PathBuf::new(),
         legacy: InnerKind::Fast,
         host_pid: 0,
@@ -77,6 +80,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
             Some("--fd") => a.fd = num(s()?)? as i32,
             Some("--capacity") => a.capacity = num(s()?)? as usize,
             Some("--back-offset") => a.back_offset = num(s()?)?,
+            Some("--doorbell-offset") => a.doorbell_offset = num(s()?)?,
             Some("--plugin") => a.plugin = PathBuf::from(v),
             Some("--host-pid") => a.host_pid = num(s()?)? as u32,
             Some("--timeout-ms") => a.timeout = Duration::from_millis(num(s()?)?),
@@ -99,8 +103,8 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
             _ => return Err(format!("unknown worker argument {k:?}")),
         }
     }
-    if a.capacity == 0 || a.plugin.as_os_str().is_empty() {
-        return Err("worker needs --capacity and --plugin".into());
+    if a.capacity == 0 || a.doorbell_offset == 0 || a.plugin.as_os_str().is_empty() {
+        return Err("worker needs --capacity, --doorbell-offset and --plugin".into());
     }
     Ok(a)
 }
@@ -109,6 +113,8 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
 /// waited for its answer.
 struct Link {
     tx: Mutex<Producer<MmapRegion>>,
+    /// Rung after every frame sent (the host's dispatcher may be asleep).
+    bell: Doorbell,
     rx: Mutex<Consumer<MmapRegion>>,
     backlog: Mutex<VecDeque<(FrameHeader, Vec<u8>)>>,
     host_pid: u32,
@@ -133,6 +139,7 @@ impl Link {
         lock(&self.tx)
             .push_timeout(sid, method, 0, payload, HOST_WAIT)
             .map_err(|e| format!("cannot write to the host: {e}"))?;
+        self.bell.ring();
         if self.fault.is_some() {
             *lock(&self.sent) +=
                 (crate::ring::FRAME_HEADER + payload.len().div_ceil(16) * 16) as u64;
@@ -276,8 +283,13 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
     let back = MmapRegion::file_range(file, args.back_offset, len).map_err(|e| e.to_string())?;
     let rx = Ring::open(to).map_err(|e| e.to_string())?.into_consumer();
     let tx = Ring::open(back).map_err(|e| e.to_string())?.into_producer();
+    let bell = Doorbell::new(
+        MmapRegion::file_range(file, args.doorbell_offset, doorbell::LEN)
+            .map_err(|e| e.to_string())?,
+    )?;
     Ok(Link {
         tx: Mutex::new(tx),
+        bell,
         rx: Mutex::new(rx),
         backlog: Mutex::new(VecDeque::new()),
         host_pid: args.host_pid,

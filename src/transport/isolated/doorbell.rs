@@ -1,0 +1,161 @@
+//! The host's doorbell: one word in a page of the worker's shared mapping
+//! that says whether the host's dispatcher wants a futex wake-up for the next
+//! frame the worker sends.
+//!
+//! The dispatcher is only needed when nobody else is reading the
+//! worker-to-host ring. A thread that runs a phase synchronously reads that
+//! ring itself while it waits (see `host::Help`), so the worker's answer
+//! reaches it without a hop through the dispatcher; while at least one such
+//! thread is reading, the doorbell is quiet and the worker wakes nobody.
+//!
+//! # Protocol
+//!
+//! - The worker, after publishing frames: a `SeqCst` fence, then if the word
+//!   is [`ARMED`], swaps it to [`QUIET`] and, if it was still armed, wakes
+//!   the word's futex ([`Doorbell::ring`]).
+//! - A reader about to stop reading (the dispatcher before it sleeps, the
+//!   last synchronous reader when it leaves) arms the word, then a `SeqCst`
+//!   fence, then reads the ring once more ([`Doorbell::arm`]).
+//!
+//! This is the store-buffering pattern with fences on both sides: for any
+//! frame and any arm, either the reader's last look sees the frame or the
+//! worker's load after publishing it sees the arm (or a later value). A later
+//! value is either a worker's own swap (which woke the dispatcher) or a
+//! synchronous reader's disarm, and that reader arms and looks again when it
+//! leaves. So a frame is never left in the ring with nobody awake to read it.
+//!
+//! The word is shared with an untrusted worker: whatever it writes there
+//! costs the host at most a spurious wake-up or a wake-up that comes only
+//! with the dispatcher's one-second timeout, never a wrong read; the stall
+//! watchdog still counts the worker's frames.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::Instant;
+
+use crate::futex;
+use crate::ring::{MmapRegion, Region};
+
+/// The dispatcher wants a wake-up.
+pub(super) const ARMED: u32 = 1;
+/// Somebody is reading the ring, or the dispatcher is awake.
+pub(super) const QUIET: u32 = 0;
+/// Bytes of the doorbell's mapping (one page).
+pub(super) const LEN: usize = 4096;
+
+/// The doorbell page of one worker incarnation.
+#[derive(Debug)]
+pub(super) struct Doorbell {
+    region: MmapRegion,
+}
+
+impl Doorbell {
+    /// Wraps a mapping of at least 4 bytes (a new page reads [`QUIET`]).
+    pub(super) fn new(region: MmapRegion) -> Result<Self, String> {
+        if region.len() < 4 {
+            return Err("doorbell mapping too small".into());
+        }
+        Ok(Self { region })
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        // SAFETY: the mapping is page-aligned and at least 4 bytes (checked
+        // in `new`), lives as long as `self`, and both processes access
+        // these bytes only atomically.
+        unsafe { AtomicU32::from_ptr(self.region.as_ptr().cast()) }
+    }
+
+    /// Asks for a wake-up with the next frame. The caller must read the ring
+    /// once more afterwards (a frame may have come before the arm was seen).
+    pub(super) fn arm(&self) {
+        self.word().swap(ARMED, Ordering::SeqCst);
+        // SYNC POINT: orders the arm before the caller's next look at the
+        // ring; pairs with the fence in `ring`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Tells the worker not to wake the dispatcher (a synchronous reader is
+    /// reading the ring).
+    pub(super) fn disarm(&self) {
+        self.word().store(QUIET, Ordering::SeqCst);
+    }
+
+    /// Sleeps while the word reads `expected`, until woken or `deadline`.
+    pub(super) fn sleep(&self, expected: u32, deadline: Instant) {
+        futex::wait(self.word(), expected, deadline);
+    }
+
+    /// The worker's side: after publishing frames, wakes the dispatcher if it
+    /// asked for it.
+    pub(super) fn ring(&self) {
+        // SYNC POINT: orders the frames' publication before the load below;
+        // pairs with the fence in `arm`.
+        fence(Ordering::SeqCst);
+        let word = self.word();
+        if word.load(Ordering::Relaxed) == ARMED && word.swap(QUIET, Ordering::AcqRel) == ARMED {
+            futex::wake(word);
+        }
+    }
+
+    /// The word's value (tests).
+    #[cfg(test)]
+    pub(super) fn value(&self) -> u32 {
+        self.word().load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn bell() -> Doorbell {
+        Doorbell::new(MmapRegion::anonymous(LEN).expect("mmap")).expect("a page")
+    }
+
+    #[test]
+    fn a_new_doorbell_is_quiet_and_ringing_it_changes_nothing() {
+        let b = bell();
+        assert_eq!(b.value(), QUIET);
+        b.ring();
+        assert_eq!(b.value(), QUIET);
+        b.arm();
+        b.disarm();
+        b.ring();
+        assert_eq!(b.value(), QUIET);
+    }
+
+    #[test]
+    fn ringing_an_armed_doorbell_wakes_its_sleeper_and_quiets_it() {
+        let b = Arc::new(bell());
+        for _ in 0..20 {
+            b.arm();
+            let sleeper = {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    // A lost wake-up shows as a sleep to the deadline (the
+                    // ring's swap alone does not end a futex wait). A sleeper
+                    // that starts after the ring finds it quiet at once.
+                    let deadline = start + Duration::from_secs(60);
+                    while b.value() == ARMED {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        b.sleep(ARMED, deadline);
+                    }
+                    start.elapsed()
+                })
+            };
+            std::thread::sleep(Duration::from_millis(1));
+            b.ring();
+            assert_eq!(b.value(), QUIET);
+            let slept = sleeper.join().expect("sleeper");
+            assert!(
+                slept < Duration::from_secs(60),
+                "woken only after {slept:?}"
+            );
+        }
+    }
+}
