@@ -373,6 +373,80 @@ fn a_worker_that_stops_answering_is_killed_after_the_phase_timeout() {
 }
 
 #[test]
+fn a_worker_stuck_in_a_phase_the_host_gave_up_on_is_killed_too() {
+    // The host drops the phase (its own timeout, a client gone): nothing
+    // waits on the worker any more, but it is just as stuck, and every later
+    // request sent to it would wait behind the loop.
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(
+        &path,
+        b"",
+        IsolatedConfig {
+            phase_timeout: Duration::from_millis(300),
+            ..config(1)
+        },
+    )
+    .unwrap();
+    let mut s = t.open(&p, "crash_loop", SessionOptions::default()).unwrap();
+    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+    {
+        let mut f = pin!(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
+        assert!(poll_once(&mut f).is_pending());
+    }
+    t.close(s);
+    let end = Instant::now() + BOUND;
+    while p.stats().deaths == 0 {
+        assert!(
+            Instant::now() < end,
+            "the stuck worker lives on: {:?}",
+            p.stats()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(p.stats().last_death.unwrap().contains("no answer within"));
+    await_workers(&p, 1);
+    assert_eq!(phase1(&t, &p, "ok").0, PhaseOutcome::End);
+    // An idle worker owes nothing: it is not killed.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(p.stats().deaths, 1);
+}
+
+#[test]
+fn a_phase_cancelled_while_its_read_is_unanswered_ends_and_the_worker_lives() {
+    // The request body is not shipped with the phase start: the worker asks
+    // for it and waits. The host drops the phase instead of answering; its
+    // CLOSE must end that wait (an empty read), or the worker would sit on
+    // it, owing an answer, until the watchdog killed it.
+    let path = example("rust_plugin");
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(
+        &path,
+        b"{}",
+        IsolatedConfig {
+            phase_timeout: Duration::from_millis(300),
+            ..config(1)
+        },
+    )
+    .unwrap();
+    let mut s = t
+        .open(&p, "all_methods", SessionOptions::default())
+        .unwrap();
+    let mut ctx = MemoryContext::new(full_request(), Some(br#"{"key":"v"}"#.to_vec()));
+    {
+        let mut f = pin!(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
+        assert!(poll_once(&mut f).is_pending());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.close(s);
+    // Four phase timeouts: a worker still waiting would be dead by then.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(p.stats().deaths, 0, "{:?}", p.stats());
+    let r = run(&t, &p, "all_methods");
+    assert_eq!(r.outcomes()[0], "next");
+}
+
+#[test]
 fn a_worker_that_writes_garbage_is_killed() {
     let path = crash_plugin();
     let t = Isolated::new();
@@ -505,10 +579,18 @@ fn asynchronous_phases_finish_while_a_synchronous_caller_reads_the_ring() {
 }
 
 #[test]
-fn a_cancelled_phase_closes_the_session_and_the_worker_stays_usable() {
+fn a_cancelled_phase_closes_the_session_and_the_plugin_stays_usable() {
     let path = example("rust_plugin");
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    let p = IsolatedPlugin::start(
+        &path,
+        b"{}",
+        IsolatedConfig {
+            phase_timeout: Duration::from_millis(300),
+            ..config(1)
+        },
+    )
+    .unwrap();
     let mut s = t.open(&p, "silent", SessionOptions::default()).unwrap();
     let mut ctx = MemoryContext::new(RequestSpec::default(), None);
     {
@@ -521,6 +603,14 @@ fn a_cancelled_phase_closes_the_session_and_the_worker_stays_usable() {
     let o = t.run_phase(&mut s, Phase::ResponseFilter, &mut ctx, BOUND);
     assert_eq!(o, PhaseOutcome::Error(SessionError::Closed));
     t.close(s);
+    // `silent` holds its phase for good, and a worker runs one phase at a
+    // time: it owes the answer, so the watchdog replaces it.
+    let end = Instant::now() + BOUND;
+    while p.stats().deaths == 0 {
+        assert!(Instant::now() < end, "{:?}", p.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    await_workers(&p, 1);
     let r = run(&t, &p, "all_methods");
     assert_eq!(r.outcomes()[0], "next");
     let _ = ctx.request_method();

@@ -473,14 +473,13 @@ fn stats_json(host: &Host<ConfigRoutes>) -> serde_json::Value {
 /// transport's defaults.
 ///
 /// The plugin's phase timeout is the worker's deadline: the transport's
-/// watchdog kills a worker that has not answered a waiting phase for that
+/// watchdog kills a worker that owes an answer and has sent nothing for that
 /// long, and every request in flight on it (the stuck one included) gets
-/// 502. The host's own phase timer for an isolated plugin is only a backstop
-/// at [`ISOLATED_BACKSTOP`] times the timeout (see [`load`]): were it to
-/// fire first, it would cancel the stuck phase, and a worker with no phase
-/// waiting on it is never judged stuck, so a worker looping in a plugin
-/// would stay stuck until some later request waited on it for a whole
-/// timeout.
+/// 502 with the reason. The host's own phase timer for an isolated plugin is
+/// only a backstop at [`ISOLATED_BACKSTOP`] times the timeout (see [`load`]):
+/// were it to fire first, the stuck request would get a 504 that says
+/// nothing of the worker (the worker would still be replaced: the watchdog
+/// counts cancelled phases too).
 fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> IsolatedConfig {
     let d = IsolatedConfig::default();
     let c = &p.isolation_config;

@@ -197,6 +197,10 @@ pub(super) struct Worker {
     kill_reason: Mutex<Option<String>>,
     /// Frames received from the worker (the stall watchdog's clock).
     progress: AtomicU64,
+    /// Phase starts and entry checks sent to the live incarnation and not
+    /// answered yet, cancelled ones included: while it is above 0 and
+    /// `progress` stands still, the worker is stuck.
+    pub(super) outstanding: AtomicU64,
     control: Mutex<Control>,
     control_cv: Condvar,
     pub(super) stopping: AtomicBool,
@@ -236,6 +240,7 @@ impl Worker {
             child: Mutex::new(None),
             kill_reason: Mutex::new(None),
             progress: AtomicU64::new(0),
+            outstanding: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             control_cv: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -355,8 +360,12 @@ impl Worker {
             let l = link
                 .as_mut()
                 .ok_or_else(|| IsolatedError::Worker(self.death_reason()))?;
-            l.push(token, proto::CHECK_ENTRY, entry.as_bytes())
-                .map_err(|e| IsolatedError::Worker(e.to_string()))?;
+            // Counted before the worker can answer (its answer uncounts it).
+            self.outstanding.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = l.push(token, proto::CHECK_ENTRY, entry.as_bytes()) {
+                self.outstanding.fetch_sub(1, Ordering::Relaxed);
+                return Err(IsolatedError::Worker(e.to_string()));
+            }
         }
         let deadline = Instant::now() + self.launch.cfg.phase_timeout + HELLO_WAIT;
         let mut c = lock(&self.control);
@@ -550,6 +559,13 @@ impl Drop for Help<'_> {
 /// protocol and is killed.
 fn handle(w: &Worker, epoch: u64, sid: u32, method: u32, payload: &[u8]) -> Result<(), String> {
     proto::decode_from_worker(method, payload).map_err(|e| e.to_string())?;
+    if matches!(method, proto::PHASE_END | proto::ENTRY) {
+        // An answer, to a live phase or a cancelled one (a worker that sends
+        // more than it was asked for only blinds its own watchdog).
+        let _ = w
+            .outstanding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
     match method {
         proto::PHASE_END | proto::READ => {
             let idx = (sid & SLOT_MASK) as usize;
@@ -671,19 +687,16 @@ fn watch(w: &Worker, epoch: u64, out: &mut std::process::ChildStdout) {
             }
             continue;
         }
-        // The stall watchdog: a phase is waiting and the worker has sent
-        // nothing for a whole phase timeout.
+        // The stall watchdog: the worker owes an answer (to a phase still
+        // waited for, or to one the host cancelled: the worker is just as
+        // stuck) and has sent nothing for a whole phase timeout.
         let now = w.progress.load(Ordering::Relaxed);
         if now != last {
             last = now;
             stalled = None;
             continue;
         }
-        let waiting = w
-            .slots
-            .iter()
-            .any(|s| matches!(lock(&s.state).stage, Stage::Waiting));
-        if !waiting {
+        if w.outstanding.load(Ordering::Relaxed) == 0 {
             stalled = None;
             continue;
         }
@@ -707,6 +720,9 @@ pub(super) fn supervise(
     loop {
         let epoch = w.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         lock(&w.control).hello = None;
+        // The last incarnation's link is gone (reaped): nothing more is
+        // counted for it.
+        w.outstanding.store(0, Ordering::Relaxed);
         let (mut child, tx) = match spawn(&w, epoch) {
             Ok(c) => c,
             Err(e) => {

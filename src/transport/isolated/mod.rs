@@ -517,6 +517,8 @@ impl IsolatedPhase<'_> {
             &st.url,
         );
         st.stage = Stage::Waiting;
+        // Counted before the worker can answer (its answer uncounts it).
+        w.outstanding.fetch_add(1, Ordering::Relaxed);
         loan.commit(self.s.sid, proto::PHASE_START, 0);
         self.s.opened = true;
         self.state = PhaseState::Running;

@@ -179,7 +179,14 @@ impl Link {
             if h.method == proto::READ_REPLY && h.session == sid {
                 return Ok(p);
             }
+            let cancelled = h.method == proto::CLOSE && h.session == sid;
             lock(&self.backlog).push_back((h, p));
+            if cancelled {
+                // The host gave up on the phase and will not answer: the read
+                // comes back empty, the phase ends (its end is dropped by the
+                // host) and the CLOSE, kept above, closes the session.
+                return Ok(Vec::new());
+            }
         }
     }
 }
