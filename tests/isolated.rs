@@ -502,6 +502,23 @@ fn a_full_plugin_refuses_new_sessions_fast() {
 }
 
 #[test]
+fn an_entry_checked_once_opens_without_asking_a_worker_again() {
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
+    assert!(p.check_entry("ok").unwrap());
+    // The only worker is now stuck in a loop: asking it anything would wait
+    // until the watchdog kills it, and fail.
+    let mut stuck = t.open(&p, "crash_loop", SessionOptions::default()).unwrap();
+    let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+    let mut f = pin!(t.phase(&mut stuck, Phase::RequestFilter, &mut ctx));
+    assert!(poll_once(&mut f).is_pending());
+    let s = t.open(&p, "ok", SessionOptions::default());
+    assert!(s.is_ok(), "{:?}", s.err());
+    assert!(p.check_entry("ok").unwrap());
+}
+
+#[test]
 fn shutdown_runs_the_plugins_shutdown_once_per_worker_and_later_opens_fail() {
     let path = crash_plugin();
     let t = Isolated::new();

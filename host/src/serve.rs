@@ -269,17 +269,12 @@ pub fn load(opts: &ServeOptions) -> anyhow::Result<Host<ConfigRoutes>> {
             .ok_or_else(|| format!("plugin `{}` is not loaded", p.name))?;
         let exported = match &loaded.handle {
             PluginHandle::V2(v2) => v2.entry_id(entry).is_some(),
-            // Through the transport's `open`, which asks a worker
-            // (`IsolatedPlugin::check_entry`) and caches the answer: a cold
-            // entry would otherwise be checked on the first request, by a
-            // synchronous round trip on a Pingora thread that waits behind
+            // A worker is asked once and the answer cached for `open`: a
+            // cold entry would otherwise be checked on the first request, by
+            // a synchronous round trip on a Pingora thread that waits behind
             // whatever phase the worker runs.
-            PluginHandle::Isolated(_) => match loaded.transport.open(&loaded.handle, entry) {
-                Ok(s) => {
-                    loaded.transport.close(s);
-                    true
-                }
-                Err(OpenError::Rejected(_)) => false,
+            PluginHandle::Isolated(iso) => match iso.check_entry(entry) {
+                Ok(ok) => ok,
                 Err(e) => {
                     return Err(format!(
                         "plugin `{}` ({}): cannot check entry `{entry}`: {e}",

@@ -246,8 +246,10 @@ impl IsolatedPlugin {
         }
     }
 
-    /// Asks a worker whether the plugin accepts `entry` (opens and closes a
-    /// session there).
+    /// Whether the plugin accepts `entry`: asked of a worker (which opens and
+    /// closes a session there) the first time, then from the cache
+    /// [`Transport::open`] uses too, so a checked entry opens without a
+    /// round trip.
     ///
     /// # Errors
     ///
@@ -257,6 +259,11 @@ impl IsolatedPlugin {
         if self.stopped.load(Ordering::Acquire) {
             return Err(IsolatedError::ShutDown);
         }
+        self.resolve(entry).map(|(_, ok)| ok)
+    }
+
+    /// Asks a live worker whether the plugin accepts `entry` (no cache).
+    fn ask_entry(&self, entry: &str) -> Result<bool, IsolatedError> {
         let live = self
             .workers
             .iter()
@@ -320,38 +327,37 @@ impl IsolatedPlugin {
     }
 
     /// The entry's cached answer, if it was asked about before.
-    fn cached_entry(&self, entry: &str) -> Option<Result<Arc<str>, OpenError>> {
+    fn cached_entry(&self, entry: &str) -> Option<(Arc<str>, bool)> {
         let cache = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let (e, ok) = cache.iter().find(|(e, _)| &**e == entry)?;
-        Some(if *ok {
-            Ok(Arc::clone(e))
-        } else {
-            Err(OpenError::Rejected(entry.to_string()))
-        })
+        Some((Arc::clone(e), *ok))
     }
 
-    /// The entry's cached answer, asking a worker the first time.
-    fn entry(&self, entry: &str) -> Result<Arc<str>, OpenError> {
+    /// The entry's answer: cached, or asked of a worker once (the answer is
+    /// kept; a failure to ask is not).
+    fn resolve(&self, entry: &str) -> Result<(Arc<str>, bool), IsolatedError> {
         if let Some(r) = self.cached_entry(entry) {
-            return r;
+            return Ok(r);
         }
         let _one_at_a_time = lock(&self.checking);
         if let Some(r) = self.cached_entry(entry) {
-            return r;
+            return Ok(r);
         }
-        let ok = match self.check_entry(entry) {
-            Ok(ok) => ok,
-            Err(_) => return Err(OpenError::Overloaded),
-        };
+        let ok = self.ask_entry(entry)?;
         let e: Arc<str> = Arc::from(entry);
         self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push((Arc::clone(&e), ok));
-        if ok {
-            Ok(e)
-        } else {
-            Err(OpenError::Rejected(entry.to_string()))
+        Ok((e, ok))
+    }
+
+    /// The entry for [`Transport::open`].
+    fn entry(&self, entry: &str) -> Result<Arc<str>, OpenError> {
+        match self.resolve(entry) {
+            Ok((e, true)) => Ok(e),
+            Ok((_, false)) => Err(OpenError::Rejected(entry.to_string())),
+            Err(_) => Err(OpenError::Overloaded),
         }
     }
 }
