@@ -117,6 +117,14 @@ fn run<T: Transport>(t: &T, plugin: &Arc<T::Plugin>, entry: &str) -> RequestRepo
     .expect("session opens")
 }
 
+/// Held by a test that loads the legacy example plugin in this process: the
+/// library is loaded once per process, and its `initialize` resets the
+/// SDK's state under another test's sessions.
+fn in_process_plugin() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What a client sees: the outcomes and the response.
 fn seen(r: &RequestReport) -> String {
     format!(
@@ -128,6 +136,7 @@ fn seen(r: &RequestReport) -> String {
 
 #[test]
 fn legacy_requests_through_a_worker_match_the_in_process_fast_transport() {
+    let _alone = in_process_plugin();
     let path = example("rust_plugin");
     let cfg = br#"{"greeting":"hi from config"}"#;
     let local = Arc::new(LegacyPlugin::load(&path).unwrap());
@@ -183,6 +192,7 @@ fn v2_requests_through_a_worker_match_the_in_process_v2_transport() {
 
 #[test]
 fn legacy_requests_match_on_every_inner_transport() {
+    let _alone = in_process_plugin();
     let path = example("rust_plugin");
     let local = Arc::new(LegacyPlugin::load(&path).unwrap());
     local.initialize(b"{}").unwrap();
@@ -370,6 +380,59 @@ fn a_worker_that_stops_answering_is_killed_after_the_phase_timeout() {
     assert_eq!(p.stats().deaths, 1);
     await_workers(&p, 1);
     assert_eq!(phase1(&t, &p, "ok").0, PhaseOutcome::End);
+}
+
+#[test]
+fn a_phase_the_plugin_completes_later_does_not_hold_up_the_worker() {
+    // `pair`'s first phase ends only when a second session's phase reaches
+    // the plugin: a worker that ran one phase at a time would never deliver
+    // the second (until the watchdog killed it).
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
+    let mut a = t.open(&p, "pair", SessionOptions::default()).unwrap();
+    let mut b = t.open(&p, "pair", SessionOptions::default()).unwrap();
+    let mut ctx_a = MemoryContext::new(RequestSpec::default(), None);
+    let mut ctx_b = MemoryContext::new(RequestSpec::default(), None);
+    {
+        let mut first = pin!(t.phase(&mut a, Phase::RequestFilter, &mut ctx_a));
+        assert!(poll_once(&mut first).is_pending());
+        let o = t.run_phase(&mut b, Phase::RequestFilter, &mut ctx_b, BOUND);
+        assert_eq!(o, PhaseOutcome::Next);
+        assert_eq!(futures::executor::block_on(first), PhaseOutcome::Next);
+    }
+    let paired = |ctx: &MemoryContext| ctx.headers().iter().any(|(n, _)| n == "x-paired-with");
+    assert!(paired(&ctx_a) && paired(&ctx_b));
+    t.close(a);
+    t.close(b);
+    assert_eq!(p.stats().deaths, 0);
+}
+
+#[test]
+fn a_phase_that_runs_out_its_time_ends_with_a_timeout_and_the_worker_lives() {
+    // `silent` holds its phase for good. The worker's main thread is free,
+    // so the worker answers the phase with a timeout at `phase_timeout`
+    // itself; the watchdog (a tick later) is for a worker that cannot.
+    let path = example("rust_plugin");
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(
+        &path,
+        b"{}",
+        IsolatedConfig {
+            phase_timeout: Duration::from_millis(300),
+            ..config(1)
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let mut s = t.open(&p, "silent", SessionOptions::default()).unwrap();
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        let o = t.run_phase(&mut s, Phase::RequestFilter, &mut ctx, BOUND);
+        assert_eq!(o, PhaseOutcome::Timeout);
+        t.close(s);
+    }
+    assert_eq!(p.stats().deaths, 0, "{:?}", p.stats());
+    assert_eq!(run(&t, &p, "all_methods").outcomes()[0], "next");
 }
 
 #[test]
@@ -620,14 +683,11 @@ fn a_cancelled_phase_closes_the_session_and_the_plugin_stays_usable() {
     let o = t.run_phase(&mut s, Phase::ResponseFilter, &mut ctx, BOUND);
     assert_eq!(o, PhaseOutcome::Error(SessionError::Closed));
     t.close(s);
-    // `silent` holds its phase for good, and a worker runs one phase at a
-    // time: it owes the answer, so the watchdog replaces it.
-    let end = Instant::now() + BOUND;
-    while p.stats().deaths == 0 {
-        assert!(Instant::now() < end, "{:?}", p.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    await_workers(&p, 1);
+    // `silent` holds its phase for good; the host's CLOSE cancels it in the
+    // worker, which answers (the answer is dropped) and owes nothing: the
+    // watchdog leaves it alone, and it serves the next request.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(p.stats().deaths, 0, "{:?}", p.stats());
     let r = run(&t, &p, "all_methods");
     assert_eq!(r.outcomes()[0], "next");
     let _ = ctx.request_method();

@@ -14,7 +14,12 @@
  *   crash_fatal  prints a Go-style "fatal error:" line and exits with 2, as
  *                the Go runtime does on a fatal error.
  *   crash_loop   loops forever without answering.
+ *   pair         does not answer until a second `pair` session's phase 1
+ *                comes; that one answers both (NEXT, each with x-paired-with
+ *                set to the other's sid). A worker that ran one phase at a
+ *                time would never deliver the second.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +29,7 @@
 
 #define MAX_SESSIONS 4096
 
-enum entry { NONE = 0, OK, SEGV, ABRT, EXIT, FATAL, LOOP };
+enum entry { NONE = 0, OK, SEGV, ABRT, EXIT, FATAL, LOOP, PAIR };
 
 static const struct {
     const char *name;
@@ -32,14 +37,21 @@ static const struct {
 } entries[] = {
     {"ok", OK},          {"crash_segv", SEGV}, {"crash_abort", ABRT},
     {"crash_exit", EXIT}, {"crash_fatal", FATAL}, {"crash_loop", LOOP},
+    {"pair", PAIR},
 };
 
-/* Sessions by sid modulo the table size; a worker runs one phase at a time. */
+/* Sessions by sid modulo the table size (the worker calls in from its main
+   thread only). */
 static struct {
     uint32_t sid;
     enum entry entry;
     data_event_fn cb;
 } sessions[MAX_SESSIONS];
+
+/* The `pair` session waiting for its partner (sid 0: none). */
+static pthread_mutex_t pair_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t pair_sid;
+static data_event_fn pair_cb;
 
 static char config[257];
 static size_t config_len;
@@ -133,6 +145,28 @@ void event_stream(const FfiBuffer *buf)
             volatile int spin = 0;
             (void)spin;
         }
+    case PAIR: {
+        pthread_mutex_lock(&pair_lock);
+        uint32_t other = pair_sid;
+        data_event_fn other_cb = pair_cb;
+        if (other == 0) {
+            pair_sid = buf->sid;
+            pair_cb = cb;
+        } else {
+            pair_sid = 0;
+        }
+        pthread_mutex_unlock(&pair_lock);
+        if (other == 0)
+            return; /* answered when the partner comes */
+        char a[16], b[16];
+        int na = snprintf(a, sizeof a, "%u", (unsigned)other);
+        int nb = snprintf(b, sizeof b, "%u", (unsigned)buf->sid);
+        send_header(other_cb, other, "x-paired-with", b, (size_t)nb);
+        send_msg(other_cb, other, NYLON_METHOD_NEXT, NULL, 0);
+        send_header(cb, buf->sid, "x-paired-with", a, (size_t)na);
+        send_msg(cb, buf->sid, NYLON_METHOD_NEXT, NULL, 0);
+        return;
+    }
     case NONE:
         return;
     }
@@ -140,6 +174,10 @@ void event_stream(const FfiBuffer *buf)
 
 void close_session_stream(uint32_t sid)
 {
+    pthread_mutex_lock(&pair_lock);
+    if (pair_sid == sid)
+        pair_sid = 0;
+    pthread_mutex_unlock(&pair_lock);
     uint32_t k = sid % MAX_SESSIONS;
     if (sessions[k].sid == sid)
         sessions[k].cb = NULL;

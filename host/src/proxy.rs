@@ -354,6 +354,17 @@ async fn respond_json(session: &mut Session, code: u16, error: &str, message: &s
     session.write_response_body(Some(body), true).await
 }
 
+impl LoadedPlugin {
+    /// The phase timeout the config gave (an isolated plugin's `timeout`
+    /// field holds the host's backstop, a multiple of it).
+    pub fn configured_timeout(&self) -> Duration {
+        match self.handle {
+            PluginHandle::Isolated(_) => self.timeout / crate::serve::ISOLATED_BACKSTOP,
+            _ => self.timeout,
+        }
+    }
+}
+
 /// The status and message of a failed phase.
 fn fault(
     outcome: &PhaseOutcome,
@@ -368,7 +379,7 @@ fn fault(
                 "plugin `{}` did not end the {} phase within {} ms",
                 plugin.name,
                 phase.name(),
-                plugin.timeout.as_millis()
+                plugin.configured_timeout().as_millis()
             ),
         ),
         PhaseOutcome::Error(SessionError::Worker(reason)) => (

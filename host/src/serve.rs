@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use nylon_transport::host::LegacyPlugin;
 use nylon_transport::transport::isolated::{Abi, IsolatedConfig};
-use nylon_transport::transport::{IsolatedPlugin, OpenError, V2Plugin};
+use nylon_transport::transport::{IsolatedPlugin, V2Plugin};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use tokio::sync::Semaphore;
@@ -467,10 +467,12 @@ fn stats_json(host: &Host<ConfigRoutes>) -> serde_json::Value {
 /// The worker settings of an isolated plugin: the config's keys over the
 /// transport's defaults.
 ///
-/// The plugin's phase timeout is the worker's deadline: the transport's
+/// The plugin's phase timeout is the worker's deadline: the worker ends a
+/// phase that runs longer with a timeout (504), and the transport's
 /// watchdog kills a worker that owes an answer and has sent nothing for that
-/// long, and every request in flight on it (the stuck one included) gets
-/// 502 with the reason. The host's own phase timer for an isolated plugin is
+/// long and a tick more (a plugin call that never returns), and every
+/// request in flight on it (the stuck one included) gets 502 with the
+/// reason. The host's own phase timer for an isolated plugin is
 /// only a backstop at [`ISOLATED_BACKSTOP`] times the timeout (see [`load`]):
 /// were it to fire first, the stuck request would get a 504 that says
 /// nothing of the worker (the worker would still be replaced: the watchdog

@@ -1090,6 +1090,15 @@ impl<R: Region> Consumer<R> {
         }
     }
 
+    /// Whether a frame is there to take, without taking it.
+    ///
+    /// # Errors
+    ///
+    /// [`RingError::Corrupt`] when the producer broke the protocol.
+    pub fn has_frame(&mut self) -> Result<bool, RingError> {
+        Ok(self.peek()?.is_some())
+    }
+
     /// Takes the next frame without waiting; `Ok(None)` when empty.
     ///
     /// # Errors

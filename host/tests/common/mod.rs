@@ -3,8 +3,11 @@
 //! `nylon-serve` binary started on a free port with a generated config.
 #![allow(dead_code)]
 
+#[path = "../ports/mod.rs"]
+mod ports;
+
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -262,12 +265,10 @@ async fn serve_conn(stream: tokio::net::TcpStream, gate: Arc<Semaphore>) -> std:
     }
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port for a server a test starts (see `ports`).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    ports::pick(26000, 32000, &NEXT)
 }
 
 /// A running `nylon-serve`.
@@ -420,6 +421,19 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A failing test shows how the proxy saw it (and whether it was
+            // still running).
+            if std::thread::panicking() {
+                let state = match c.try_wait() {
+                    Ok(Some(st)) => format!("exited with {st}"),
+                    _ => "running".to_string(),
+                };
+                eprintln!(
+                    "nylon-serve on port {} ({state}) logged:\n{}",
+                    self.port,
+                    self.log_text()
+                );
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

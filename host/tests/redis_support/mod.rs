@@ -4,7 +4,11 @@
 //! message, except under `CI=true`, where it is a failure.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+// A test binary may hold `common`'s copy too; each copy keeps its own range.
+#[allow(clippy::duplicate_mod)]
+#[path = "../ports/mod.rs"]
+mod ports;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,10 +57,9 @@ impl RedisServer {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        // Apart from `common::free_port`'s range (a test may use both).
+        let port = ports::pick(20000, 26000, &NEXT);
         let mut s = Self {
             child: None,
             port,

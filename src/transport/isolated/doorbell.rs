@@ -1,6 +1,8 @@
-//! The host's doorbell: one word in a page of the worker's shared mapping
-//! that says whether the host's dispatcher wants a futex wake-up for the next
-//! frame the worker sends.
+//! Doorbells: words in a page of the worker's shared mapping that say
+//! whether a side wants a futex wake-up for the next frame sent to it. The
+//! host's word (offset 0) is for its dispatcher; the worker's (offset 64, its
+//! own cache line) is for the worker's main thread, which the plugin's own
+//! threads also ring when a phase they complete needs polling.
 //!
 //! The dispatcher is only needed when nobody else is reading the
 //! worker-to-host ring. A thread that runs a phase synchronously reads that
@@ -30,6 +32,7 @@
 //! watchdog still counts the worker's frames.
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::futex;
@@ -39,29 +42,43 @@ use crate::ring::{MmapRegion, Region};
 pub(super) const ARMED: u32 = 1;
 /// Somebody is reading the ring, or the dispatcher is awake.
 pub(super) const QUIET: u32 = 0;
-/// Bytes of the doorbell's mapping (one page).
+/// Bytes of the doorbells' mapping (one page).
 pub(super) const LEN: usize = 4096;
+/// Where the worker's word is in the page.
+const WORKER_OFFSET: usize = 64;
 
-/// The doorbell page of one worker incarnation.
+/// One doorbell word of a worker incarnation's doorbell page.
 #[derive(Debug)]
 pub(super) struct Doorbell {
-    region: MmapRegion,
+    region: Arc<MmapRegion>,
+    offset: usize,
 }
 
 impl Doorbell {
-    /// Wraps a mapping of at least 4 bytes (a new page reads [`QUIET`]).
-    pub(super) fn new(region: MmapRegion) -> Result<Self, String> {
-        if region.len() < 4 {
+    /// The host's and the worker's doorbells in `region` (a new page reads
+    /// [`QUIET`] in both).
+    pub(super) fn pair(region: MmapRegion) -> Result<(Self, Self), String> {
+        if region.len() < WORKER_OFFSET + 4 {
             return Err("doorbell mapping too small".into());
         }
-        Ok(Self { region })
+        let region = Arc::new(region);
+        Ok((
+            Self {
+                region: Arc::clone(&region),
+                offset: 0,
+            },
+            Self {
+                region,
+                offset: WORKER_OFFSET,
+            },
+        ))
     }
 
     fn word(&self) -> &AtomicU32 {
-        // SAFETY: the mapping is page-aligned and at least 4 bytes (checked
-        // in `new`), lives as long as `self`, and both processes access
-        // these bytes only atomically.
-        unsafe { AtomicU32::from_ptr(self.region.as_ptr().cast()) }
+        // SAFETY: the mapping is page-aligned and holds the word (checked in
+        // `pair`; the offsets are multiples of 4), lives as long as `self`,
+        // and both processes access these bytes only atomically.
+        unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(self.offset).cast()) }
     }
 
     /// Asks for a wake-up with the next frame. The caller must read the ring
@@ -84,8 +101,9 @@ impl Doorbell {
         futex::wait(self.word(), expected, deadline);
     }
 
-    /// The worker's side: after publishing frames, wakes the dispatcher if it
-    /// asked for it.
+    /// The sender's side: after publishing frames (or, for the worker's
+    /// word, marking a phase ready to poll), wakes the sleeper if it asked
+    /// for it.
     pub(super) fn ring(&self) {
         // SYNC POINT: orders the frames' publication before the load below;
         // pairs with the fence in `arm`.
@@ -111,7 +129,19 @@ mod tests {
     use super::*;
 
     fn bell() -> Doorbell {
-        Doorbell::new(MmapRegion::anonymous(LEN).expect("mmap")).expect("a page")
+        Doorbell::pair(MmapRegion::anonymous(LEN).expect("mmap"))
+            .expect("a page")
+            .1
+    }
+
+    #[test]
+    fn the_two_words_are_apart() {
+        let (host, worker) = Doorbell::pair(MmapRegion::anonymous(LEN).expect("mmap")).unwrap();
+        host.arm();
+        assert_eq!((host.value(), worker.value()), (ARMED, QUIET));
+        worker.arm();
+        host.ring();
+        assert_eq!((host.value(), worker.value()), (QUIET, ARMED));
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub(super) struct Slot {
 pub(super) struct Link {
     pub(super) tx: Producer<MmapRegion>,
     pub(super) epoch: u64,
+    /// The worker's doorbell, rung after every frame (its main thread sleeps
+    /// on it, not on the ring).
+    pub(super) bell: Doorbell,
 }
 
 impl Link {
@@ -136,6 +139,7 @@ impl Link {
         let mut loan = self.loan(payload.len())?;
         loan.payload_mut().copy_from_slice(payload);
         loan.commit(sid, method, 0);
+        self.bell.ring();
         Ok(())
     }
 }
@@ -406,18 +410,20 @@ impl Worker {
     }
 }
 
-/// Starts one incarnation: the memfd with both rings, the INIT frame, the
-/// process, its dispatcher. Returns the child and the host's producer.
-fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), String> {
+/// Starts one incarnation: the memfd with both rings and the doorbells, the
+/// INIT frame, the process, its dispatcher. Returns the child and the link
+/// (the host's producer) for when the worker says hello.
+fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
     let launch = &w.launch;
     let len = region_size(RING_CAPACITY);
     let back_offset = (len as u64).div_ceil(1 << 16) << 16;
     let bell_offset = 2 * back_offset;
     let (to, file) = MmapRegion::memfd("nylon-isolated", len).map_err(|e| e.to_string())?;
     let back = MmapRegion::file_range(&file, back_offset, len).map_err(|e| e.to_string())?;
-    let bell = Arc::new(Doorbell::new(
+    let (bell, worker_bell) = Doorbell::pair(
         MmapRegion::file_range(&file, bell_offset, doorbell::LEN).map_err(|e| e.to_string())?,
-    )?);
+    )?;
+    let bell = Arc::new(bell);
     let mut tx = Ring::create(to, RING_CAPACITY)
         .map_err(|e| e.to_string())?
         .into_producer();
@@ -433,12 +439,9 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), S
         InnerKind::FastDeferred => "fast-deferred",
         InnerKind::Baseline => "baseline",
     };
-    let timeout = launch
-        .cfg
-        .phase_timeout
-        .saturating_mul(2)
-        .as_millis()
-        .max(1);
+    // The worker ends a phase that runs longer with a timeout itself; the
+    // watchdog (a tick later) is for a worker that cannot.
+    let timeout = launch.cfg.phase_timeout.as_millis().max(1);
     // The memfd becomes the worker's standard input (descriptor 0); its
     // standard output is a pipe whose end of file tells the supervisor the
     // worker is gone.
@@ -477,7 +480,14 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Producer<MmapRegion>), S
         *lock(&w.rx) = None;
         return Err(e.to_string());
     }
-    Ok((child, tx))
+    Ok((
+        child,
+        Link {
+            tx,
+            epoch,
+            bell: worker_bell,
+        },
+    ))
 }
 
 /// Reads worker-to-host frames of incarnation `epoch` until it is replaced:
@@ -701,7 +711,9 @@ fn watch(w: &Worker, epoch: u64, out: &mut std::process::ChildStdout) {
             continue;
         }
         let since = *stalled.get_or_insert_with(Instant::now);
-        if since.elapsed() >= cfg.phase_timeout {
+        // A tick of grace: a phase that merely ran out its time is answered
+        // (with a timeout) by the worker at `phase_timeout`.
+        if since.elapsed() >= cfg.phase_timeout + tick {
             w.kill(epoch, format!("no answer within {:?}", cfg.phase_timeout));
         }
     }
@@ -723,7 +735,7 @@ pub(super) fn supervise(
         // The last incarnation's link is gone (reaped): nothing more is
         // counted for it.
         w.outstanding.store(0, Ordering::Relaxed);
-        let (mut child, tx) = match spawn(&w, epoch) {
+        let (mut child, link) = match spawn(&w, epoch) {
             Ok(c) => c,
             Err(e) => {
                 if let Some(f) = first.take() {
@@ -749,7 +761,7 @@ pub(super) fn supervise(
         let born = Instant::now();
         match hello {
             Ok(abi) => {
-                *lock(&w.link) = Some(Link { tx, epoch });
+                *lock(&w.link) = Some(link);
                 w.live.store(true, Ordering::Release);
                 w.pid.store(pid, Ordering::Release);
                 if let Some(f) = first.take() {

@@ -40,8 +40,10 @@ pub struct IsolatedConfig {
     /// Submissions queued per worker, at most (default 1024); past it
     /// [`Transport::open`] returns [`OpenError::Overloaded`].
     pub queue: usize,
-    /// A worker that does not answer a phase in time is killed and
-    /// restarted (default 5 s).
+    /// A phase that runs longer ends with [`PhaseOutcome::Timeout`] in the
+    /// worker; a worker that owes answers and sends nothing for this long
+    /// (and a quarter more, at most a second) is killed and restarted
+    /// (default 5 s).
     pub phase_timeout: Duration,
     /// The first and the largest delay between restarts of one worker
     /// (default 10 ms, 2 s); the delay doubles after each death in a row.
@@ -526,6 +528,7 @@ impl IsolatedPhase<'_> {
         // Counted before the worker can answer (its answer uncounts it).
         w.outstanding.fetch_add(1, Ordering::Relaxed);
         loan.commit(self.s.sid, proto::PHASE_START, 0);
+        l.bell.ring();
         self.s.opened = true;
         self.state = PhaseState::Running;
         None

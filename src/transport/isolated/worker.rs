@@ -2,21 +2,35 @@
 //! the plugin, and serves phase starts with the in-process transport through
 //! a [`Shadow`] context built from each phase-start frame.
 //!
-//! The worker runs one phase at a time, on its main thread (the plugin's own
-//! threads may complete it, as in-process). A read of something the phase
-//! start did not carry (the request body) sends [`proto::READ`] and waits for
-//! the host's [`proto::READ_REPLY`]; frames for other sessions that arrive
-//! meanwhile wait in a backlog.
+//! The main thread runs a small executor: every phase start becomes a task
+//! (the in-process transport's phase future, owning its session and shadow
+//! context), so phases of different sessions run at once, and a phase that a
+//! plugin completes later on its own threads (a Go handler, say) holds
+//! nobody else up. A task is polled when its waker fires (the plugin's
+//! thread rings the worker's doorbell), when its deadline passes, or when
+//! the host closes its session (the phase is then cancelled). The main
+//! thread sleeps on the worker's doorbell word, which the host rings after
+//! every frame it sends.
+//!
+//! A read of something the phase start did not carry (the request body)
+//! sends [`proto::READ`] and waits for the host's [`proto::READ_REPLY`] on
+//! the thread that reads (the plugin's, or the main thread inside a poll);
+//! frames for others that it takes from the ring meanwhile go to the
+//! backlog (and wake the main thread), answers to other reads to `replies`.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
-use super::doorbell::{self, Doorbell};
+use super::doorbell::{self, Doorbell, ARMED};
 use super::proto::{self, at, Command, EndWriter, Start};
 use super::InnerKind;
 use crate::abi::legacy::Phase;
@@ -32,6 +46,13 @@ use crate::transport::{
 /// How long the worker waits for the host when it must (a full ring, the
 /// answer to a read) before it gives up and exits.
 const HOST_WAIT: Duration = Duration::from_secs(30);
+/// The main thread's longest sleep (it then checks that the host lives).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// A reader's longest wait on the ring before it looks for a cancellation.
+const READ_SLICE: Duration = Duration::from_millis(100);
+/// The main thread's spin and yields before it sleeps.
+const IDLE_SPIN: u32 = 128;
+const IDLE_YIELDS: u32 = 8;
 
 /// The worker's arguments (after `worker`).
 #[derive(Debug)]
@@ -115,8 +136,16 @@ struct Link {
     tx: Mutex<Producer<MmapRegion>>,
     /// Rung after every frame sent (the host's dispatcher may be asleep).
     bell: Doorbell,
+    /// The main thread's doorbell: rung by the host after its frames, and by
+    /// [`Link::wake_main`].
+    wake: Doorbell,
+    /// The main thread has something to do (a task to poll, a backlog).
+    woken: AtomicBool,
     rx: Mutex<Consumer<MmapRegion>>,
     backlog: Mutex<VecDeque<(FrameHeader, Vec<u8>)>>,
+    /// Answers to reads, taken from the ring by another thread than the
+    /// reader's (always under the `rx` lock).
+    replies: Mutex<HashMap<u32, Vec<u8>>>,
     host_pid: u32,
     /// The largest frame the ring takes (half its capacity).
     max_frame: usize,
@@ -167,24 +196,113 @@ impl Link {
         }
     }
 
-    /// Waits for the answer to a read of session `sid`, setting other frames aside.
-    fn await_reply(&self, sid: u32) -> Result<Vec<u8>, String> {
-        let mut rx = lock(&self.rx);
+    /// Tells the main thread it has work, waking it if it sleeps.
+    fn wake_main(&self) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.wake.ring();
+    }
+
+    /// The next frame without waiting: the backlog's, else the ring's (unless
+    /// a reader holds the ring: it moves what it takes to the backlog and
+    /// wakes us). Answers to reads go to `replies`.
+    fn try_next(&self) -> Result<Option<(FrameHeader, Vec<u8>)>, String> {
+        if let Some(f) = lock(&self.backlog).pop_front() {
+            return Ok(Some(f));
+        }
+        let mut rx = match self.rx.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(None),
+        };
         loop {
-            let f = rx
-                .pop_timeout(HOST_WAIT)
-                .map_err(|e| format!("waiting for a read reply: {e}"))?;
+            let Some(f) = rx.try_pop().map_err(|e| format!("host ring: {e}"))? else {
+                return Ok(None);
+            };
             let (h, p) = (f.header(), f.payload().to_vec());
             drop(f);
-            if h.method == proto::READ_REPLY && h.session == sid {
+            if h.method == proto::READ_REPLY {
+                lock(&self.replies).insert(h.session, p);
+                continue;
+            }
+            return Ok(Some((h, p)));
+        }
+    }
+
+    /// Whether the main thread has something to do.
+    fn has_work(&self) -> Result<bool, String> {
+        if self.woken.load(Ordering::SeqCst) || !lock(&self.backlog).is_empty() {
+            return Ok(true);
+        }
+        match self.rx.try_lock() {
+            Ok(mut rx) => rx.has_frame().map_err(|e| format!("host ring: {e}")),
+            Err(TryLockError::Poisoned(e)) => e
+                .into_inner()
+                .has_frame()
+                .map_err(|e| format!("host ring: {e}")),
+            // A reader holds the ring, and wakes us with what it takes.
+            Err(TryLockError::WouldBlock) => Ok(false),
+        }
+    }
+
+    /// Waits until the main thread has work or `deadline` passes: a spin, a
+    /// few yields, then a sleep on the doorbell (armed, then a last look:
+    /// the protocol is in [`super::doorbell`]).
+    fn idle(&self, deadline: Instant) -> Result<(), String> {
+        for round in 0..IDLE_SPIN + IDLE_YIELDS {
+            if self.has_work()? {
+                return Ok(());
+            }
+            if round < IDLE_SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.wake.arm();
+        if self.has_work()? {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.wake.sleep(ARMED, deadline.min(now + IDLE_WAIT));
+        if now.elapsed() >= IDLE_WAIT && !host_alive(self.host_pid) {
+            return Err("the host is gone".into());
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to a read of session `sid`, setting other frames
+    /// aside. A `CLOSE` of the session (the host gave up on the phase and will
+    /// not answer) makes the answer empty: the phase then ends, its end is
+    /// dropped by the host, and the `CLOSE`, kept, closes the session.
+    fn await_reply(&self, sid: u32) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + HOST_WAIT;
+        loop {
+            let mut rx = lock(&self.rx);
+            if let Some(p) = lock(&self.replies).remove(&sid) {
                 return Ok(p);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("waiting for a read reply: no answer".into());
+            }
+            let f = match rx.pop_timeout(left.min(READ_SLICE)) {
+                Ok(f) => f,
+                Err(crate::ring::RingError::Timeout) => continue,
+                Err(e) => return Err(format!("waiting for a read reply: {e}")),
+            };
+            let (h, p) = (f.header(), f.payload().to_vec());
+            drop(f);
+            if h.method == proto::READ_REPLY {
+                if h.session == sid {
+                    return Ok(p);
+                }
+                lock(&self.replies).insert(h.session, p);
+                continue;
             }
             let cancelled = h.method == proto::CLOSE && h.session == sid;
             lock(&self.backlog).push_back((h, p));
+            self.wake_main();
             if cancelled {
-                // The host gave up on the phase and will not answer: the read
-                // comes back empty, the phase ends (its end is dropped by the
-                // host) and the CLOSE, kept above, closes the session.
                 return Ok(Vec::new());
             }
         }
@@ -290,15 +408,18 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
     let back = MmapRegion::file_range(file, args.back_offset, len).map_err(|e| e.to_string())?;
     let rx = Ring::open(to).map_err(|e| e.to_string())?.into_consumer();
     let tx = Ring::open(back).map_err(|e| e.to_string())?.into_producer();
-    let bell = Doorbell::new(
+    let (bell, wake) = Doorbell::pair(
         MmapRegion::file_range(file, args.doorbell_offset, doorbell::LEN)
             .map_err(|e| e.to_string())?,
     )?;
     Ok(Link {
         tx: Mutex::new(tx),
         bell,
+        wake,
+        woken: AtomicBool::new(false),
         rx: Mutex::new(rx),
         backlog: Mutex::new(VecDeque::new()),
+        replies: Mutex::new(HashMap::new()),
         host_pid: args.host_pid,
         max_frame: args.capacity / 2 - crate::ring::FRAME_HEADER,
         fault: args.fault,
@@ -313,7 +434,89 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
     })
 }
 
-/// Serves frames until [`proto::SHUTDOWN`] (then `shutdown`) or the host is gone.
+/// A phase task's waker: marks the task ready and wakes the main thread.
+struct TaskWake {
+    ready: AtomicBool,
+    /// The deadline passed or the host closed the session: the next poll
+    /// cancels the phase.
+    expired: AtomicBool,
+    link: Arc<Link>,
+}
+
+impl Wake for TaskWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::SeqCst);
+        self.link.wake_main();
+    }
+}
+
+/// What a phase task gives back: the session, the context (with the phase's
+/// commands), the outcome.
+type TaskOutput<S> = (S, Box<Shadow>, PhaseOutcome);
+
+/// A phase running on the main thread's executor.
+struct Task<'a, S> {
+    sid: u32,
+    deadline: Instant,
+    state: Arc<TaskWake>,
+    waker: Waker,
+    fut: Pin<Box<dyn Future<Output = TaskOutput<S>> + 'a>>,
+    /// The host closed the session: close it once the phase is over.
+    close: bool,
+}
+
+/// The future of one phase: the transport's phase future over the task's
+/// own session and context, cut short (and so cancelled) once `expired`.
+async fn phase_task<T: Transport>(
+    t: &T,
+    mut session: T::Session,
+    mut shadow: Box<Shadow>,
+    phase: Phase,
+    state: Arc<TaskWake>,
+) -> TaskOutput<T::Session> {
+    let outcome = {
+        let mut inner = std::pin::pin!(t.phase(&mut session, phase, &mut *shadow));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(o) = inner.as_mut().poll(cx) {
+                return Poll::Ready(o);
+            }
+            if state.expired.load(Ordering::SeqCst) {
+                return Poll::Ready(PhaseOutcome::Timeout);
+            }
+            Poll::Pending
+        })
+        .await
+    };
+    (session, shadow, outcome)
+}
+
+/// Sends a phase end: the outcome, then the context's commands.
+fn send_end(
+    link: &Link,
+    end: &mut Vec<u8>,
+    sid: u32,
+    outcome: &PhaseOutcome,
+    commands: &[u8],
+) -> Result<(), String> {
+    end.clear();
+    let (code, message) = outcome_code(outcome);
+    EndWriter::head(end, code, &message);
+    end.extend_from_slice(commands);
+    if end.len() > link.max_frame {
+        // Too large for the ring: the phase fails, the worker lives.
+        let e = format!("phase end of {} bytes is too large for the ring", end.len());
+        end.clear();
+        EndWriter::head(end, proto::outcome::ERROR, &e);
+    }
+    link.send(sid, proto::PHASE_END, end)
+}
+
+/// Serves frames until [`proto::SHUTDOWN`] (then `shutdown`) or the host is
+/// gone: the executor of the module docs.
 fn serve<T: Transport>(
     t: &T,
     plugin: Arc<T::Plugin>,
@@ -321,66 +524,140 @@ fn serve<T: Transport>(
     timeout: Duration,
     shutdown: impl FnOnce(&Arc<T::Plugin>),
 ) -> Result<(), String> {
+    // Sessions with no phase running; a running phase's session is its task's.
     let mut sessions: HashMap<u32, T::Session> = HashMap::new();
-    let mut shadow = Shadow::new(Arc::clone(link));
+    let mut tasks: Vec<Task<'_, T::Session>> = Vec::new();
+    let mut shadows: Vec<Box<Shadow>> = Vec::new();
     let mut end = Vec::new();
     loop {
-        let (h, payload) = link.next()?;
-        match h.method {
-            proto::CHECK_ENTRY => {
-                let entry = String::from_utf8_lossy(&payload);
-                let ok = match t.open(&plugin, &entry, SessionOptions::default()) {
-                    Ok(s) => {
-                        t.close(s);
-                        1
+        // Cleared before looking, so a wake from now on is seen by the
+        // next `idle`.
+        link.woken.store(false, Ordering::SeqCst);
+        let mut busy = false;
+        while let Some((h, payload)) = link.try_next()? {
+            busy = true;
+            let sid = h.session;
+            match h.method {
+                proto::CHECK_ENTRY => {
+                    let entry = String::from_utf8_lossy(&payload);
+                    let ok = match t.open(&plugin, &entry, SessionOptions::default()) {
+                        Ok(s) => {
+                            t.close(s);
+                            1
+                        }
+                        Err(_) => 0,
+                    };
+                    link.send(sid, proto::ENTRY, &[ok])?;
+                }
+                proto::PHASE_START if link.fault.is_some() => return commit_fault(link, sid),
+                proto::PHASE_START => {
+                    let mut shadow = shadows
+                        .pop()
+                        .unwrap_or_else(|| Box::new(Shadow::new(Arc::clone(link))));
+                    let ready = if tasks.iter().any(|k| k.sid == sid) {
+                        // The host never starts a second phase of a session
+                        // before the first ended.
+                        Err(PhaseOutcome::Error(SessionError::Closed))
+                    } else {
+                        prepare(t, &plugin, &mut sessions, &mut shadow, sid, payload)
+                            .map_err(|e| e.to_string())?
+                    };
+                    match ready {
+                        Ok((session, phase)) => {
+                            let state = Arc::new(TaskWake {
+                                // Polled at once: most phases end inline.
+                                ready: AtomicBool::new(true),
+                                expired: AtomicBool::new(false),
+                                link: Arc::clone(link),
+                            });
+                            tasks.push(Task {
+                                sid,
+                                deadline: Instant::now() + timeout,
+                                waker: Waker::from(Arc::clone(&state)),
+                                fut: Box::pin(phase_task(
+                                    t,
+                                    session,
+                                    shadow,
+                                    phase,
+                                    Arc::clone(&state),
+                                )),
+                                state,
+                                close: false,
+                            });
+                        }
+                        Err(outcome) => {
+                            send_end(link, &mut end, sid, &outcome, &shadow.commands)?;
+                            shadows.push(shadow);
+                        }
                     }
-                    Err(_) => 0,
-                };
-                link.send(h.session, proto::ENTRY, &[ok])?;
-            }
-            proto::PHASE_START if link.fault.is_some() => return commit_fault(link, h.session),
-            proto::PHASE_START => {
-                end.clear();
-                let code = phase(
-                    t,
-                    &plugin,
-                    &mut sessions,
-                    &mut shadow,
-                    h.session,
-                    payload,
-                    timeout,
-                );
-                let code = match code {
-                    Ok(o) => o,
-                    Err(e) => return Err(e.to_string()),
-                };
-                let (code, message) = outcome_code(&code);
-                EndWriter::head(&mut end, code, &message);
-                end.extend_from_slice(&shadow.commands);
-                if end.len() > link.max_frame {
-                    // Too large for the ring: the phase fails, the worker lives.
-                    let e = format!("phase end of {} bytes is too large for the ring", end.len());
-                    end.clear();
-                    EndWriter::head(&mut end, proto::outcome::ERROR, &e);
                 }
-                link.send(h.session, proto::PHASE_END, &end)?;
-            }
-            proto::CLOSE => {
-                if let Some(s) = sessions.remove(&h.session) {
-                    t.close(s);
+                proto::CLOSE => {
+                    if let Some(task) = tasks.iter_mut().find(|k| k.sid == sid) {
+                        // Cancel the phase the host gave up on; a read it
+                        // waits on gets an empty answer.
+                        task.close = true;
+                        task.state.expired.store(true, Ordering::SeqCst);
+                        task.state.ready.store(true, Ordering::SeqCst);
+                        lock(&link.replies).entry(sid).or_default();
+                    } else if let Some(s) = sessions.remove(&sid) {
+                        t.close(s);
+                    }
                 }
-            }
-            proto::SHUTDOWN => {
-                for (_, s) in sessions.drain() {
-                    t.close(s);
+                proto::SHUTDOWN => {
+                    // Running phases are cancelled with their tasks.
+                    tasks.clear();
+                    for (_, s) in sessions.drain() {
+                        t.close(s);
+                    }
+                    shutdown(&plugin);
+                    return Ok(());
                 }
-                shutdown(&plugin);
-                return Ok(());
+                // A late answer to a read whose phase already ended.
+                proto::READ_REPLY | proto::INIT => {}
+                m => return Err(format!("unknown frame kind {m} from the host")),
             }
-            // A late answer to a read whose phase already ended.
-            proto::READ_REPLY | proto::INIT => {}
-            m => return Err(format!("unknown frame kind {m} from the host")),
         }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < tasks.len() {
+            let task = &mut tasks[i];
+            if now >= task.deadline {
+                task.state.expired.store(true, Ordering::SeqCst);
+            }
+            let due = task.state.ready.swap(false, Ordering::SeqCst)
+                || task.state.expired.load(Ordering::SeqCst);
+            if !due {
+                i += 1;
+                continue;
+            }
+            busy = true;
+            let Poll::Ready((session, shadow, outcome)) = task
+                .fut
+                .as_mut()
+                .poll(&mut Context::from_waker(&task.waker))
+            else {
+                i += 1;
+                continue;
+            };
+            let task = tasks.swap_remove(i);
+            lock(&link.replies).remove(&task.sid);
+            send_end(link, &mut end, task.sid, &outcome, &shadow.commands)?;
+            if task.close {
+                t.close(session);
+            } else {
+                sessions.insert(task.sid, session);
+            }
+            shadows.push(shadow);
+        }
+        if busy {
+            continue;
+        }
+        let deadline = tasks
+            .iter()
+            .map(|k| k.deadline)
+            .min()
+            .unwrap_or(now + IDLE_WAIT);
+        link.idle(deadline)?;
     }
 }
 
@@ -423,16 +700,19 @@ fn commit_fault(link: &Link, sid: u32) -> Result<(), String> {
     Err("the host did not kill a faulty worker".into())
 }
 
-/// Runs one phase start: opens the session when asked, then the phase.
-fn phase<T: Transport>(
+/// Readies one phase start: loads the context, opens the session when
+/// asked. `Ok(Ok(_))` is the session and phase to run; `Ok(Err(outcome))` a
+/// phase that ends at once (a refused open, an unknown session); `Err` a
+/// frame that breaks the protocol.
+#[allow(clippy::type_complexity)]
+fn prepare<T: Transport>(
     t: &T,
     plugin: &Arc<T::Plugin>,
     sessions: &mut HashMap<u32, T::Session>,
     shadow: &mut Shadow,
     sid: u32,
     frame: Vec<u8>,
-    timeout: Duration,
-) -> Result<PhaseOutcome, proto::ProtoError> {
+) -> Result<Result<(T::Session, Phase), PhaseOutcome>, proto::ProtoError> {
     shadow.load(sid, frame)?;
     let Some(phase) = Phase::from_u8(shadow.start.phase) else {
         return Err(proto::ProtoError("bad phase"));
@@ -445,13 +725,13 @@ fn phase<T: Transport>(
                     t.close(old);
                 }
             }
-            Err(_) => return Ok(rejected()),
+            Err(_) => return Ok(Err(rejected())),
         }
     }
-    let Some(s) = sessions.get_mut(&sid) else {
-        return Ok(PhaseOutcome::Error(SessionError::Closed));
-    };
-    Ok(t.run_phase(s, phase, shadow, timeout))
+    match sessions.remove(&sid) {
+        Some(s) => Ok(Ok((s, phase))),
+        None => Ok(Err(PhaseOutcome::Error(SessionError::Closed))),
+    }
 }
 
 /// The outcome a refused open reports (see [`outcome_code`]).
