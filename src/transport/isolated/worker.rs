@@ -557,6 +557,7 @@ fn serve<T: Transport>(
                     let ready = if tasks.iter().any(|k| k.sid == sid) {
                         // The host never starts a second phase of a session
                         // before the first ended.
+                        shadow.commands.clear();
                         Err(PhaseOutcome::Error(SessionError::Closed))
                     } else {
                         prepare(t, &plugin, &mut sessions, &mut shadow, sid, payload)
@@ -601,6 +602,8 @@ fn serve<T: Transport>(
                         lock(&link.replies).entry(sid).or_default();
                     } else if let Some(s) = sessions.remove(&sid) {
                         t.close(s);
+                        // An answer to a read of its last phase that came late.
+                        lock(&link.replies).remove(&sid);
                     }
                 }
                 proto::SHUTDOWN => {
