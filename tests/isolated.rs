@@ -88,6 +88,19 @@ fn config(workers: usize) -> IsolatedConfig {
     }
 }
 
+/// One worker with a 300 ms phase timeout (the watchdog's tests).
+fn start_impatient(path: &Path, plugin_config: &[u8]) -> Arc<IsolatedPlugin> {
+    IsolatedPlugin::start(
+        path,
+        plugin_config,
+        IsolatedConfig {
+            phase_timeout: Duration::from_millis(300),
+            ..config(1)
+        },
+    )
+    .unwrap()
+}
+
 fn full_request() -> RequestSpec {
     serde_json::from_str(
         r#"{"method":"POST","path":"/users/7","query":"a=1&b=2","host":"example.com:8080",
@@ -365,15 +378,7 @@ fn a_crash_fails_the_sessions_queued_behind_it_and_spares_the_other_worker() {
 fn a_worker_that_stops_answering_is_killed_after_the_phase_timeout() {
     let path = crash_plugin();
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(
-        &path,
-        b"",
-        IsolatedConfig {
-            phase_timeout: Duration::from_millis(300),
-            ..config(1)
-        },
-    )
-    .unwrap();
+    let p = start_impatient(&path, b"");
     let (o, _) = phase1(&t, &p, "crash_loop");
     let r = worker_error(&o);
     assert!(r.contains("no answer within"), "{r}");
@@ -415,15 +420,7 @@ fn a_phase_that_runs_out_its_time_ends_with_a_timeout_and_the_worker_lives() {
     // itself; the watchdog (a tick later) is for a worker that cannot.
     let path = example("rust_plugin");
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(
-        &path,
-        b"{}",
-        IsolatedConfig {
-            phase_timeout: Duration::from_millis(300),
-            ..config(1)
-        },
-    )
-    .unwrap();
+    let p = start_impatient(&path, b"{}");
     for _ in 0..3 {
         let mut s = t.open(&p, "silent", SessionOptions::default()).unwrap();
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
@@ -442,15 +439,7 @@ fn a_worker_stuck_in_a_phase_the_host_gave_up_on_is_killed_too() {
     // request sent to it would wait behind the loop.
     let path = crash_plugin();
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(
-        &path,
-        b"",
-        IsolatedConfig {
-            phase_timeout: Duration::from_millis(300),
-            ..config(1)
-        },
-    )
-    .unwrap();
+    let p = start_impatient(&path, b"");
     let mut s = t.open(&p, "crash_loop", SessionOptions::default()).unwrap();
     let mut ctx = MemoryContext::new(RequestSpec::default(), None);
     {
@@ -483,15 +472,7 @@ fn a_phase_cancelled_while_its_read_is_unanswered_ends_and_the_worker_lives() {
     // it, owing an answer, until the watchdog killed it.
     let path = example("rust_plugin");
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(
-        &path,
-        b"{}",
-        IsolatedConfig {
-            phase_timeout: Duration::from_millis(300),
-            ..config(1)
-        },
-    )
-    .unwrap();
+    let p = start_impatient(&path, b"{}");
     let mut s = t
         .open(&p, "all_methods", SessionOptions::default())
         .unwrap();
@@ -662,15 +643,7 @@ fn asynchronous_phases_finish_while_a_synchronous_caller_reads_the_ring() {
 fn a_cancelled_phase_closes_the_session_and_the_plugin_stays_usable() {
     let path = example("rust_plugin");
     let t = Isolated::new();
-    let p = IsolatedPlugin::start(
-        &path,
-        b"{}",
-        IsolatedConfig {
-            phase_timeout: Duration::from_millis(300),
-            ..config(1)
-        },
-    )
-    .unwrap();
+    let p = start_impatient(&path, b"{}");
     let mut s = t.open(&p, "silent", SessionOptions::default()).unwrap();
     let mut ctx = MemoryContext::new(RequestSpec::default(), None);
     {
