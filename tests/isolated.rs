@@ -3,6 +3,9 @@
 //! garbage fails only its in-flight sessions, is restarted, and later
 //! requests succeed.
 
+#[path = "support/cc.rs"]
+mod cc;
+
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -51,29 +54,13 @@ fn example(name: &str) -> PathBuf {
 
 /// `examples/c_plugin/crash.c`, compiled once.
 fn crash_plugin() -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/c_plugin/crash.c");
-    let fresh = out.exists()
-        && out.metadata().and_then(|m| m.modified()).ok()
-            >= src.metadata().and_then(|m| m.modified()).ok();
-    if !fresh {
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = Command::new(cc)
-            .args([
-                "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
-            ])
-            .arg("-I")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("run cc");
-        assert!(status.success());
-    }
-    out
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cc::c_library(
+        repo,
+        &repo.join("examples/c_plugin/crash.c"),
+        &[],
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash.so"),
+    )
 }
 
 fn config(workers: usize) -> IsolatedConfig {

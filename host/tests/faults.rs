@@ -4,16 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, example, scratch_dir, Proxy, Upstream};
+use common::{client, example, scratch_dir, Proxy, Upstream, SERVER_YAML};
 
 fn base(file: &std::path::Path, upstream: std::net::SocketAddr, plugin_extra: &str) -> String {
     format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-  threads: 2
-  grace_period_seconds: 1
-  graceful_shutdown_timeout_seconds: 1
-plugins:
+        r#"{SERVER_YAML}plugins:
   - name: ex
     type: ffi
     file: "{file}"

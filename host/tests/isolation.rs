@@ -25,7 +25,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::suite::{suite, Kind};
-use common::{client, crash_plugin, kill, scratch_dir, Proxy, Upstream};
+use common::{client, crash_plugin, kill, scratch_dir, stats, Proxy, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rust_legacy_plugin_isolated() {
@@ -487,12 +487,7 @@ async fn crash_suite(crash: Crash) {
         .await
         .expect("terminate");
     assert!(status.success(), "nylon-serve exit {status}:\n{log}");
-    let stats_line = log
-        .lines()
-        .find(|l| l.starts_with("nylon-serve: stats "))
-        .unwrap_or_else(|| panic!("no stats line:\n{log}"));
-    let stats: serde_json::Value =
-        serde_json::from_str(stats_line.trim_start_matches("nylon-serve: stats ")).expect("stats");
+    let stats = stats(&log);
     for p in ["one", "two"] {
         assert!(
             stats["isolated"][p]["deaths"].as_u64() >= Some(1),

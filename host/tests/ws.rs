@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{example, scratch_dir, Proxy};
+use common::{example, scratch_dir, stats, Proxy, SERVER_YAML};
 use futures_util::{SinkExt, StreamExt};
 use nylon_transport::ws;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,12 +45,7 @@ fn entries(kind: Kind) -> (&'static str, &'static str) {
 fn config(kind: Kind, file: &Path) -> String {
     let (echo, room) = entries(kind);
     format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-  threads: 2
-  grace_period_seconds: 1
-  graceful_shutdown_timeout_seconds: 1
-plugins:
+        r#"{SERVER_YAML}plugins:
   - name: ex
     type: ffi
     file: "{file}"
@@ -530,14 +525,6 @@ async fn suite(kind: Kind, transport: &str) {
         stats["sessions_opened"], stats["sessions_closed"],
         "every session closed: {stats}"
     );
-}
-
-fn stats(log: &str) -> serde_json::Value {
-    let line = log
-        .lines()
-        .find(|l| l.starts_with("nylon-serve: stats "))
-        .unwrap_or_else(|| panic!("no stats line:\n{log}"));
-    serde_json::from_str(line.trim_start_matches("nylon-serve: stats ")).expect("stats")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,7 +12,7 @@ mod redis_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{example, scratch_dir, Proxy};
+use common::{example, scratch_dir, Proxy, SERVER_YAML};
 use futures_util::{SinkExt, StreamExt};
 use redis::Commands as _;
 use redis_support::{wait_until, RedisServer};
@@ -26,12 +26,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn config(redis_port: u16) -> String {
     format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-  threads: 2
-  grace_period_seconds: 1
-  graceful_shutdown_timeout_seconds: 1
-plugins:
+        r#"{SERVER_YAML}plugins:
   - name: ex
     type: ffi
     file: "{file}"

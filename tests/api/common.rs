@@ -1,5 +1,8 @@
 //! Shared fixtures: the example plugins, built on demand, loaded once.
 
+#[path = "../support/cc.rs"]
+mod cc;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -471,31 +474,13 @@ pub(crate) fn rust_plugin() -> Arc<LegacyPlugin> {
 
 /// Compiles one C file of `examples/c_plugin/` into a shared library, once.
 pub(crate) fn c_library(name: &str) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}.so"));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/c_plugin")
-        .join(format!("{name}.c"));
-    let fresh = out.exists()
-        && out.metadata().and_then(|m| m.modified()).ok()
-            >= src.metadata().and_then(|m| m.modified()).ok();
-    if !fresh {
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = Command::new(cc)
-            .args([
-                "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
-            ])
-            .arg("-I")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("include"))
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("run the system C compiler");
-        assert!(status.success(), "compiling {} failed", src.display());
-    }
-    out
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cc::c_library(
+        repo,
+        &repo.join("examples/c_plugin").join(format!("{name}.c")),
+        &[],
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}.so")),
+    )
 }
 
 /// A request with every field set, used by the conformance tests.

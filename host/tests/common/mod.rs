@@ -3,6 +3,8 @@
 //! `nylon-serve` binary started on a free port with a generated config.
 #![allow(dead_code)]
 
+#[path = "../../../tests/support/cc.rs"]
+mod cc;
 #[path = "../ports/mod.rs"]
 mod ports;
 
@@ -18,6 +20,15 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
 pub(crate) mod suite;
+
+/// The `server:` block of the tests' configs (`Proxy::start` fills in the
+/// port).
+pub(crate) const SERVER_YAML: &str = r#"server:
+  listen: "127.0.0.1:{port}"
+  threads: 2
+  grace_period_seconds: 1
+  graceful_shutdown_timeout_seconds: 1
+"#;
 
 /// The repository root (the host crate's parent).
 pub(crate) fn root() -> PathBuf {
@@ -68,29 +79,12 @@ pub(crate) fn example(name: &str) -> PathBuf {
 
 /// The C example plugin (`examples/c_plugin/plugin.c`), compiled once.
 pub(crate) fn c_plugin() -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libc_plugin_e2e.so");
-    let src = root().join("examples/c_plugin/plugin.c");
-    let fresh = out.exists()
-        && out.metadata().and_then(|m| m.modified()).ok()
-            >= src.metadata().and_then(|m| m.modified()).ok();
-    if !fresh {
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = Command::new(cc)
-            .args([
-                "-shared", "-fPIC", "-O2", "-pthread", "-Wall", "-Werror", "-std=c11",
-            ])
-            .arg("-I")
-            .arg(root().join("include"))
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("run the system C compiler");
-        assert!(status.success(), "compiling {} failed", src.display());
-    }
-    out
+    cc::c_library(
+        &root(),
+        &root().join("examples/c_plugin/plugin.c"),
+        &[],
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libc_plugin_e2e.so"),
+    )
 }
 
 /// The root crate's crash plugin (`examples/c_plugin/crash.c`) with a
@@ -98,30 +92,21 @@ pub(crate) fn c_plugin() -> PathBuf {
 /// Only ever loaded with `isolation: process`: its entries crash the process
 /// that runs them.
 pub(crate) fn crash_plugin() -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash_host.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crash_silent.c");
-    let crash = root().join("examples/c_plugin/crash.c");
-    let built = out.metadata().and_then(|m| m.modified()).ok();
-    let fresh = out.exists()
-        && [&src, &crash]
-            .iter()
-            .all(|f| built >= f.metadata().and_then(|m| m.modified()).ok());
-    if !fresh {
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = Command::new(cc)
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-std=c11"])
-            .arg("-I")
-            .arg(root().join("include"))
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("run the system C compiler");
-        assert!(status.success(), "compiling {} failed", src.display());
-    }
-    out
+    cc::c_library(
+        &root(),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crash_silent.c"),
+        &[&root().join("examples/c_plugin/crash.c")],
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libcrash_host.so"),
+    )
+}
+
+/// The counters `nylon-serve` logs at exit (its `nylon-serve: stats` line).
+pub(crate) fn stats(log: &str) -> serde_json::Value {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("nylon-serve: stats "))
+        .unwrap_or_else(|| panic!("no stats line:\n{log}"));
+    serde_json::from_str(line.trim_start_matches("nylon-serve: stats ")).expect("stats")
 }
 
 /// A fresh directory for one test's files.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{c_plugin, client, example, scratch_dir, Proxy, Upstream};
+use super::{c_plugin, client, example, scratch_dir, stats, Proxy, Upstream, SERVER_YAML};
 
 /// Which example plugin a suite runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,12 +22,7 @@ pub(crate) enum Kind {
 /// The config of a suite: every route the cases use.
 fn config(kind: Kind, file: &Path, copy: &Path, upstream: SocketAddr, dir: &Path) -> String {
     let header = format!(
-        r#"server:
-  listen: "127.0.0.1:{{port}}"
-  threads: 2
-  grace_period_seconds: 1
-  graceful_shutdown_timeout_seconds: 1
-plugins:
+        r#"{SERVER_YAML}plugins:
   - name: ex
     type: ffi
     file: "{file}"
@@ -474,12 +469,7 @@ pub(crate) async fn suite(kind: Kind, transport: &str, isolated: bool) {
         .expect("terminate");
     assert!(status.success(), "nylon-serve exit {status}:\n{log}");
     assert!(log.contains("plugins shut down"), "{log}");
-    let stats_line = log
-        .lines()
-        .find(|l| l.starts_with("nylon-serve: stats "))
-        .unwrap_or_else(|| panic!("no stats line:\n{log}"));
-    let stats: serde_json::Value =
-        serde_json::from_str(stats_line.trim_start_matches("nylon-serve: stats ")).expect("stats");
+    let stats = stats(&log);
     assert_eq!(
         stats["sessions_opened"], stats["sessions_closed"],
         "every session closed: {stats}"
