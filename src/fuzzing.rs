@@ -421,33 +421,52 @@ pub fn isolated_frames(data: &[u8]) {
     let Some((&kind, frame)) = data.split_first() else {
         return;
     };
-    let _ = proto::decode_from_worker(u32::from(kind % 12), frame);
+    // A small slab area: blobs that point into it must lie inside it.
+    let slabs = [0x5au8; 4096];
+    let _ = proto::decode_from_worker(u32::from(kind % 12), frame, &slabs);
     let mut start = proto::Start::default();
-    if proto::decode_start(frame, &mut start).is_ok() {
-        let spans = std::iter::once(start.entry)
-            .chain(start.strings)
-            .chain([start.payload, start.body])
-            .chain(
-                start
-                    .params
-                    .iter()
-                    .chain(&start.request_headers)
-                    .chain(&start.response_headers)
-                    .flat_map(|(k, v)| [*k, *v]),
-            );
+    if proto::decode_start(frame, &mut start, slabs.len()).is_ok() {
+        let spans = std::iter::once(start.entry).chain(start.strings).chain(
+            start
+                .params
+                .iter()
+                .chain(&start.request_headers)
+                .chain(&start.response_headers)
+                .flat_map(|(k, v)| [*k, *v]),
+        );
         for (o, n) in spans {
             assert!(
                 o as usize + n as usize <= frame.len(),
                 "span past the frame"
             );
         }
+        for blob in [start.payload, start.body] {
+            let (limit, (o, n)) = match blob {
+                proto::Blob::Frame(span) => (frame.len(), span),
+                proto::Blob::Slab(span) => (slabs.len(), span),
+            };
+            assert!(o as usize + n as usize <= limit, "blob past its area");
+        }
     }
+    let _ = proto::decode_read_reply(frame, slabs.len());
     let mut commands = Vec::new();
-    if let Ok((code, message)) = proto::decode_end(frame, |c| commands.push(c)) {
+    if let Ok((code, message)) = proto::decode_end(frame, &slabs, |c| commands.push(c)) {
+        // Re-encoded, each body or chunk where the decoder found it.
+        let inside = |b: &[u8], area: &[u8]| {
+            let (p, a) = (b.as_ptr() as usize, area.as_ptr() as usize);
+            p >= a && p + b.len() <= a + area.len()
+        };
         let mut again = Vec::new();
         proto::EndWriter::head(&mut again, code, message);
         for c in commands {
-            proto::write_command(&mut again, c);
+            match c {
+                proto::Command::SetBody(b) | proto::Command::StreamData(b) if !inside(b, frame) => {
+                    assert!(inside(b, &slabs), "a body outside the frame and the slabs");
+                    let offset = b.as_ptr() as usize - slabs.as_ptr() as usize;
+                    proto::write_slab_command(&mut again, c, offset as u32);
+                }
+                _ => proto::write_command(&mut again, c),
+            }
         }
         assert_eq!(again, frame, "a phase end re-encodes differently");
     }

@@ -7,6 +7,9 @@
 //! ([`PoolError::Exhausted`]) or, with [`Pool::lease_timeout`], a wait with a
 //! deadline; the pool never falls back to the heap.
 //!
+//! [`Slabs`] is the same idea over a region the pool does not own (shared
+//! memory): it leases offsets.
+//!
 //! The pool holds no unsafe code: buffers move through the queue as
 //! `Box<[u8]>` values, so ownership is the only invariant and the type system
 //! enforces it.
@@ -17,6 +20,9 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
+
+mod slabs;
+pub use slabs::{Slab, Slabs};
 
 /// Why a lease failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

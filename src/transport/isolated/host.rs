@@ -35,7 +35,9 @@ use atomic_waker::AtomicWaker;
 
 use super::doorbell::{self, Doorbell, ARMED, QUIET};
 use super::proto;
+use super::slabs::{self, SlabArea};
 use super::{Abi, InnerKind, IsolatedConfig, IsolatedError};
+use crate::pool::Slab;
 use crate::ring::{region_size, Consumer, MmapRegion, Producer, Ring, RingError};
 
 /// Data bytes of each ring (host to worker, worker to host); a frame takes
@@ -89,6 +91,23 @@ pub(super) struct SlotState {
     /// The request URL, rebuilt per phase start (memory reused).
     pub(super) url: Vec<u8>,
     pub(super) failure: Option<String>,
+    /// Host slabs lent with the running phase (or with a cancelled one whose
+    /// end has not come yet): released when the worker's phase end for
+    /// `sid` arrives.
+    pub(super) held: [Option<Slab>; 3],
+}
+
+impl SlotState {
+    /// Keeps a slab lent with the running phase.
+    pub(super) fn hold(&mut self, slab: Slab) {
+        match self.held.iter_mut().find(|h| h.is_none()) {
+            Some(h) => *h = Some(slab),
+            // A phase lends at most one slab per held place (payload, body,
+            // request body); a bug otherwise, and the slab is lost to the
+            // pool, never reused while the worker reads it.
+            None => debug_assert!(false, "more slabs than a phase lends"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -105,6 +124,8 @@ pub(super) struct Link {
     /// The worker's doorbell, rung after every frame (its main thread sleeps
     /// on it, not on the ring).
     pub(super) bell: Doorbell,
+    /// The incarnation's slab area (the host leases from its half).
+    pub(super) area: Arc<SlabArea>,
 }
 
 impl Link {
@@ -134,6 +155,36 @@ impl Link {
         self.tx.try_loan(len)
     }
 
+    /// Pushes a frame whose payload is one blob: `bytes` in a host slab
+    /// when worth it (returned, to be held until the phase ends), else in
+    /// the frame.
+    pub(super) fn push_blob(
+        &mut self,
+        sid: u32,
+        method: u32,
+        bytes: &[u8],
+    ) -> Result<Option<Slab>, RingError> {
+        use proto::Out;
+        let slab = self.area.put(bytes);
+        let len = match &slab {
+            Some(_) => 8,
+            None => 4 + bytes.len(),
+        };
+        let mut loan = match self.loan(len) {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(s) = slab {
+                    self.area.release(s);
+                }
+                return Err(e);
+            }
+        };
+        proto::SliceOut::new(loan.payload_mut()).blob(bytes, slab.as_ref().map(Slab::offset));
+        loan.commit(sid, method, 0);
+        self.bell.ring();
+        Ok(slab)
+    }
+
     /// Pushes a whole frame (as [`Link::loan`]).
     pub(super) fn push(&mut self, sid: u32, method: u32, payload: &[u8]) -> Result<(), RingError> {
         let mut loan = self.loan(payload.len())?;
@@ -151,6 +202,7 @@ pub(super) struct Rx {
     consumer: Consumer<MmapRegion>,
     epoch: u64,
     bell: Arc<Doorbell>,
+    area: Arc<SlabArea>,
 }
 
 /// The answers a supervisor or a caller waits for.
@@ -168,6 +220,8 @@ pub(super) struct Counters {
     pub(super) restarts: AtomicU64,
     pub(super) deaths: AtomicU64,
     pub(super) rejected: AtomicU64,
+    pub(super) slabs_sent: AtomicU64,
+    pub(super) slabs_received: AtomicU64,
     pub(super) last_death: Mutex<Option<String>>,
 }
 
@@ -191,6 +245,13 @@ pub(super) struct Worker {
     /// The worker-to-host ring of the live incarnation (`None` once it died
     /// or broke the protocol).
     rx: Mutex<Option<Rx>>,
+    /// Host slabs of sessions that ended while the worker still ran their
+    /// last phase (a cancelled one): `(sid, epoch, slab)`, released when that
+    /// phase's late end arrives. Its capacity is the pool's slab count, so
+    /// it never grows on the request path.
+    orphans: Mutex<Vec<(u32, u64, Slab)>>,
+    /// `orphans.len()`, read without the lock.
+    orphaned: AtomicUsize,
     /// Threads reading `rx` while they wait for a phase ([`Help`]).
     helpers: AtomicU32,
     /// The current incarnation (bumped before each spawn).
@@ -226,6 +287,7 @@ impl Worker {
                     buf: Vec::new(),
                     url: Vec::new(),
                     failure: None,
+                    held: [None, None, None],
                 }),
                 waker: AtomicWaker::new(),
             })
@@ -237,6 +299,8 @@ impl Worker {
             open: AtomicUsize::new(0),
             link: Mutex::new(None),
             rx: Mutex::new(None),
+            orphans: Mutex::new(Vec::with_capacity(slabs::CLASSES.iter().map(|c| c.1).sum())),
+            orphaned: AtomicUsize::new(0),
             helpers: AtomicU32::new(0),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
@@ -270,11 +334,24 @@ impl Worker {
         Some((idx, st.sid, st.epoch))
     }
 
-    /// Frees a slot.
+    /// Frees a slot. Slabs its session's last phase still holds (the phase
+    /// was cancelled and its end has not come) become orphans, released when
+    /// it comes; those of a dead incarnation are forgotten with its pool.
     pub(super) fn release(&self, idx: u32) {
         let mut st = lock(&self.slots[idx as usize].state);
         st.stage = Stage::Free;
         st.failure = None;
+        let (sid, epoch) = (st.sid, st.epoch);
+        if st.held.iter().any(Option::is_some) {
+            let live = self.epoch.load(Ordering::Acquire) == epoch;
+            let mut orphans = lock(&self.orphans);
+            for slab in st.held.iter_mut().filter_map(Option::take) {
+                if live {
+                    orphans.push((sid, epoch, slab));
+                }
+            }
+            self.orphaned.store(orphans.len(), Ordering::Release);
+        }
         drop(st);
         lock(&self.free).push(idx);
         self.open.fetch_sub(1, Ordering::Relaxed);
@@ -330,10 +407,11 @@ impl Worker {
         let Some(r) = rx.as_mut() else { return 0 };
         let epoch = r.epoch;
         let mut failure = None;
+        let area = &r.area;
         let popped = r.consumer.try_pop_many(DRAIN_MAX, |h, payload| {
             if failure.is_none() {
                 self.progress.fetch_add(1, Ordering::Relaxed);
-                if let Err(reason) = handle(self, epoch, h.session, h.method, payload) {
+                if let Err(reason) = handle(self, epoch, area, h.session, h.method, payload) {
                     failure = Some(reason);
                 }
             }
@@ -418,12 +496,17 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
     let len = region_size(RING_CAPACITY);
     let back_offset = (len as u64).div_ceil(1 << 16) << 16;
     let bell_offset = 2 * back_offset;
+    let slab_offset = bell_offset + (1 << 16);
     let (to, file) = MmapRegion::memfd("nylon-isolated", len).map_err(|e| e.to_string())?;
     let back = MmapRegion::file_range(&file, back_offset, len).map_err(|e| e.to_string())?;
     let (bell, worker_bell) = Doorbell::pair(
         MmapRegion::file_range(&file, bell_offset, doorbell::LEN).map_err(|e| e.to_string())?,
     )?;
     let bell = Arc::new(bell);
+    let area = Arc::new(SlabArea::new(
+        MmapRegion::file_range(&file, slab_offset, 2 * slabs::HALF).map_err(|e| e.to_string())?,
+        true,
+    )?);
     let mut tx = Ring::create(to, RING_CAPACITY)
         .map_err(|e| e.to_string())?
         .into_producer();
@@ -453,6 +536,8 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
         .arg(back_offset.to_string())
         .arg("--doorbell-offset")
         .arg(bell_offset.to_string())
+        .arg("--slab-offset")
+        .arg(slab_offset.to_string())
         .arg("--plugin")
         .arg(&launch.path)
         .args(["--legacy", legacy, "--host-pid"])
@@ -468,6 +553,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
         consumer: rx,
         epoch,
         bell: Arc::clone(&bell),
+        area: Arc::clone(&area),
     });
     let worker = Arc::clone(w);
     let spawned = std::thread::Builder::new()
@@ -486,6 +572,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
             tx,
             epoch,
             bell: worker_bell,
+            area,
         },
     ))
 }
@@ -567,8 +654,15 @@ impl Drop for Help<'_> {
 
 /// Handles one frame from the worker; `Err` means the worker broke the
 /// protocol and is killed.
-fn handle(w: &Worker, epoch: u64, sid: u32, method: u32, payload: &[u8]) -> Result<(), String> {
-    proto::decode_from_worker(method, payload).map_err(|e| e.to_string())?;
+fn handle(
+    w: &Worker,
+    epoch: u64,
+    area: &SlabArea,
+    sid: u32,
+    method: u32,
+    payload: &[u8],
+) -> Result<(), String> {
+    proto::decode_from_worker(method, payload, area.peer()).map_err(|e| e.to_string())?;
     if matches!(method, proto::PHASE_END | proto::ENTRY) {
         // An answer, to a live phase or a cancelled one (a worker that sends
         // more than it was asked for only blinds its own watchdog).
@@ -584,8 +678,28 @@ fn handle(w: &Worker, epoch: u64, sid: u32, method: u32, payload: &[u8]) -> Resu
                 .get(idx)
                 .ok_or("protocol violation: session id out of range")?;
             let mut st = lock(&slot.state);
+            let ours = st.sid == sid && st.epoch == epoch;
+            if method == proto::PHASE_END {
+                // The worker is done with the slabs lent with the phase.
+                if ours {
+                    for slab in st.held.iter_mut().filter_map(Option::take) {
+                        area.release(slab);
+                    }
+                } else if w.orphaned.load(Ordering::Acquire) > 0 {
+                    let mut orphans = lock(&w.orphans);
+                    let mut i = 0;
+                    while i < orphans.len() {
+                        if orphans[i].0 == sid && orphans[i].1 == epoch {
+                            area.release(orphans.swap_remove(i).2);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    w.orphaned.store(orphans.len(), Ordering::Release);
+                }
+            }
             // A stale sid or stage is an answer to a cancelled phase.
-            if st.sid != sid || st.epoch != epoch {
+            if !ours {
                 return Ok(());
             }
             match (method, st.stage) {
@@ -851,8 +965,17 @@ fn reap(w: &Worker, pid: u32, epoch: u64, quiet: bool) {
     w.live.store(false, Ordering::Release);
     w.pid.store(0, Ordering::Release);
     *link = None;
+    {
+        // Its slabs went with its mapping.
+        let mut orphans = lock(&w.orphans);
+        orphans.retain(|o| o.1 != epoch);
+        w.orphaned.store(orphans.len(), Ordering::Release);
+    }
     for slot in w.slots.iter() {
         let mut st = lock(&slot.state);
+        if st.epoch == epoch {
+            st.held = [None, None, None];
+        }
         if st.epoch == epoch && matches!(st.stage, Stage::Waiting | Stage::Read) {
             st.stage = Stage::Failed;
             st.failure = Some(reason.clone());

@@ -25,11 +25,13 @@ use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, T
 use crate::abi::legacy::{Method, Phase};
 use crate::host::context::HttpContext;
 use crate::host::dispatch::DispatchError;
+use crate::pool::Slab;
 use host::{lock, Counters, Help, Launch, Stage, Worker};
 
 mod doorbell;
 mod host;
 pub mod proto;
+mod slabs;
 mod worker;
 
 /// Settings of an [`IsolatedPlugin`].
@@ -135,6 +137,12 @@ pub struct IsolatedStats {
     pub in_flight: u64,
     /// Opens refused with [`OpenError::Overloaded`].
     pub rejected: u64,
+    /// Payloads the host sent in slabs of the shared mapping (phase-start
+    /// payloads and bodies, read replies), not inside frames.
+    pub slabs_sent: u64,
+    /// Bodies and chunks of phase ends the host read from the worker's
+    /// slabs.
+    pub slabs_received: u64,
 }
 
 /// A plugin loaded in worker processes.
@@ -302,6 +310,8 @@ impl IsolatedPlugin {
                 .map(|w| w.open.load(Ordering::Relaxed) as u64)
                 .sum(),
             rejected: c.rejected.load(Ordering::Relaxed),
+            slabs_sent: c.slabs_sent.load(Ordering::Relaxed),
+            slabs_received: c.slabs_received.load(Ordering::Relaxed),
         }
     }
 
@@ -425,6 +435,9 @@ pub struct IsolatedSession {
     opened: bool,
     /// Failed, cancelled or timed out: later phases return `Closed`.
     closed: bool,
+    /// The slab area of the incarnation the session runs on (from its first
+    /// phase start): where the worker's phase ends point.
+    area: Option<Arc<slabs::SlabArea>>,
 }
 
 impl IsolatedSession {
@@ -504,11 +517,28 @@ impl IsolatedPhase<'_> {
         let entry = (!self.s.opened).then_some(&*self.s.entry);
         st.url.clear();
         self.ctx.request_url(&mut st.url);
+        // Large payloads go in host slabs, held until the phase ends.
+        let payload = self.ctx.payload().and_then(|p| l.area.put(p));
+        let body = l.area.put(self.ctx.response_body());
+        let slabbed = proto::Slabbed {
+            payload: payload.as_ref().map(Slab::offset),
+            body: body.as_ref().map(Slab::offset),
+        };
         let mut count = proto::Counter::default();
-        proto::encode_start(&mut count, self.phase as u8, entry, self.ctx, &st.url);
+        proto::encode_start(
+            &mut count,
+            self.phase as u8,
+            entry,
+            self.ctx,
+            &st.url,
+            slabbed,
+        );
         let mut loan = match l.loan(count.0) {
             Ok(loan) => loan,
             Err(e) => {
+                for slab in [payload, body].into_iter().flatten() {
+                    l.area.release(slab);
+                }
                 drop(st);
                 drop(link);
                 self.s.closed = true;
@@ -523,12 +553,21 @@ impl IsolatedPhase<'_> {
             entry,
             self.ctx,
             &st.url,
+            slabbed,
         );
+        for slab in [payload, body].into_iter().flatten() {
+            w.counters.slabs_sent.fetch_add(1, Ordering::Relaxed);
+            st.hold(slab);
+        }
         st.stage = Stage::Waiting;
         // Counted before the worker can answer (its answer uncounts it).
         w.outstanding.fetch_add(1, Ordering::Relaxed);
         loan.commit(self.s.sid, proto::PHASE_START, 0);
         l.bell.ring();
+        drop(st);
+        if self.s.area.is_none() {
+            self.s.area = Some(Arc::clone(&l.area));
+        }
         self.s.opened = true;
         self.state = PhaseState::Running;
         None
@@ -543,7 +582,8 @@ impl IsolatedPhase<'_> {
             match st.stage {
                 Stage::Ended => {
                     st.stage = Stage::Idle;
-                    let o = apply(&st.buf, self.ctx, &self.s.entry);
+                    let peer = self.s.area.as_deref().map_or(&[][..], |a| a.peer());
+                    let o = apply(&st.buf, peer, self.ctx, &self.s.entry, &w.counters);
                     drop(st);
                     return Poll::Ready(self.end(o));
                 }
@@ -560,12 +600,25 @@ impl IsolatedPhase<'_> {
                     st.stage = Stage::Waiting;
                     drop(st);
                     let body = self.ctx.request_body();
-                    let sent = match lock(&w.link).as_mut() {
+                    let mut link = lock(&w.link);
+                    let sent = match link.as_mut() {
                         Some(l) if l.epoch == self.s.epoch => {
-                            l.push(self.s.sid, proto::READ_REPLY, body).is_ok()
+                            // The slot is locked before the reply is sent, so
+                            // the slab is held before the phase can end.
+                            let mut st = lock(&slot.state);
+                            match l.push_blob(self.s.sid, proto::READ_REPLY, body) {
+                                Ok(Some(slab)) => {
+                                    w.counters.slabs_sent.fetch_add(1, Ordering::Relaxed);
+                                    st.hold(slab);
+                                    true
+                                }
+                                Ok(None) => true,
+                                Err(_) => false,
+                            }
                         }
                         _ => false,
                     };
+                    drop(link);
                     if !sent {
                         // Too large or the worker is gone: it waits in vain
                         // until the watchdog or its death ends the phase.
@@ -600,12 +653,25 @@ impl IsolatedPhase<'_> {
 }
 
 /// Applies a validated phase end to the context: its commands in order,
-/// then its outcome.
-fn apply(frame: &[u8], ctx: &mut dyn HttpContext, entry: &str) -> PhaseOutcome {
+/// then its outcome. Bodies and chunks may be in `slabs` (the worker's slab
+/// area), copied from there straight into the context.
+fn apply(
+    frame: &[u8],
+    slabs: &[u8],
+    ctx: &mut dyn HttpContext,
+    entry: &str,
+    counters: &Counters,
+) -> PhaseOutcome {
     let mut failed: Option<DispatchError> = None;
-    let decoded = proto::decode_end(frame, |c| {
+    let in_slabs = |b: &[u8]| !b.is_empty() && slabs.as_ptr_range().contains(&b.as_ptr());
+    let decoded = proto::decode_end(frame, slabs, |c| {
         if failed.is_some() {
             return;
+        }
+        if let proto::Command::SetBody(b) | proto::Command::StreamData(b) = c {
+            if in_slabs(b) {
+                counters.slabs_received.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let r = match c {
             proto::Command::Status(s) => {
@@ -745,6 +811,7 @@ impl Transport for Isolated {
                     entry,
                     opened: false,
                     closed: false,
+                    area: None,
                 });
             }
         }

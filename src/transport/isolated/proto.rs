@@ -176,6 +176,23 @@ impl<'a> Reader<'a> {
         Ok((start as u32, n as u32))
     }
 
+    /// A blob: its bytes in the frame, or a range of the sender's slab
+    /// area (`slab_len` bytes), checked to lie inside it.
+    pub fn blob(&mut self, slab_len: usize) -> Result<Blob, ProtoError> {
+        let word = self.u32()?;
+        if word & IN_SLAB == 0 {
+            let start = self.pos;
+            self.take(word as usize)?;
+            return Ok(Blob::Frame((start as u32, word)));
+        }
+        let len = word & !IN_SLAB;
+        let offset = self.u32()?;
+        if u64::from(offset) + u64::from(len) > slab_len as u64 {
+            return Err(ProtoError("slab range outside the sender's slab area"));
+        }
+        Ok(Blob::Slab((offset, len)))
+    }
+
     /// A length-prefixed UTF-8 field.
     pub fn str(&mut self) -> Result<&'a str, ProtoError> {
         std::str::from_utf8(self.bytes()?).map_err(|_| ProtoError("string is not UTF-8"))
@@ -201,6 +218,71 @@ pub trait Out {
         self.put(&(b.len() as u32).to_le_bytes());
         self.put(b);
     }
+    /// Appends a blob: `b` in place, or (with `slab`, where the sender
+    /// already copied `b` into its slab area) the slab's offset.
+    fn blob(&mut self, b: &[u8], slab: Option<u32>) {
+        match slab {
+            None => self.field(b),
+            Some(offset) => {
+                self.put(&(b.len() as u32 | IN_SLAB).to_le_bytes());
+                self.put(&offset.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// The bit of a blob's length word that says its bytes are in a slab: the
+/// word's other bits are the length, a `u32` offset into the sender's slab
+/// area follows.
+pub const IN_SLAB: u32 = 1 << 31;
+
+/// Where a blob's bytes are: a range of the frame, or of the sender's slab
+/// area (both validated by the decoder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blob {
+    /// In the frame.
+    Frame(Span),
+    /// In the sender's slab area.
+    Slab(Span),
+}
+
+impl Default for Blob {
+    fn default() -> Self {
+        Self::Frame((0, 0))
+    }
+}
+
+impl Blob {
+    /// Its bytes: in `frame` or in `slabs` (the sender's slab area; empty
+    /// if out of range, which a decoded blob never is).
+    pub fn get<'a>(self, frame: &'a [u8], slabs: &'a [u8]) -> &'a [u8] {
+        match self {
+            Self::Frame(span) => at(frame, span),
+            Self::Slab(span) => at(slabs, span),
+        }
+    }
+
+    /// Its length.
+    pub fn len(self) -> usize {
+        match self {
+            Self::Frame((_, n)) | Self::Slab((_, n)) => n as usize,
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where the sender put the large fields of a phase start: offsets into its
+/// slab area (`None`: in the frame).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slabbed {
+    /// The middleware payload.
+    pub payload: Option<u32>,
+    /// The response body.
+    pub body: Option<u32>,
 }
 
 /// Counts the bytes an encoding takes.
@@ -259,12 +341,15 @@ impl Out for Vec<u8> {
 /// `payload` (with [`START_PAYLOAD`]), `u32 n` params as name, value (with
 /// [`START_PARAMS`]), `u32 n` request headers as name, value, `u32 n`
 /// response headers as name, value, and the response body the plugin sees.
+/// The payload and the body are blobs: in the frame, or where `slabbed`
+/// says the caller copied them in its slab area.
 pub fn encode_start(
     out: &mut impl Out,
     phase: u8,
     open_entry: Option<&str>,
     ctx: &mut dyn HttpContext,
     url: &[u8],
+    slabbed: Slabbed,
 ) {
     let ctx: &dyn HttpContext = ctx;
     let mut flags = 0;
@@ -293,7 +378,7 @@ pub fn encode_start(
     out.field(ctx.client_ip().as_bytes());
     out.field(ctx.response_error().as_bytes());
     if let Some(p) = ctx.payload() {
-        out.field(p);
+        out.blob(p, slabbed.payload);
     }
     if let Some(params) = ctx.request_params() {
         out.put(&(params.len() as u32).to_le_bytes());
@@ -316,7 +401,7 @@ pub fn encode_start(
         out.field(k);
         out.field(v);
     });
-    out.field(ctx.response_body());
+    out.blob(ctx.response_body(), slabbed.body);
 }
 
 /// A byte range of a frame: offset and length.
@@ -343,7 +428,7 @@ pub struct Start {
     /// Method, path, query, host, url, client IP, proxy error.
     pub strings: [Span; 7],
     /// The payload (with [`START_PAYLOAD`]).
-    pub payload: Span,
+    pub payload: Blob,
     /// Params (with [`START_PARAMS`]).
     pub params: Vec<(Span, Span)>,
     /// Request headers.
@@ -351,7 +436,7 @@ pub struct Start {
     /// Response headers.
     pub response_headers: Vec<(Span, Span)>,
     /// The response body the plugin sees.
-    pub body: Span,
+    pub body: Blob,
 }
 
 /// Index of the method in [`Start::strings`].
@@ -369,13 +454,15 @@ pub const S_CLIENT_IP: usize = 5;
 /// Proxy error.
 pub const S_ERROR: usize = 6;
 
-/// Decodes a phase start into `into` (its vectors reused).
+/// Decodes a phase start into `into` (its vectors reused); `slab_len` is the
+/// size of the sender's slab area.
 ///
 /// # Errors
 ///
-/// A [`ProtoError`] for any field outside the frame, a string that is not
-/// UTF-8, a bad phase or unknown flags, or trailing bytes.
-pub fn decode_start(frame: &[u8], into: &mut Start) -> Result<(), ProtoError> {
+/// A [`ProtoError`] for any field outside the frame or a blob outside the
+/// slab area, a string that is not UTF-8, a bad phase or unknown flags, or
+/// trailing bytes.
+pub fn decode_start(frame: &[u8], into: &mut Start, slab_len: usize) -> Result<(), ProtoError> {
     let mut r = Reader::new(frame);
     into.phase = r.u8()?;
     if into.phase > 4 {
@@ -404,9 +491,9 @@ pub fn decode_start(frame: &[u8], into: &mut Start) -> Result<(), ProtoError> {
         *s = utf8(&mut r)?;
     }
     into.payload = if into.flags & START_PAYLOAD != 0 {
-        r.range()?
+        r.blob(slab_len)?
     } else {
-        (0, 0)
+        Blob::default()
     };
     into.params.clear();
     if into.flags & START_PARAMS != 0 {
@@ -426,7 +513,7 @@ pub fn decode_start(frame: &[u8], into: &mut Start) -> Result<(), ProtoError> {
             list.push((k, v));
         }
     }
-    into.body = r.range()?;
+    into.body = r.blob(slab_len)?;
     if !r.is_done() {
         return Err(ProtoError("trailing bytes after the phase start"));
     }
@@ -474,6 +561,22 @@ pub enum Command<'a> {
     StreamEnd,
 }
 
+/// Appends a [`Command::SetBody`] or [`Command::StreamData`] whose bytes the
+/// sender copied into its slab area at `offset`.
+///
+/// # Panics
+///
+/// For any other command.
+pub fn write_slab_command(out: &mut Vec<u8>, c: Command<'_>, offset: u32) {
+    let (code, b) = match c {
+        Command::SetBody(b) => (op::SET_BODY, b),
+        Command::StreamData(b) => (op::STREAM_DATA, b),
+        _ => panic!("only bodies and chunks go in slabs"),
+    };
+    out.push(code);
+    out.blob(b, Some(offset));
+}
+
 /// Appends one command to a phase end being built.
 pub fn write_command(out: &mut Vec<u8>, c: Command<'_>) {
     match c {
@@ -504,15 +607,17 @@ pub fn write_command(out: &mut Vec<u8>, c: Command<'_>) {
 }
 
 /// Decodes a phase end: returns the outcome code and message, and calls `f`
-/// with each command in order. Run it once with a no-op `f` to validate a
-/// frame before applying anything.
+/// with each command in order. A body or chunk may be in `slabs` (the
+/// sender's slab area). Run it once with a no-op `f` to validate a frame
+/// before applying anything.
 ///
 /// # Errors
 ///
 /// A [`ProtoError`] for an unknown outcome or command, a field outside the
-/// frame, or a name or value that is not UTF-8.
+/// frame or the slab area, or a name or value that is not UTF-8.
 pub fn decode_end<'a>(
     frame: &'a [u8],
+    slabs: &'a [u8],
     mut f: impl FnMut(Command<'a>),
 ) -> Result<(u8, &'a str), ProtoError> {
     let mut r = Reader::new(frame);
@@ -529,15 +634,31 @@ pub fn decode_end<'a>(
             op::STATUS => Command::Status(r.u16()?),
             op::SET_HEADER => Command::SetHeader(r.str()?, r.str()?),
             op::REMOVE_HEADER => Command::RemoveHeader(r.str()?),
-            op::SET_BODY => Command::SetBody(r.bytes()?),
+            op::SET_BODY => Command::SetBody(r.blob(slabs.len())?.get(frame, slabs)),
             op::STREAM_HEADER => Command::StreamHeader,
-            op::STREAM_DATA => Command::StreamData(r.bytes()?),
+            op::STREAM_DATA => Command::StreamData(r.blob(slabs.len())?.get(frame, slabs)),
             op::STREAM_END => Command::StreamEnd,
             _ => return Err(ProtoError("unknown command")),
         };
         f(c);
     }
     Ok((code, message))
+}
+
+/// Decodes a [`READ_REPLY`]: one blob (in the frame, or in the host's slab
+/// area of `slab_len` bytes).
+///
+/// # Errors
+///
+/// A [`ProtoError`] for a blob outside the frame or the slab area, or
+/// trailing bytes.
+pub fn decode_read_reply(frame: &[u8], slab_len: usize) -> Result<Blob, ProtoError> {
+    let mut r = Reader::new(frame);
+    let b = r.blob(slab_len)?;
+    if !r.is_done() {
+        return Err(ProtoError("trailing bytes after the read reply"));
+    }
+    Ok(b)
 }
 
 /// Decodes a [`HELLO`]: the ABI code and the worker's pid.
@@ -556,12 +677,13 @@ pub fn decode_hello(frame: &[u8]) -> Result<(u8, u32), ProtoError> {
 }
 
 /// Decodes any worker-to-host frame of kind `method` as the host would
-/// (the fuzz target's entry): `Ok` when the host would accept it.
+/// (the fuzz target's entry), `slabs` being the worker's slab area: `Ok`
+/// when the host would accept it.
 ///
 /// # Errors
 ///
 /// A [`ProtoError`] for anything the host refuses.
-pub fn decode_from_worker(method: u32, frame: &[u8]) -> Result<(), ProtoError> {
+pub fn decode_from_worker(method: u32, frame: &[u8], slabs: &[u8]) -> Result<(), ProtoError> {
     match method {
         HELLO => decode_hello(frame).map(drop),
         LOAD_ERROR => std::str::from_utf8(frame)
@@ -571,7 +693,7 @@ pub fn decode_from_worker(method: u32, frame: &[u8]) -> Result<(), ProtoError> {
             [0 | 1] => Ok(()),
             _ => Err(ProtoError("bad entry answer")),
         },
-        PHASE_END => decode_end(frame, |_| {}).map(drop),
+        PHASE_END => decode_end(frame, slabs, |_| {}).map(drop),
         READ => match frame {
             [READ_REQUEST_BODY] => Ok(()),
             _ => Err(ProtoError("bad read request")),
@@ -604,18 +726,18 @@ mod tests {
         let mut url = Vec::new();
         ctx.request_url(&mut url);
         let mut c = Counter::default();
-        encode_start(&mut c, 2, Some("e"), &mut ctx, &url);
+        encode_start(&mut c, 2, Some("e"), &mut ctx, &url, Slabbed::default());
         let mut buf = vec![0; c.0];
         let mut w = SliceOut::new(&mut buf);
-        encode_start(&mut w, 2, Some("e"), &mut ctx, &url);
+        encode_start(&mut w, 2, Some("e"), &mut ctx, &url, Slabbed::default());
         assert_eq!(w.written(), c.0);
         let mut s = Start::default();
-        decode_start(&buf, &mut s).unwrap();
+        decode_start(&buf, &mut s, 0).unwrap();
         assert_eq!(s.phase, 2);
         assert_eq!(at(&buf, s.entry), b"e");
         assert_eq!(at(&buf, s.strings[S_METHOD]), b"POST");
         assert_eq!(at(&buf, s.strings[S_URL]), b"http://h:8080/a?x=1");
-        assert_eq!(at(&buf, s.payload), b"{\"p\":1}");
+        assert_eq!(s.payload.get(&buf, &[]), b"{\"p\":1}");
         assert_eq!(s.params.len(), 1);
         assert_eq!(s.request_headers.len(), 2);
         assert_eq!(at(&buf, s.request_headers[0].0), b"x-a");
@@ -626,21 +748,28 @@ mod tests {
     fn every_truncation_of_a_phase_start_is_refused() {
         let mut ctx = sample();
         let mut buf = Vec::new();
-        encode_start(&mut buf, 1, Some("entry"), &mut ctx, b"u");
+        encode_start(
+            &mut buf,
+            1,
+            Some("entry"),
+            &mut ctx,
+            b"u",
+            Slabbed::default(),
+        );
         let mut s = Start::default();
         for n in 0..buf.len() {
-            assert!(decode_start(&buf[..n], &mut s).is_err(), "prefix {n}");
+            assert!(decode_start(&buf[..n], &mut s, 0).is_err(), "prefix {n}");
         }
         let mut longer = buf.clone();
         longer.push(0);
-        assert!(decode_start(&longer, &mut s).is_err());
+        assert!(decode_start(&longer, &mut s, 0).is_err());
     }
 
     #[test]
     fn a_huge_count_is_refused_without_allocating_for_it() {
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
         let mut buf = Vec::new();
-        encode_start(&mut buf, 1, None, &mut ctx, b"");
+        encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default());
         // The request header count sits right after the seven strings.
         let mut r = Reader::new(&buf);
         r.take(28).unwrap();
@@ -651,7 +780,7 @@ mod tests {
         buf[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut s = Start::default();
         assert_eq!(
-            decode_start(&buf, &mut s),
+            decode_start(&buf, &mut s, 0),
             Err(ProtoError("count larger than the frame"))
         );
     }
@@ -665,25 +794,84 @@ mod tests {
         write_command(&mut out, Command::SetBody(b"body"));
         write_command(&mut out, Command::StreamEnd);
         let mut got = Vec::new();
-        let (code, msg) = decode_end(&out, |c| got.push(format!("{c:?}"))).unwrap();
+        let (code, msg) = decode_end(&out, &[], |c| got.push(format!("{c:?}"))).unwrap();
         assert_eq!((code, msg), (outcome::END, ""));
         assert_eq!(got.len(), 4);
         for n in 0..out.len() {
             // A cut inside the head or a command is refused; a cut between
             // commands is a shorter valid frame.
-            let _ = decode_end(&out[..n], |_| {});
+            let _ = decode_end(&out[..n], &[], |_| {});
         }
         let mut bad = out.clone();
         bad.push(99);
-        assert!(decode_end(&bad, |_| {}).is_err());
+        assert!(decode_end(&bad, &[], |_| {}).is_err());
         let mut bad = out.clone();
         bad[0] = 42;
-        assert!(decode_end(&bad, |_| {}).is_err());
+        assert!(decode_end(&bad, &[], |_| {}).is_err());
         // A header length that points past the end.
         let mut bad = Vec::new();
         EndWriter::head(&mut bad, outcome::NEXT, "");
         bad.push(op::SET_HEADER);
         bad.extend_from_slice(&1000u32.to_le_bytes());
-        assert!(decode_end(&bad, |_| {}).is_err());
+        assert!(decode_end(&bad, &[], |_| {}).is_err());
+    }
+
+    #[test]
+    fn blobs_in_slabs_are_offsets_checked_against_the_slab_area() {
+        let mut ctx = sample();
+        ctx.set_response_body(b"a large body");
+        let slabbed = Slabbed {
+            payload: Some(0),
+            body: Some(100),
+        };
+        let mut buf = Vec::new();
+        encode_start(&mut buf, 3, None, &mut ctx, b"u", slabbed);
+        let mut slabs = vec![0u8; 112];
+        slabs[..7].copy_from_slice(b"{\"p\":1}");
+        slabs[100..112].copy_from_slice(b"a large body");
+        let mut s = Start::default();
+        decode_start(&buf, &mut s, slabs.len()).unwrap();
+        assert_eq!(s.payload, Blob::Slab((0, 7)));
+        assert_eq!(s.body.get(&buf, &slabs), b"a large body");
+        // One byte short of the body's end: refused.
+        assert_eq!(
+            decode_start(&buf, &mut s, 111),
+            Err(ProtoError("slab range outside the sender's slab area"))
+        );
+
+        let mut out = Vec::new();
+        EndWriter::head(&mut out, outcome::NEXT, "");
+        write_slab_command(&mut out, Command::SetBody(b"a large body"), 100);
+        write_command(&mut out, Command::StreamData(b"inline"));
+        write_slab_command(&mut out, Command::StreamData(b"{\"p\":1}"), 0);
+        let mut got = Vec::new();
+        decode_end(&out, &slabs, |c| got.push(c)).unwrap();
+        assert_eq!(
+            got,
+            [
+                Command::SetBody(b"a large body"),
+                Command::StreamData(b"inline"),
+                Command::StreamData(b"{\"p\":1}"),
+            ]
+        );
+        assert_eq!(
+            decode_from_worker(PHASE_END, &out, &slabs[..111]),
+            Err(ProtoError("slab range outside the sender's slab area"))
+        );
+        // An offset near u32::MAX must not wrap around the check.
+        let mut bad = Vec::new();
+        EndWriter::head(&mut bad, outcome::NEXT, "");
+        write_slab_command(&mut bad, Command::SetBody(&[0; 16]), u32::MAX - 8);
+        assert!(decode_end(&bad, &slabs, |_| {}).is_err());
+
+        let mut reply = Vec::new();
+        reply.blob(b"{\"p\":1}", Some(0));
+        assert_eq!(decode_read_reply(&reply, 7), Ok(Blob::Slab((0, 7))));
+        assert!(decode_read_reply(&reply, 6).is_err());
+        reply.clear();
+        reply.blob(b"in frame", None);
+        assert_eq!(decode_read_reply(&reply, 0), Ok(Blob::Frame((4, 8))));
+        reply.push(0);
+        assert!(decode_read_reply(&reply, 0).is_err());
     }
 }

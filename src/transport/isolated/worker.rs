@@ -31,12 +31,14 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::doorbell::{self, Doorbell, ARMED};
-use super::proto::{self, at, Command, EndWriter, Start};
+use super::proto::{self, at, Blob, Command, EndWriter, Start};
+use super::slabs::{self, SlabArea};
 use super::InnerKind;
 use crate::abi::legacy::Phase;
 use crate::host::context::{HttpContext, ResponseHeaders, WsMessage, WsRecv};
 use crate::host::dispatch::DispatchError;
 use crate::host::{inspect, LegacyPlugin};
+use crate::pool::Slab;
 use crate::ring::{region_size, Consumer, FrameHeader, MmapRegion, Producer, Ring};
 use crate::transport::{
     Baseline, Fast, FastConfig, PhaseOutcome, ReplyMode, SessionError, SessionOptions, Transport,
@@ -61,6 +63,7 @@ struct Args {
     capacity: usize,
     back_offset: u64,
     doorbell_offset: u64,
+    slab_offset: u64,
     plugin: PathBuf,
     legacy: InnerKind,
     host_pid: u32,
@@ -78,6 +81,8 @@ enum Fault {
     BadSid,
     /// A frame word that claims more bytes than the ring holds.
     CorruptRing,
+    /// A phase end whose body points past the worker's slab area.
+    BadSlab,
 }
 
 fn parse(args: &[OsString]) -> Result<Args, String> {
@@ -86,6 +91,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
         capacity: 0,
         back_offset: 0,
         doorbell_offset: 0,
+        slab_offset: 0,
         plugin: PathBuf::new(),
         legacy: InnerKind::Fast,
         host_pid: 0,
@@ -102,6 +108,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
             Some("--capacity") => a.capacity = num(s()?)? as usize,
             Some("--back-offset") => a.back_offset = num(s()?)?,
             Some("--doorbell-offset") => a.doorbell_offset = num(s()?)?,
+            Some("--slab-offset") => a.slab_offset = num(s()?)?,
             Some("--plugin") => a.plugin = PathBuf::from(v),
             Some("--host-pid") => a.host_pid = num(s()?)? as u32,
             Some("--timeout-ms") => a.timeout = Duration::from_millis(num(s()?)?),
@@ -110,6 +117,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
                     "garbage-end" => Fault::GarbageEnd,
                     "bad-sid" => Fault::BadSid,
                     "corrupt-ring" => Fault::CorruptRing,
+                    "bad-slab" => Fault::BadSlab,
                     o => return Err(format!("--fault {o}")),
                 })
             }
@@ -124,8 +132,14 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
             _ => return Err(format!("unknown worker argument {k:?}")),
         }
     }
-    if a.capacity == 0 || a.doorbell_offset == 0 || a.plugin.as_os_str().is_empty() {
-        return Err("worker needs --capacity, --doorbell-offset and --plugin".into());
+    if a.capacity == 0
+        || a.doorbell_offset == 0
+        || a.slab_offset == 0
+        || a.plugin.as_os_str().is_empty()
+    {
+        return Err(
+            "worker needs --capacity, --doorbell-offset, --slab-offset and --plugin".into(),
+        );
     }
     Ok(a)
 }
@@ -157,6 +171,8 @@ struct Link {
     /// The worker-to-host ring's region, mapped a second time (for
     /// [`Fault::CorruptRing`] only).
     back: Option<MmapRegion>,
+    /// The slab area (the worker leases from its half, reads the host's).
+    area: SlabArea,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -412,7 +428,13 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
         MmapRegion::file_range(file, args.doorbell_offset, doorbell::LEN)
             .map_err(|e| e.to_string())?,
     )?;
+    let area = SlabArea::new(
+        MmapRegion::file_range(file, args.slab_offset, 2 * slabs::HALF)
+            .map_err(|e| e.to_string())?,
+        false,
+    )?;
     Ok(Link {
+        area,
         tx: Mutex::new(tx),
         bell,
         wake,
@@ -528,6 +550,16 @@ fn serve<T: Transport>(
     let mut sessions: HashMap<u32, T::Session> = HashMap::new();
     let mut tasks: Vec<Task<'_, T::Session>> = Vec::new();
     let mut shadows: Vec<Box<Shadow>> = Vec::new();
+    // Worker slabs of sent phase ends, the host's to read until its next
+    // frame for the session.
+    let mut held: HashMap<u32, Vec<Slab>> = HashMap::new();
+    let release = |held: &mut HashMap<u32, Vec<Slab>>, sid: u32| {
+        if let Some(list) = held.get_mut(&sid) {
+            for slab in list.drain(..) {
+                link.area.release(slab);
+            }
+        }
+    };
     let mut end = Vec::new();
     loop {
         // Cleared before looking, so a wake from now on is seen by the
@@ -537,6 +569,10 @@ fn serve<T: Transport>(
         while let Some((h, payload)) = link.try_next()? {
             busy = true;
             let sid = h.session;
+            if matches!(h.method, proto::PHASE_START | proto::CLOSE) {
+                // The host applied the session's last phase end.
+                release(&mut held, sid);
+            }
             match h.method {
                 proto::CHECK_ENTRY => {
                     let entry = String::from_utf8_lossy(&payload);
@@ -588,11 +624,13 @@ fn serve<T: Transport>(
                         }
                         Err(outcome) => {
                             send_end(link, &mut end, sid, &outcome, &shadow.commands)?;
+                            shadow.give_back(&mut held, sid, false);
                             shadows.push(shadow);
                         }
                     }
                 }
                 proto::CLOSE => {
+                    held.remove(&sid);
                     if let Some(task) = tasks.iter_mut().find(|k| k.sid == sid) {
                         // Cancel the phase the host gave up on; a read it
                         // waits on gets an empty answer.
@@ -642,9 +680,13 @@ fn serve<T: Transport>(
                 i += 1;
                 continue;
             };
+            let mut shadow = shadow;
             let task = tasks.swap_remove(i);
             lock(&link.replies).remove(&task.sid);
             send_end(link, &mut end, task.sid, &outcome, &shadow.commands)?;
+            // The host drops the end of a phase it cancelled, and reads
+            // nothing of it.
+            shadow.give_back(&mut held, task.sid, task.close);
             if task.close {
                 t.close(session);
             } else {
@@ -668,6 +710,14 @@ fn serve<T: Transport>(
 fn commit_fault(link: &Link, sid: u32) -> Result<(), String> {
     match link.fault {
         Some(Fault::GarbageEnd) => link.send(sid, proto::PHASE_END, &[42, 0, 0, 0, 0, 0, 0, 0])?,
+        Some(Fault::BadSlab) => {
+            let mut end = Vec::new();
+            EndWriter::head(&mut end, proto::outcome::NEXT, "");
+            // Ends one byte past the worker's half.
+            let offset = (slabs::HALF - slabs::SLAB_MIN + 1) as u32;
+            proto::write_slab_command(&mut end, Command::SetBody(&[0; slabs::SLAB_MIN]), offset);
+            link.send(sid, proto::PHASE_END, &end)?;
+        }
         Some(Fault::BadSid) => {
             let mut end = Vec::new();
             EndWriter::head(&mut end, proto::outcome::NEXT, "");
@@ -779,8 +829,12 @@ pub(super) struct Shadow {
     status: u16,
     headers: ResponseHeaders,
     body: Option<Vec<u8>>,
-    request_body: Option<Vec<u8>>,
+    /// The read reply (its frame) and where in it, or in the host's slabs,
+    /// the body is.
+    request_body: Option<(Vec<u8>, Blob)>,
     commands: Vec<u8>,
+    /// Worker slabs the commands point to.
+    leased: Vec<Slab>,
 }
 
 impl Shadow {
@@ -796,12 +850,29 @@ impl Shadow {
             body: None,
             request_body: None,
             commands: Vec::new(),
+            leased: Vec::new(),
+        }
+    }
+
+    /// Hands the slabs of the phase end just sent to `held` (the host reads
+    /// them until its next frame for `sid`), or back to the pool when the
+    /// host will not read them (`drop`).
+    fn give_back(&mut self, held: &mut HashMap<u32, Vec<Slab>>, sid: u32, drop: bool) {
+        if self.leased.is_empty() {
+            return;
+        }
+        if drop {
+            for slab in self.leased.drain(..) {
+                self.link.area.release(slab);
+            }
+        } else {
+            held.entry(sid).or_default().append(&mut self.leased);
         }
     }
 
     fn load(&mut self, sid: u32, frame: Vec<u8>) -> Result<(), proto::ProtoError> {
         self.frame = frame;
-        proto::decode_start(&self.frame, &mut self.start)?;
+        proto::decode_start(&self.frame, &mut self.start, self.link.area.peer().len())?;
         self.sid = sid;
         self.params.clear();
         for (k, v) in &self.start.params {
@@ -829,6 +900,13 @@ impl Shadow {
     }
 
     fn command(&mut self, c: Command<'_>) {
+        if let Command::SetBody(b) | Command::StreamData(b) = c {
+            if let Some(slab) = self.link.area.put(b) {
+                proto::write_slab_command(&mut self.commands, c, slab.offset());
+                self.leased.push(slab);
+                return;
+            }
+        }
         proto::write_command(&mut self.commands, c);
     }
 }
@@ -880,6 +958,15 @@ impl HttpContext for Shadow {
                 .link
                 .send(self.sid, proto::READ, &[proto::READ_REQUEST_BODY])
                 .and_then(|()| self.link.await_reply(self.sid));
+            let body = body.and_then(|frame| {
+                if frame.is_empty() {
+                    // The host gave up on the phase: no answer comes.
+                    return Ok((frame, Blob::default()));
+                }
+                proto::decode_read_reply(&frame, self.link.area.peer().len())
+                    .map(|blob| (frame, blob))
+                    .map_err(|e| e.to_string())
+            });
             match body {
                 Ok(b) => self.request_body = Some(b),
                 Err(e) => {
@@ -889,7 +976,10 @@ impl HttpContext for Shadow {
                 }
             }
         }
-        self.request_body.as_deref().unwrap_or(&[])
+        match &self.request_body {
+            Some((frame, blob)) => self.link.area.get(frame, *blob),
+            None => &[],
+        }
     }
 
     fn request_params(&self) -> Option<&[(String, String)]> {
@@ -901,7 +991,8 @@ impl HttpContext for Shadow {
     }
 
     fn payload(&self) -> Option<&[u8]> {
-        (self.start.flags & proto::START_PAYLOAD != 0).then(|| at(&self.frame, self.start.payload))
+        (self.start.flags & proto::START_PAYLOAD != 0)
+            .then(|| self.link.area.get(&self.frame, self.start.payload))
     }
 
     fn response_status(&self) -> u16 {
@@ -935,7 +1026,7 @@ impl HttpContext for Shadow {
     fn response_body(&self) -> &[u8] {
         match &self.body {
             Some(b) => b,
-            None => at(&self.frame, self.start.body),
+            None => self.link.area.get(&self.frame, self.start.body),
         }
     }
 
