@@ -630,6 +630,59 @@ fn a_full_plugin_refuses_new_sessions_fast() {
 }
 
 #[test]
+fn a_full_ring_fails_a_phase_at_once_with_busy_and_the_worker_recovers() {
+    // The worker is stuck in a plugin call (a 2 s sleep), so nobody drains
+    // its ring; phase starts with 200 KB of headers fill its 4 MiB in about
+    // twenty. The next one must not wait for room: Busy on the first poll.
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
+    let mut stuck = t.open(&p, "sleep_2s", SessionOptions::default()).unwrap();
+    let mut stuck_ctx = MemoryContext::new(RequestSpec::default(), None);
+    let mut stuck_phase = Box::pin(t.phase(&mut stuck, Phase::RequestFilter, &mut stuck_ctx));
+    assert!(poll_once(&mut stuck_phase).is_pending());
+    let spec: RequestSpec = serde_json::from_value(serde_json::json!({
+        "headers": [["x-big", "h".repeat(200_000)]],
+    }))
+    .unwrap();
+    let mut queued = Vec::new();
+    let busy = loop {
+        assert!(queued.len() < 100, "a 4 MiB ring took 100 frames of 200 KB");
+        let mut s = t.open(&p, "ok", SessionOptions::default()).unwrap();
+        let mut ctx = MemoryContext::new(spec.clone(), None);
+        let mut f = t.phase(&mut s, Phase::RequestFilter, &mut ctx);
+        let first = poll_once(&mut f);
+        drop(f);
+        match first {
+            // The phase was cancelled by the drop; its frame stays queued.
+            Poll::Pending => queued.push(s),
+            Poll::Ready(o) => break o,
+        }
+    };
+    assert!(
+        matches!(&busy, PhaseOutcome::Error(SessionError::Busy(m)) if m.contains("ring is full")),
+        "{busy:?}"
+    );
+    assert!(queued.len() >= 15, "{} frames fit", queued.len());
+    assert_eq!(p.stats().rejected, 1);
+    drop(queued);
+    drop(stuck_phase);
+    t.close(stuck);
+    // Once the worker is back, the ring drains and phases run again.
+    let end = Instant::now() + BOUND;
+    loop {
+        let (o, pid) = phase1(&t, &p, "ok");
+        if o == PhaseOutcome::End {
+            assert!(pid.is_some());
+            break;
+        }
+        assert!(Instant::now() < end, "still {o:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(p.stats().deaths, 0);
+}
+
+#[test]
 fn an_entry_checked_once_opens_without_asking_a_worker_again() {
     let path = crash_plugin();
     let t = Isolated::new();

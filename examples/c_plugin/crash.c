@@ -14,6 +14,8 @@
  *   crash_fatal  prints a Go-style "fatal error:" line and exits with 2, as
  *                the Go runtime does on a fatal error.
  *   crash_loop   loops forever without answering.
+ *   sleep_2s     blocks the calling thread for 2 s, then NEXT (a worker
+ *                that is behind: nobody drains its ring meanwhile).
  *   pair         does not answer until a second `pair` session's phase 1
  *                comes; that one answers both (NEXT, each with x-paired-with
  *                set to the other's sid). A worker that ran one phase at a
@@ -29,7 +31,7 @@
 
 #define MAX_SESSIONS 4096
 
-enum entry { NONE = 0, OK, SEGV, ABRT, EXIT, FATAL, LOOP, PAIR };
+enum entry { NONE = 0, OK, SEGV, ABRT, EXIT, FATAL, LOOP, PAIR, SLEEP };
 
 static const struct {
     const char *name;
@@ -37,7 +39,7 @@ static const struct {
 } entries[] = {
     {"ok", OK},          {"crash_segv", SEGV}, {"crash_abort", ABRT},
     {"crash_exit", EXIT}, {"crash_fatal", FATAL}, {"crash_loop", LOOP},
-    {"pair", PAIR},
+    {"pair", PAIR},       {"sleep_2s", SLEEP},
 };
 
 /* Sessions by sid modulo the table size (the worker calls in from its main
@@ -167,6 +169,10 @@ void event_stream(const FfiBuffer *buf)
         send_msg(cb, buf->sid, NYLON_METHOD_NEXT, NULL, 0);
         return;
     }
+    case SLEEP:
+        sleep(2);
+        send_msg(cb, buf->sid, NYLON_METHOD_NEXT, NULL, 0);
+        return;
     case NONE:
         return;
     }

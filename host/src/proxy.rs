@@ -382,6 +382,15 @@ fn fault(
                 plugin.configured_timeout().as_millis()
             ),
         ),
+        PhaseOutcome::Error(SessionError::Busy(reason)) => (
+            503,
+            "plugin_busy",
+            format!(
+                "plugin `{}` is busy in {}: {reason}",
+                plugin.name,
+                phase.name()
+            ),
+        ),
         PhaseOutcome::Error(SessionError::Worker(reason)) => (
             502,
             "plugin_crashed",
@@ -553,10 +562,10 @@ impl<R: Routes> NylonProxy<R> {
             if let PhaseOutcome::Error(SessionError::Worker(reason)) = &outcome {
                 plugin.log_worker_failure(reason, phase);
             }
-            let counter = if outcome == PhaseOutcome::Timeout {
-                &self.host.stats.timeouts
-            } else {
-                &self.host.stats.errors
+            let counter = match outcome {
+                PhaseOutcome::Timeout => &self.host.stats.timeouts,
+                PhaseOutcome::Error(SessionError::Busy(_)) => &self.host.stats.rejected,
+                _ => &self.host.stats.errors,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }

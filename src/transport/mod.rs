@@ -73,6 +73,9 @@ pub enum SessionError {
     /// (crash, exit, timeout, protocol violation); the reason, e.g.
     /// `worker 1234 killed by signal 11 (SIGSEGV)`. A host answers 502.
     Worker(String),
+    /// The phase could not start at once: the isolated worker's ring is full
+    /// (it is behind, or stuck). Nothing was sent; a host answers 503.
+    Busy(String),
 }
 
 impl fmt::Display for SessionError {
@@ -83,6 +86,7 @@ impl fmt::Display for SessionError {
             Self::Closed => f.write_str("session is closed"),
             Self::Plugin(m) => write!(f, "plugin error: {m}"),
             Self::Worker(m) => write!(f, "worker failed: {m}"),
+            Self::Busy(m) => write!(f, "worker busy: {m}"),
             Self::QueueFull => {
                 f.write_str("session queue is full: the plugin sends faster than the host applies")
             }

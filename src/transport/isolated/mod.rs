@@ -26,6 +26,7 @@ use crate::abi::legacy::{Method, Phase};
 use crate::host::context::HttpContext;
 use crate::host::dispatch::DispatchError;
 use crate::pool::Slab;
+use crate::ring::RingError;
 use host::{lock, Counters, Help, Launch, Stage, Worker};
 
 mod doorbell;
@@ -135,7 +136,8 @@ pub struct IsolatedStats {
     pub last_death: Option<String>,
     /// Sessions open now.
     pub in_flight: u64,
-    /// Opens refused with [`OpenError::Overloaded`].
+    /// Opens refused with [`OpenError::Overloaded`], and phases refused with
+    /// [`SessionError::Busy`] (the worker's ring was full).
     pub rejected: u64,
     /// Payloads the host sent in slabs of the shared mapping (phase-start
     /// payloads and bodies, read replies), not inside frames.
@@ -533,7 +535,9 @@ impl IsolatedPhase<'_> {
             &st.url,
             slabbed,
         );
-        let mut loan = match l.loan(count.0) {
+        // Never waits: a full ring (a worker behind or stuck) fails the
+        // phase at once, so a task never blocks its thread here.
+        let mut loan = match l.tx.try_loan(count.0) {
             Ok(loan) => loan,
             Err(e) => {
                 for slab in [payload, body].into_iter().flatten() {
@@ -542,6 +546,13 @@ impl IsolatedPhase<'_> {
                 drop(st);
                 drop(link);
                 self.s.closed = true;
+                if e == RingError::Full {
+                    w.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Some(PhaseOutcome::Error(SessionError::Busy(format!(
+                        "worker {}'s ring is full",
+                        w.index
+                    ))));
+                }
                 return Some(PhaseOutcome::Error(SessionError::Worker(format!(
                     "cannot send the phase start: {e}"
                 ))));
