@@ -425,15 +425,24 @@ pub fn isolated_frames(data: &[u8]) {
     let slabs = [0x5au8; 4096];
     let _ = proto::decode_from_worker(u32::from(kind % 12), frame, &slabs);
     let mut start = proto::Start::default();
-    if proto::decode_start(frame, &mut start, slabs.len()).is_ok() {
-        let spans = std::iter::once(start.entry).chain(start.strings).chain(
-            start
-                .params
-                .iter()
-                .chain(&start.request_headers)
-                .chain(&start.response_headers)
-                .flat_map(|(k, v)| [*k, *v]),
-        );
+    let names = proto::NameTable::new();
+    if proto::decode_start(frame, &mut start, slabs.len(), &names).is_ok() {
+        let headers = start.request_headers.iter().chain(&start.response_headers);
+        for (name, _) in headers.clone() {
+            if let proto::Name::Id(id) = name {
+                assert!(names.get(*id).is_some(), "a header name id the table lacks");
+            }
+        }
+        let spans = std::iter::once(start.entry)
+            .chain(start.strings)
+            .chain(start.params.iter().flat_map(|(k, v)| [*k, *v]))
+            .chain(headers.flat_map(|(k, v)| {
+                let k = match k {
+                    proto::Name::Frame(span) => *span,
+                    proto::Name::Id(_) => (0, 0),
+                };
+                [k, *v]
+            }));
         for (o, n) in spans {
             assert!(
                 o as usize + n as usize <= frame.len(),

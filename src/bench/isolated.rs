@@ -16,6 +16,7 @@ use super::context::{BenchContext, WsCodec};
 use super::rows::{legacy_request, v2_request, Plugins};
 use super::{Row, Variant};
 use crate::abi::legacy::Phase;
+use crate::host::context::HttpContext;
 use crate::transport::isolated::{IsolatedConfig, IsolatedPlugin};
 use crate::transport::{Fast, Isolated, PhaseOutcome, SessionOptions, Transport, WaitPolicy};
 
@@ -23,18 +24,60 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests in flight at once in the throughput variant (one worker).
 pub const CONCURRENT: usize = 16;
 
-fn start(path: &Path, config: &[u8], workers: usize) -> Result<Arc<IsolatedPlugin>, String> {
+/// The response body of the `isolated_body_64k` variants.
+pub const BODY: usize = 64 << 10;
+
+fn start_with(
+    path: &Path,
+    config: &[u8],
+    cfg: IsolatedConfig,
+) -> Result<Arc<IsolatedPlugin>, String> {
     let bin = super::ring_rows::find_binary()?;
     IsolatedPlugin::start(
         path,
         config,
         IsolatedConfig {
-            workers,
             worker_command: vec![OsString::from(bin), OsString::from("worker")],
-            ..IsolatedConfig::default()
+            ..cfg
         },
     )
     .map_err(|e| e.to_string())
+}
+
+fn start(path: &Path, config: &[u8], workers: usize) -> Result<Arc<IsolatedPlugin>, String> {
+    start_with(
+        path,
+        config,
+        IsolatedConfig {
+            workers,
+            ..IsolatedConfig::default()
+        },
+    )
+}
+
+/// One body-filter phase per iteration on a new session of `body_rewrite`
+/// with a [`BODY`]-byte chunk: the plugin reads it and sets it back with
+/// two bytes more (open, one phase, close).
+fn body_rewrite(plugin: Arc<IsolatedPlugin>) -> Variant {
+    let t = Isolated::new();
+    let mut ctx = BenchContext::scenario(WsCodec::Fast);
+    let chunk = vec![b'b'; BODY];
+    Variant::new(1, move |iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            ctx.reset();
+            ctx.set_response_body(&chunk);
+            let mut s = t
+                .open(&plugin, "body_rewrite", SessionOptions::default())
+                .map_err(|e| e.to_string())?;
+            expect_next(t.run_phase(&mut s, Phase::ResponseBodyFilter, &mut ctx, PHASE_TIMEOUT))?;
+            t.close(s);
+            if ctx.response_body().len() != BODY + 2 {
+                return Err("body_rewrite through a worker: wrong body".into());
+            }
+        }
+        Ok(start.elapsed())
+    })
 }
 
 fn expect_next(o: PhaseOutcome) -> Result<(), String> {
@@ -139,7 +182,10 @@ fn concurrent(plugin: Arc<IsolatedPlugin>) -> Variant {
 /// plugin through a worker; `v2` the v2 plugin in process;
 /// `isolated_parked` the fast variant with the caller parking at once (the
 /// dispatcher hands it every answer, as it does for an asynchronous task);
-/// `isolated_concurrent` [`CONCURRENT`] v2 requests in flight on one worker.
+/// `isolated_concurrent` [`CONCURRENT`] v2 requests in flight on one worker;
+/// `isolated_names_inline` the fast variant with header names sent as bytes
+/// (not interned ids); `isolated_body_64k` and `isolated_body_64k_inline` a
+/// 64 KiB chunk rewritten by the v2 plugin, in slabs and inside frames.
 ///
 /// # Errors
 ///
@@ -148,6 +194,26 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
     let v2 = start(&plugins.v2_path, b"{}", 1)?;
     let legacy = start(&plugins.legacy_path, b"{}", 1)?;
     let v2_many = start(&plugins.v2_path, b"{}", 1)?;
+    let one = || IsolatedConfig {
+        workers: 1,
+        ..IsolatedConfig::default()
+    };
+    let v2_names_inline = start_with(
+        &plugins.v2_path,
+        b"{}",
+        IsolatedConfig {
+            intern_names: false,
+            ..one()
+        },
+    )?;
+    let v2_inline = start_with(
+        &plugins.v2_path,
+        b"{}",
+        IsolatedConfig {
+            slabs: false,
+            ..one()
+        },
+    )?;
     Ok(Row::new(
         "request_isolated",
         "-",
@@ -161,5 +227,11 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
         sequential(v2, Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO))),
     )
     .with("v2", v2_request(plugins.v2.clone())?)
-    .with("isolated_concurrent", concurrent(v2_many)))
+    .with("isolated_concurrent", concurrent(Arc::clone(&v2_many)))
+    .with(
+        "isolated_names_inline",
+        sequential(v2_names_inline, Isolated::new()),
+    )
+    .with("isolated_body_64k", body_rewrite(v2_many))
+    .with("isolated_body_64k_inline", body_rewrite(v2_inline)))
 }

@@ -92,6 +92,17 @@ pub const MAX_NAME: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HeaderId(Spur);
 
+impl HeaderId {
+    /// The id as a number: the well-known names are `0..WELL_KNOWN.len()`,
+    /// in [`WELL_KNOWN`]'s order; other names follow in the order they were
+    /// interned. Two tables agree on the well-known ones without talking.
+    pub fn index(self) -> u32 {
+        use lasso::Key;
+        // Ids are bounded by the table's bound, far below u32::MAX.
+        self.0.into_usize() as u32
+    }
+}
+
 /// Why a name was not interned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InternError {
@@ -217,6 +228,15 @@ fn lowercase<'b>(name: &str, buf: &'b mut [u8; MAX_NAME]) -> Result<&'b str, Int
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn well_known_names_have_their_list_index() {
+        let t = HeaderNames::new(1);
+        for (i, name) in WELL_KNOWN.iter().enumerate() {
+            assert_eq!(t.get(name).unwrap().index(), i as u32, "{name}");
+        }
+        assert_eq!(t.intern("x-new").unwrap().index(), WELL_KNOWN.len() as u32);
+    }
 
     #[test]
     fn well_known_names_need_no_room() {

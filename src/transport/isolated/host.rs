@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 
 use super::doorbell::{self, Doorbell, ARMED, QUIET};
+use super::names::LinkNames;
 use super::proto;
 use super::slabs::{self, SlabArea};
 use super::{Abi, InnerKind, IsolatedConfig, IsolatedError};
@@ -95,6 +96,8 @@ pub(super) struct SlotState {
     /// end has not come yet): released when the worker's phase end for
     /// `sid` arrives.
     pub(super) held: [Option<Slab>; 3],
+    /// The phase start's header name codes (memory reused).
+    pub(super) codes: Vec<u32>,
 }
 
 impl SlotState {
@@ -126,6 +129,8 @@ pub(super) struct Link {
     pub(super) bell: Doorbell,
     /// The incarnation's slab area (the host leases from its half).
     pub(super) area: Arc<SlabArea>,
+    /// The header names its worker knows.
+    pub(super) names: LinkNames,
 }
 
 impl Link {
@@ -231,6 +236,8 @@ pub(super) struct Launch {
     pub(super) path: PathBuf,
     pub(super) config: Vec<u8>,
     pub(super) cfg: IsolatedConfig,
+    /// The plugin's header name ids (shared by its workers).
+    pub(super) names: crate::intern::HeaderNames,
 }
 
 /// One worker: the process (across restarts) and its sessions.
@@ -288,6 +295,7 @@ impl Worker {
                     url: Vec::new(),
                     failure: None,
                     held: [None, None, None],
+                    codes: Vec::new(),
                 }),
                 waker: AtomicWaker::new(),
             })
@@ -316,6 +324,11 @@ impl Worker {
             counters,
             launch,
         }
+    }
+
+    /// The plugin's header name table.
+    pub(super) fn names(&self) -> &crate::intern::HeaderNames {
+        &self.launch.names
     }
 
     /// Takes a free slot for a new session: its index, sid and epoch.
@@ -506,6 +519,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
     let area = Arc::new(SlabArea::new(
         MmapRegion::file_range(&file, slab_offset, 2 * slabs::HALF).map_err(|e| e.to_string())?,
         true,
+        launch.cfg.slabs,
     )?);
     let mut tx = Ring::create(to, RING_CAPACITY)
         .map_err(|e| e.to_string())?
@@ -538,6 +552,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
         .arg(bell_offset.to_string())
         .arg("--slab-offset")
         .arg(slab_offset.to_string())
+        .args(["--slabs", if launch.cfg.slabs { "1" } else { "0" }])
         .arg("--plugin")
         .arg(&launch.path)
         .args(["--legacy", legacy, "--host-pid"])
@@ -573,6 +588,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
             epoch,
             bell: worker_bell,
             area,
+            names: LinkNames::new(launch.cfg.intern_names),
         },
     ))
 }

@@ -31,6 +31,7 @@ use host::{lock, Counters, Help, Launch, Stage, Worker};
 
 mod doorbell;
 mod host;
+mod names;
 pub mod proto;
 mod slabs;
 mod worker;
@@ -57,6 +58,14 @@ pub struct IsolatedConfig {
     /// Which in-process transport a worker drives a legacy library with
     /// (v2 libraries always use [`V2`](super::V2)).
     pub legacy_transport: InnerKind,
+    /// Send header names as interned ids once the worker knows them
+    /// (default true); false sends every name in place (the bench's
+    /// like-for-like variant).
+    pub intern_names: bool,
+    /// Send payloads of 4 KiB and more in slabs of the shared mapping
+    /// (default true); false puts every payload inside the frames (the
+    /// bench's like-for-like variant).
+    pub slabs: bool,
 }
 
 impl Default for IsolatedConfig {
@@ -71,6 +80,8 @@ impl Default for IsolatedConfig {
             restart_backoff: (Duration::from_millis(10), Duration::from_secs(2)),
             worker_command: vec![exe, OsString::from("worker")],
             legacy_transport: InnerKind::Fast,
+            intern_names: true,
+            slabs: true,
         }
     }
 }
@@ -200,6 +211,7 @@ impl IsolatedPlugin {
             path: path.to_path_buf(),
             config: config.to_vec(),
             cfg,
+            names: crate::intern::HeaderNames::new(proto::DYNAMIC_NAMES),
         });
         let counters = Arc::new(Counters::default());
         let workers: Box<[Arc<Worker>]> = (0..n)
@@ -526,6 +538,8 @@ impl IsolatedPhase<'_> {
             payload: payload.as_ref().map(Slab::offset),
             body: body.as_ref().map(Slab::offset),
         };
+        let mut codes = std::mem::take(&mut st.codes);
+        l.names.codes(w.names(), self.ctx, &mut codes);
         let mut count = proto::Counter::default();
         proto::encode_start(
             &mut count,
@@ -534,6 +548,7 @@ impl IsolatedPhase<'_> {
             self.ctx,
             &st.url,
             slabbed,
+            &codes,
         );
         // Never waits: a full ring (a worker behind or stuck) fails the
         // phase at once, so a task never blocks its thread here.
@@ -543,6 +558,8 @@ impl IsolatedPhase<'_> {
                 for slab in [payload, body].into_iter().flatten() {
                     l.area.release(slab);
                 }
+                l.names.rollback(&codes);
+                st.codes = codes;
                 drop(st);
                 drop(link);
                 self.s.closed = true;
@@ -565,7 +582,9 @@ impl IsolatedPhase<'_> {
             self.ctx,
             &st.url,
             slabbed,
+            &codes,
         );
+        st.codes = codes;
         for slab in [payload, body].into_iter().flatten() {
             w.counters.slabs_sent.fetch_add(1, Ordering::Relaxed);
             st.hold(slab);

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use crate::host::context::HttpContext;
 
@@ -193,6 +194,28 @@ impl<'a> Reader<'a> {
         Ok(Blob::Slab((offset, len)))
     }
 
+    /// A header name: bytes in the frame, or an interned id the worker's
+    /// `names` know (or learn here, from an announcement).
+    pub fn name(&mut self, names: &NameTable) -> Result<Name, ProtoError> {
+        let word = self.u32()?;
+        if word & NAME_REF == 0 {
+            let start = self.pos;
+            self.take(word as usize)?;
+            return Ok(Name::Frame((start as u32, word)));
+        }
+        let low = word & (NAME_NEW - 1);
+        if word & NAME_NEW == 0 {
+            return match names.get(low) {
+                Some(_) => Ok(Name::Id(low)),
+                None => Err(ProtoError("unknown header name id")),
+            };
+        }
+        let id = self.u32()?;
+        let bytes = self.take(low as usize)?;
+        names.learn(id, bytes)?;
+        Ok(Name::Id(id))
+    }
+
     /// A length-prefixed UTF-8 field.
     pub fn str(&mut self) -> Result<&'a str, ProtoError> {
         std::str::from_utf8(self.bytes()?).map_err(|_| ProtoError("string is not UTF-8"))
@@ -228,6 +251,109 @@ pub trait Out {
                 self.put(&offset.to_le_bytes());
             }
         }
+    }
+}
+
+/// The bit of a header name's word that says it is an interned id (the
+/// word's low 30 bits), not a length and bytes.
+pub const NAME_REF: u32 = 1 << 31;
+/// With [`NAME_REF`]: an announcement: the low 30 bits are a length, then
+/// come the `u32` id and the name's bytes (a lower-case header token), which
+/// the worker keeps under that id for every later frame.
+pub const NAME_NEW: u32 = 1 << 30;
+/// Names a worker's table holds beyond the well-known ones.
+pub const DYNAMIC_NAMES: usize = 1024;
+/// Ids a worker's table holds: the well-known names
+/// ([`crate::intern::WELL_KNOWN`], ids in its order) and [`DYNAMIC_NAMES`].
+pub const NAME_IDS: usize = crate::intern::WELL_KNOWN.len() + DYNAMIC_NAMES;
+/// How the host sends a header name ([`encode_start`]'s `names`): in place.
+pub const CODE_INLINE: u32 = u32::MAX;
+/// Set in a name's code (an id): announce the id with the name's bytes.
+pub const CODE_ANNOUNCE: u32 = 1 << 31;
+
+/// A header name of a phase start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    /// In the frame.
+    Frame(Span),
+    /// An interned id.
+    Id(u32),
+}
+
+impl Name {
+    /// Its bytes (empty for an unknown id, which a decoded name never is).
+    pub fn get<'a>(self, frame: &'a [u8], names: &'a NameTable) -> &'a [u8] {
+        match self {
+            Self::Frame(span) => at(frame, span),
+            Self::Id(id) => names.get(id).unwrap_or(&[]),
+        }
+    }
+}
+
+/// The worker's header names by id: the well-known ones from the start,
+/// others as the host announces them. Each id is set once and then read
+/// without a lock from any thread (a plugin's own threads read headers too).
+pub struct NameTable {
+    slots: Box<[OnceLock<Box<[u8]>>]>,
+}
+
+impl fmt::Debug for NameTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let known = self.slots.iter().filter(|s| s.get().is_some()).count();
+        f.debug_struct("NameTable").field("known", &known).finish()
+    }
+}
+
+impl Default for NameTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NameTable {
+    /// A table that knows the well-known names.
+    #[must_use]
+    pub fn new() -> Self {
+        let slots: Box<[OnceLock<Box<[u8]>>]> = (0..NAME_IDS).map(|_| OnceLock::new()).collect();
+        for (slot, name) in slots.iter().zip(crate::intern::WELL_KNOWN) {
+            let _ = slot.set(name.as_bytes().into());
+        }
+        Self { slots }
+    }
+
+    /// The name of `id`, if known.
+    pub fn get(&self, id: u32) -> Option<&[u8]> {
+        self.slots.get(id as usize)?.get().map(|b| &**b)
+    }
+
+    fn learn(&self, id: u32, name: &[u8]) -> Result<(), ProtoError> {
+        let token =
+            |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || name.len() > crate::intern::MAX_NAME || !name.iter().all(token) {
+            return Err(ProtoError(
+                "announced header name is not a lower-case token",
+            ));
+        }
+        let slot = self
+            .slots
+            .get(id as usize)
+            .ok_or(ProtoError("header name id out of range"))?;
+        slot.set(name.into())
+            .map_err(|_| ProtoError("header name id announced twice"))
+    }
+}
+
+/// Appends a header name as its `code` says ([`CODE_INLINE`], an id, or an
+/// id with [`CODE_ANNOUNCE`]).
+fn put_name<O: Out + ?Sized>(out: &mut O, name: &[u8], code: u32) {
+    if code == CODE_INLINE {
+        out.field(name);
+    } else if code & CODE_ANNOUNCE != 0 {
+        out.put(&(name.len() as u32 | NAME_REF | NAME_NEW).to_le_bytes());
+        out.put(&(code & !CODE_ANNOUNCE).to_le_bytes());
+        out.put(name);
+    } else {
+        out.put(&(code | NAME_REF).to_le_bytes());
     }
 }
 
@@ -342,7 +468,10 @@ impl Out for Vec<u8> {
 /// [`START_PARAMS`]), `u32 n` request headers as name, value, `u32 n`
 /// response headers as name, value, and the response body the plugin sees.
 /// The payload and the body are blobs: in the frame, or where `slabbed`
-/// says the caller copied them in its slab area.
+/// says the caller copied them in its slab area. `names` has a code per
+/// header name, request headers then response headers (missing ones are
+/// sent in place): the same codes must go to the counting pass and the
+/// writing pass.
 pub fn encode_start(
     out: &mut impl Out,
     phase: u8,
@@ -350,6 +479,7 @@ pub fn encode_start(
     ctx: &mut dyn HttpContext,
     url: &[u8],
     slabbed: Slabbed,
+    names: &[u32],
 ) {
     let ctx: &dyn HttpContext = ctx;
     let mut flags = 0;
@@ -387,18 +517,19 @@ pub fn encode_start(
             out.field(v.as_bytes());
         }
     }
+    let mut codes = names.iter().copied();
     let mut n = 0u32;
     ctx.for_each_request_header(&mut |_, _| n += 1);
     out.put(&n.to_le_bytes());
     ctx.for_each_request_header(&mut |k, v| {
-        out.field(k);
+        put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
         out.field(v);
     });
     let mut n = 0u32;
     ctx.for_each_response_header(&mut |_, _| n += 1);
     out.put(&n.to_le_bytes());
     ctx.for_each_response_header(&mut |k, v| {
-        out.field(k);
+        put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
         out.field(v);
     });
     out.blob(ctx.response_body(), slabbed.body);
@@ -432,9 +563,9 @@ pub struct Start {
     /// Params (with [`START_PARAMS`]).
     pub params: Vec<(Span, Span)>,
     /// Request headers.
-    pub request_headers: Vec<(Span, Span)>,
+    pub request_headers: Vec<(Name, Span)>,
     /// Response headers.
-    pub response_headers: Vec<(Span, Span)>,
+    pub response_headers: Vec<(Name, Span)>,
     /// The response body the plugin sees.
     pub body: Blob,
 }
@@ -455,14 +586,20 @@ pub const S_CLIENT_IP: usize = 5;
 pub const S_ERROR: usize = 6;
 
 /// Decodes a phase start into `into` (its vectors reused); `slab_len` is the
-/// size of the sender's slab area.
+/// size of the sender's slab area; header names announced in the frame are
+/// added to `names`.
 ///
 /// # Errors
 ///
 /// A [`ProtoError`] for any field outside the frame or a blob outside the
 /// slab area, a string that is not UTF-8, a bad phase or unknown flags, or
 /// trailing bytes.
-pub fn decode_start(frame: &[u8], into: &mut Start, slab_len: usize) -> Result<(), ProtoError> {
+pub fn decode_start(
+    frame: &[u8],
+    into: &mut Start,
+    slab_len: usize,
+    names: &NameTable,
+) -> Result<(), ProtoError> {
     let mut r = Reader::new(frame);
     into.phase = r.u8()?;
     if into.phase > 4 {
@@ -508,7 +645,7 @@ pub fn decode_start(frame: &[u8], into: &mut Start, slab_len: usize) -> Result<(
         list.clear();
         let n = r.count(8)?;
         for _ in 0..n {
-            let k = r.range()?;
+            let k = r.name(names)?;
             let v = r.range()?;
             list.push((k, v));
         }
@@ -726,13 +863,29 @@ mod tests {
         let mut url = Vec::new();
         ctx.request_url(&mut url);
         let mut c = Counter::default();
-        encode_start(&mut c, 2, Some("e"), &mut ctx, &url, Slabbed::default());
+        encode_start(
+            &mut c,
+            2,
+            Some("e"),
+            &mut ctx,
+            &url,
+            Slabbed::default(),
+            &[],
+        );
         let mut buf = vec![0; c.0];
         let mut w = SliceOut::new(&mut buf);
-        encode_start(&mut w, 2, Some("e"), &mut ctx, &url, Slabbed::default());
+        encode_start(
+            &mut w,
+            2,
+            Some("e"),
+            &mut ctx,
+            &url,
+            Slabbed::default(),
+            &[],
+        );
         assert_eq!(w.written(), c.0);
         let mut s = Start::default();
-        decode_start(&buf, &mut s, 0).unwrap();
+        decode_start(&buf, &mut s, 0, &NameTable::new()).unwrap();
         assert_eq!(s.phase, 2);
         assert_eq!(at(&buf, s.entry), b"e");
         assert_eq!(at(&buf, s.strings[S_METHOD]), b"POST");
@@ -740,7 +893,7 @@ mod tests {
         assert_eq!(s.payload.get(&buf, &[]), b"{\"p\":1}");
         assert_eq!(s.params.len(), 1);
         assert_eq!(s.request_headers.len(), 2);
-        assert_eq!(at(&buf, s.request_headers[0].0), b"x-a");
+        assert_eq!(s.request_headers[0].0.get(&buf, &NameTable::new()), b"x-a");
         assert_eq!(at(&buf, s.response_headers[0].1), b"v");
     }
 
@@ -748,6 +901,8 @@ mod tests {
     fn every_truncation_of_a_phase_start_is_refused() {
         let mut ctx = sample();
         let mut buf = Vec::new();
+        // With an announcement and an id among the names.
+        let id = NAME_IDS as u32 - 1;
         encode_start(
             &mut buf,
             1,
@@ -755,21 +910,25 @@ mod tests {
             &mut ctx,
             b"u",
             Slabbed::default(),
+            &[id | CODE_ANNOUNCE, id],
         );
         let mut s = Start::default();
         for n in 0..buf.len() {
-            assert!(decode_start(&buf[..n], &mut s, 0).is_err(), "prefix {n}");
+            assert!(
+                decode_start(&buf[..n], &mut s, 0, &NameTable::new()).is_err(),
+                "prefix {n}"
+            );
         }
         let mut longer = buf.clone();
         longer.push(0);
-        assert!(decode_start(&longer, &mut s, 0).is_err());
+        assert!(decode_start(&longer, &mut s, 0, &NameTable::new()).is_err());
     }
 
     #[test]
     fn a_huge_count_is_refused_without_allocating_for_it() {
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
         let mut buf = Vec::new();
-        encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default());
+        encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default(), &[]);
         // The request header count sits right after the seven strings.
         let mut r = Reader::new(&buf);
         r.take(28).unwrap();
@@ -780,7 +939,7 @@ mod tests {
         buf[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut s = Start::default();
         assert_eq!(
-            decode_start(&buf, &mut s, 0),
+            decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("count larger than the frame"))
         );
     }
@@ -825,17 +984,17 @@ mod tests {
             body: Some(100),
         };
         let mut buf = Vec::new();
-        encode_start(&mut buf, 3, None, &mut ctx, b"u", slabbed);
+        encode_start(&mut buf, 3, None, &mut ctx, b"u", slabbed, &[]);
         let mut slabs = vec![0u8; 112];
         slabs[..7].copy_from_slice(b"{\"p\":1}");
         slabs[100..112].copy_from_slice(b"a large body");
         let mut s = Start::default();
-        decode_start(&buf, &mut s, slabs.len()).unwrap();
+        decode_start(&buf, &mut s, slabs.len(), &NameTable::new()).unwrap();
         assert_eq!(s.payload, Blob::Slab((0, 7)));
         assert_eq!(s.body.get(&buf, &slabs), b"a large body");
         // One byte short of the body's end: refused.
         assert_eq!(
-            decode_start(&buf, &mut s, 111),
+            decode_start(&buf, &mut s, 111, &NameTable::new()),
             Err(ProtoError("slab range outside the sender's slab area"))
         );
 
@@ -873,5 +1032,97 @@ mod tests {
         assert_eq!(decode_read_reply(&reply, 0), Ok(Blob::Frame((4, 8))));
         reply.push(0);
         assert!(decode_read_reply(&reply, 0).is_err());
+    }
+
+    #[test]
+    fn header_names_cross_in_place_as_announcements_and_as_ids() {
+        let mut ctx = sample();
+        // Request headers x-a, x-b; response header x-r.
+        let accept = crate::intern::WELL_KNOWN
+            .iter()
+            .position(|n| *n == "accept")
+            .unwrap() as u32;
+        let new_id = NAME_IDS as u32 - 1;
+        let codes = [new_id | CODE_ANNOUNCE, new_id, CODE_INLINE];
+        let mut buf = Vec::new();
+        encode_start(
+            &mut buf,
+            2,
+            None,
+            &mut ctx,
+            b"u",
+            Slabbed::default(),
+            &codes,
+        );
+        let mut c = Counter::default();
+        encode_start(&mut c, 2, None, &mut ctx, b"u", Slabbed::default(), &codes);
+        assert_eq!(c.0, buf.len(), "the counting pass agrees");
+        let names = NameTable::new();
+        let mut s = Start::default();
+        decode_start(&buf, &mut s, 0, &names).unwrap();
+        // The announcement taught the worker the name; the second header
+        // used only its id.
+        assert_eq!(s.request_headers[0].0, Name::Id(new_id));
+        assert_eq!(s.request_headers[1].0, Name::Id(new_id));
+        assert_eq!(names.get(new_id), Some(&b"x-a"[..]));
+        assert!(matches!(s.response_headers[0].0, Name::Frame(_)));
+        assert_eq!(s.response_headers[0].0.get(&buf, &names), b"x-r");
+        assert_eq!(names.get(accept), Some(&b"accept"[..]), "well-known");
+        // A second announcement of a known id, an id nobody announced, an
+        // id out of range: refused.
+        assert_eq!(
+            decode_start(&buf, &mut s, 0, &names),
+            Err(ProtoError("header name id announced twice"))
+        );
+        let unknown = [new_id - 1, new_id - 1, CODE_INLINE];
+        let mut buf = Vec::new();
+        encode_start(
+            &mut buf,
+            2,
+            None,
+            &mut ctx,
+            b"u",
+            Slabbed::default(),
+            &unknown,
+        );
+        assert_eq!(
+            decode_start(&buf, &mut s, 0, &NameTable::new()),
+            Err(ProtoError("unknown header name id"))
+        );
+        let out_of_range = [NAME_IDS as u32 | CODE_ANNOUNCE];
+        let mut buf = Vec::new();
+        encode_start(
+            &mut buf,
+            2,
+            None,
+            &mut ctx,
+            b"u",
+            Slabbed::default(),
+            &out_of_range,
+        );
+        assert_eq!(
+            decode_start(&buf, &mut s, 0, &NameTable::new()),
+            Err(ProtoError("header name id out of range"))
+        );
+        // Only lower-case tokens are learned.
+        let mut upper = MemoryContext::new(RequestSpec::default(), None);
+        upper.set_response_header("x up", "1");
+        let mut buf = Vec::new();
+        let codes = [new_id | CODE_ANNOUNCE];
+        encode_start(
+            &mut buf,
+            2,
+            None,
+            &mut upper,
+            b"u",
+            Slabbed::default(),
+            &codes,
+        );
+        assert_eq!(
+            decode_start(&buf, &mut s, 0, &NameTable::new()),
+            Err(ProtoError(
+                "announced header name is not a lower-case token"
+            ))
+        );
     }
 }

@@ -46,6 +46,8 @@ pub(super) struct SlabArea {
     /// worker); the peer's is the other.
     own: usize,
     pool: Slabs,
+    /// False: [`SlabArea::put`] always says no (every payload in frames).
+    enabled: bool,
 }
 
 impl fmt::Debug for SlabArea {
@@ -59,8 +61,9 @@ impl fmt::Debug for SlabArea {
 
 impl SlabArea {
     /// The area as the host (`host`) or the worker sees it; `region` maps
-    /// both halves.
-    pub(super) fn new(region: MmapRegion, host: bool) -> Result<Self, String> {
+    /// both halves. With `enabled` false this side sends nothing in slabs
+    /// (it still reads the peer's).
+    pub(super) fn new(region: MmapRegion, host: bool, enabled: bool) -> Result<Self, String> {
         let pool = Slabs::new(CLASSES);
         debug_assert_eq!(pool.len(), HALF);
         if region.len() < 2 * HALF {
@@ -74,13 +77,14 @@ impl SlabArea {
             region,
             own: if host { 0 } else { HALF },
             pool,
+            enabled,
         })
     }
 
     /// Copies `bytes` into a slab of this side's half, when they are large
     /// enough to be worth it and a slab is free.
     pub(super) fn put(&self, bytes: &[u8]) -> Option<Slab> {
-        if bytes.len() < SLAB_MIN {
+        if bytes.len() < SLAB_MIN || !self.enabled {
             return None;
         }
         let slab = self.pool.try_lease(bytes.len()).ok()?;

@@ -64,6 +64,7 @@ struct Args {
     back_offset: u64,
     doorbell_offset: u64,
     slab_offset: u64,
+    slabs: bool,
     plugin: PathBuf,
     legacy: InnerKind,
     host_pid: u32,
@@ -92,6 +93,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
         back_offset: 0,
         doorbell_offset: 0,
         slab_offset: 0,
+        slabs: true,
         plugin: PathBuf::new(),
         legacy: InnerKind::Fast,
         host_pid: 0,
@@ -109,6 +111,7 @@ fn parse(args: &[OsString]) -> Result<Args, String> {
             Some("--back-offset") => a.back_offset = num(s()?)?,
             Some("--doorbell-offset") => a.doorbell_offset = num(s()?)?,
             Some("--slab-offset") => a.slab_offset = num(s()?)?,
+            Some("--slabs") => a.slabs = num(s()?)? != 0,
             Some("--plugin") => a.plugin = PathBuf::from(v),
             Some("--host-pid") => a.host_pid = num(s()?)? as u32,
             Some("--timeout-ms") => a.timeout = Duration::from_millis(num(s()?)?),
@@ -173,6 +176,8 @@ struct Link {
     back: Option<MmapRegion>,
     /// The slab area (the worker leases from its half, reads the host's).
     area: SlabArea,
+    /// Header names by id (the host announces new ones in phase starts).
+    names: proto::NameTable,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -432,9 +437,11 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
         MmapRegion::file_range(file, args.slab_offset, 2 * slabs::HALF)
             .map_err(|e| e.to_string())?,
         false,
+        args.slabs,
     )?;
     Ok(Link {
         area,
+        names: proto::NameTable::new(),
         tx: Mutex::new(tx),
         bell,
         wake,
@@ -872,7 +879,12 @@ impl Shadow {
 
     fn load(&mut self, sid: u32, frame: Vec<u8>) -> Result<(), proto::ProtoError> {
         self.frame = frame;
-        proto::decode_start(&self.frame, &mut self.start, self.link.area.peer().len())?;
+        proto::decode_start(
+            &self.frame,
+            &mut self.start,
+            self.link.area.peer().len(),
+            &self.link.names,
+        )?;
         self.sid = sid;
         self.params.clear();
         for (k, v) in &self.start.params {
@@ -885,7 +897,7 @@ impl Shadow {
         self.headers
             .apply_upstream(self.start.response_headers.iter().map(|(n, v)| {
                 (
-                    std::str::from_utf8(at(frame, *n)).unwrap_or(""),
+                    std::str::from_utf8(n.get(frame, &self.link.names)).unwrap_or(""),
                     at(frame, *v),
                 )
             }));
@@ -940,7 +952,10 @@ impl HttpContext for Shadow {
         self.start
             .request_headers
             .iter()
-            .find(|(n, _)| at(&self.frame, *n).eq_ignore_ascii_case(name))
+            .find(|(n, _)| {
+                n.get(&self.frame, &self.link.names)
+                    .eq_ignore_ascii_case(name)
+            })
             .map(|(_, v)| at(&self.frame, *v))
     }
 
@@ -948,7 +963,7 @@ impl HttpContext for Shadow {
         self.start
             .request_headers
             .get(index)
-            .map(|(n, v)| (at(&self.frame, *n), at(&self.frame, *v)))
+            .map(|(n, v)| (n.get(&self.frame, &self.link.names), at(&self.frame, *v)))
     }
 
     fn request_body(&mut self) -> &[u8] {
