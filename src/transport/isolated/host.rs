@@ -56,9 +56,11 @@ const HELLO_WAIT: Duration = Duration::from_secs(30);
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Frames handled per look at the ring, at most.
 const DRAIN_MAX: usize = 64;
-/// The dispatcher's spin and yields before it arms the doorbell and sleeps.
+/// The dispatcher's spin, and how long it keeps looking (yielding between
+/// looks) before it arms the doorbell and sleeps: a worker that answers
+/// within this finds it awake (a futex wake-up costs tens of µs on a VM).
 const DISPATCH_SPIN: u32 = 128;
-const DISPATCH_YIELDS: u32 = 8;
+const DISPATCH_ACTIVE: Duration = Duration::from_micros(50);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -597,6 +599,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
 /// whatever is there, then a short spin, then sleep on the doorbell.
 fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
     let mut idle = 0u32;
+    let mut active_until: Option<Instant> = None;
     loop {
         if w.epoch.load(Ordering::Acquire) != epoch {
             return;
@@ -606,6 +609,7 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
             Some(0) => {}
             Some(_) => {
                 idle = 0;
+                active_until = None;
                 continue;
             }
         }
@@ -614,6 +618,7 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
             // arms the doorbell (so a later frame wakes this sleep).
             bell.sleep(QUIET, Instant::now() + IDLE_WAIT);
             idle = 0;
+            active_until = None;
             continue;
         }
         idle += 1;
@@ -621,10 +626,12 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
             std::hint::spin_loop();
             continue;
         }
-        if idle <= DISPATCH_SPIN + DISPATCH_YIELDS {
+        let until = *active_until.get_or_insert_with(|| Instant::now() + DISPATCH_ACTIVE);
+        if Instant::now() < until {
             std::thread::yield_now();
             continue;
         }
+        active_until = None;
         bell.arm();
         match w.drain(epoch, true) {
             None => return,

@@ -539,7 +539,12 @@ impl IsolatedPhase<'_> {
             body: body.as_ref().map(Slab::offset),
         };
         let mut codes = std::mem::take(&mut st.codes);
-        l.names.codes(w.names(), self.ctx, &mut codes);
+        let (request, response) = l.names.codes(w.names(), self.ctx, &mut codes);
+        let plan = proto::HeaderPlan {
+            codes: &codes,
+            request,
+            response,
+        };
         let mut count = proto::Counter::default();
         proto::encode_start(
             &mut count,
@@ -548,7 +553,7 @@ impl IsolatedPhase<'_> {
             self.ctx,
             &st.url,
             slabbed,
-            &codes,
+            &plan,
         );
         // Never waits: a full ring (a worker behind or stuck) fails the
         // phase at once, so a task never blocks its thread here.
@@ -582,7 +587,7 @@ impl IsolatedPhase<'_> {
             self.ctx,
             &st.url,
             slabbed,
-            &codes,
+            &plan,
         );
         st.codes = codes;
         for slab in [payload, body].into_iter().flatten() {

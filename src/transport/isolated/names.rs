@@ -83,16 +83,25 @@ impl LinkNames {
     }
 
     /// The codes of `ctx`'s request header names, then its response header
-    /// names, into `out` (for `proto::encode_start`). Ids not announced yet
-    /// are marked announced now (undo with [`LinkNames::rollback`] if the
-    /// frame is not sent).
-    pub(super) fn codes(&mut self, table: &HeaderNames, ctx: &dyn HttpContext, out: &mut Vec<u32>) {
+    /// names, into `out`, and the two header counts (for
+    /// `proto::encode_start`'s plan; one walk over the headers). Ids not
+    /// announced yet are marked announced now (undo with
+    /// [`LinkNames::rollback`] if the frame is not sent).
+    pub(super) fn codes(
+        &mut self,
+        table: &HeaderNames,
+        ctx: &dyn HttpContext,
+        out: &mut Vec<u32>,
+    ) -> (u32, u32) {
         out.clear();
         if !self.enabled {
-            return;
+            let plan = proto::HeaderPlan::count(ctx);
+            return (plan.request, plan.response);
         }
         ctx.for_each_request_header(&mut |n, _| out.push(self.code(table, n)));
+        let request = out.len() as u32;
         ctx.for_each_response_header(&mut |n, _| out.push(self.code(table, n)));
+        (request, out.len() as u32 - request)
     }
 
     /// Forgets the announcements `codes` made: their frame was not sent.
@@ -122,11 +131,14 @@ impl LinkNames {
     /// token, or the table is full).
     fn id(&mut self, table: &HeaderNames, name: &[u8]) -> Option<u32> {
         let cacheable = !name.is_empty() && name.len() <= CACHED;
+        // Two ways: a name may sit in its slot or the slot's pair.
         let at = slot(name);
         if cacheable {
-            let e = &self.cache[at];
-            if usize::from(e.len) == name.len() && &e.name[..name.len()] == name {
-                return Some(e.id);
+            for way in [at, at ^ 1] {
+                let e = &self.cache[way];
+                if usize::from(e.len) == name.len() && &e.name[..name.len()] == name {
+                    return Some(e.id);
+                }
             }
         }
         // Only names already in lower case: the worker then sees exactly the
@@ -145,7 +157,10 @@ impl LinkNames {
                 name: [0; CACHED],
             };
             e.name[..name.len()].copy_from_slice(name);
-            self.cache[at] = e;
+            // The empty way, else the pair's (the home slot stays with the
+            // name that has it).
+            let way = if self.cache[at].len == 0 { at } else { at ^ 1 };
+            self.cache[way] = e;
         }
         Some(id)
     }
@@ -168,7 +183,7 @@ mod tests {
         let mut names = LinkNames::new(true);
         let c = ctx(&[("accept", "*/*"), ("x-custom", "1"), ("x-custom", "2")]);
         let mut codes = Vec::new();
-        names.codes(&table, &c, &mut codes);
+        assert_eq!(names.codes(&table, &c, &mut codes), (3, 0));
         let accept = table.get("accept").unwrap().index();
         let custom = table.get("x-custom").unwrap().index();
         // Well-known: an id at once. New: announced by its first occurrence,
@@ -206,7 +221,10 @@ mod tests {
         assert_eq!(names.code(&table, b"X-A"), CODE_INLINE);
         assert_eq!(names.code(&table, b"bad name"), CODE_INLINE);
         let mut off = LinkNames::new(false);
-        off.codes(&table, &ctx(&[("accept", "")]), &mut codes);
+        assert_eq!(
+            off.codes(&table, &ctx(&[("accept", "")]), &mut codes),
+            (1, 0)
+        );
         assert!(codes.is_empty(), "disabled: every name in place");
     }
 }

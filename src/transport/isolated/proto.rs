@@ -266,7 +266,34 @@ pub const DYNAMIC_NAMES: usize = 1024;
 /// Ids a worker's table holds: the well-known names
 /// ([`crate::intern::WELL_KNOWN`], ids in its order) and [`DYNAMIC_NAMES`].
 pub const NAME_IDS: usize = crate::intern::WELL_KNOWN.len() + DYNAMIC_NAMES;
-/// How the host sends a header name ([`encode_start`]'s `names`): in place.
+/// How a phase start's header names go: the header counts (so that the
+/// encoder need not count them in both passes) and a code per name, request
+/// headers then response headers (missing codes: in place).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeaderPlan<'a> {
+    /// [`CODE_INLINE`], an id, or an id with [`CODE_ANNOUNCE`].
+    pub codes: &'a [u32],
+    /// Request headers of the context.
+    pub request: u32,
+    /// Response headers of the context.
+    pub response: u32,
+}
+
+impl HeaderPlan<'_> {
+    /// Every name in place, with the context's header counts.
+    pub fn count(ctx: &dyn HttpContext) -> Self {
+        let (mut request, mut response) = (0, 0);
+        ctx.for_each_request_header(&mut |_, _| request += 1);
+        ctx.for_each_response_header(&mut |_, _| response += 1);
+        Self {
+            codes: &[],
+            request,
+            response,
+        }
+    }
+}
+
+/// How the host sends a header name ([`HeaderPlan::codes`]): in place.
 pub const CODE_INLINE: u32 = u32::MAX;
 /// Set in a name's code (an id): announce the id with the name's bytes.
 pub const CODE_ANNOUNCE: u32 = 1 << 31;
@@ -468,10 +495,9 @@ impl Out for Vec<u8> {
 /// [`START_PARAMS`]), `u32 n` request headers as name, value, `u32 n`
 /// response headers as name, value, and the response body the plugin sees.
 /// The payload and the body are blobs: in the frame, or where `slabbed`
-/// says the caller copied them in its slab area. `names` has a code per
-/// header name, request headers then response headers (missing ones are
-/// sent in place): the same codes must go to the counting pass and the
-/// writing pass.
+/// says the caller copied them in its slab area. `plan` says how the header
+/// names go and how many headers there are: the same plan must go to the
+/// counting pass and the writing pass.
 pub fn encode_start(
     out: &mut impl Out,
     phase: u8,
@@ -479,7 +505,7 @@ pub fn encode_start(
     ctx: &mut dyn HttpContext,
     url: &[u8],
     slabbed: Slabbed,
-    names: &[u32],
+    plan: &HeaderPlan<'_>,
 ) {
     let ctx: &dyn HttpContext = ctx;
     let mut flags = 0;
@@ -517,17 +543,13 @@ pub fn encode_start(
             out.field(v.as_bytes());
         }
     }
-    let mut codes = names.iter().copied();
-    let mut n = 0u32;
-    ctx.for_each_request_header(&mut |_, _| n += 1);
-    out.put(&n.to_le_bytes());
+    let mut codes = plan.codes.iter().copied();
+    out.put(&plan.request.to_le_bytes());
     ctx.for_each_request_header(&mut |k, v| {
         put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
         out.field(v);
     });
-    let mut n = 0u32;
-    ctx.for_each_response_header(&mut |_, _| n += 1);
-    out.put(&n.to_le_bytes());
+    out.put(&plan.response.to_le_bytes());
     ctx.for_each_response_header(&mut |k, v| {
         put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
         out.field(v);
@@ -862,6 +884,7 @@ mod tests {
         let mut ctx = sample();
         let mut url = Vec::new();
         ctx.request_url(&mut url);
+        let plan = HeaderPlan::count(&ctx);
         let mut c = Counter::default();
         encode_start(
             &mut c,
@@ -870,7 +893,7 @@ mod tests {
             &mut ctx,
             &url,
             Slabbed::default(),
-            &[],
+            &plan,
         );
         let mut buf = vec![0; c.0];
         let mut w = SliceOut::new(&mut buf);
@@ -881,7 +904,7 @@ mod tests {
             &mut ctx,
             &url,
             Slabbed::default(),
-            &[],
+            &plan,
         );
         assert_eq!(w.written(), c.0);
         let mut s = Start::default();
@@ -903,6 +926,10 @@ mod tests {
         let mut buf = Vec::new();
         // With an announcement and an id among the names.
         let id = NAME_IDS as u32 - 1;
+        let plan = HeaderPlan {
+            codes: &[id | CODE_ANNOUNCE, id],
+            ..HeaderPlan::count(&ctx)
+        };
         encode_start(
             &mut buf,
             1,
@@ -910,7 +937,7 @@ mod tests {
             &mut ctx,
             b"u",
             Slabbed::default(),
-            &[id | CODE_ANNOUNCE, id],
+            &plan,
         );
         let mut s = Start::default();
         for n in 0..buf.len() {
@@ -928,7 +955,8 @@ mod tests {
     fn a_huge_count_is_refused_without_allocating_for_it() {
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
         let mut buf = Vec::new();
-        encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default(), &[]);
+        let plan = HeaderPlan::count(&ctx);
+        encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default(), &plan);
         // The request header count sits right after the seven strings.
         let mut r = Reader::new(&buf);
         r.take(28).unwrap();
@@ -984,7 +1012,8 @@ mod tests {
             body: Some(100),
         };
         let mut buf = Vec::new();
-        encode_start(&mut buf, 3, None, &mut ctx, b"u", slabbed, &[]);
+        let plan = HeaderPlan::count(&ctx);
+        encode_start(&mut buf, 3, None, &mut ctx, b"u", slabbed, &plan);
         let mut slabs = vec![0u8; 112];
         slabs[..7].copy_from_slice(b"{\"p\":1}");
         slabs[100..112].copy_from_slice(b"a large body");
@@ -1044,18 +1073,14 @@ mod tests {
             .unwrap() as u32;
         let new_id = NAME_IDS as u32 - 1;
         let codes = [new_id | CODE_ANNOUNCE, new_id, CODE_INLINE];
+        let plan = HeaderPlan {
+            codes: &codes,
+            ..HeaderPlan::count(&ctx)
+        };
         let mut buf = Vec::new();
-        encode_start(
-            &mut buf,
-            2,
-            None,
-            &mut ctx,
-            b"u",
-            Slabbed::default(),
-            &codes,
-        );
+        encode_start(&mut buf, 2, None, &mut ctx, b"u", Slabbed::default(), &plan);
         let mut c = Counter::default();
-        encode_start(&mut c, 2, None, &mut ctx, b"u", Slabbed::default(), &codes);
+        encode_start(&mut c, 2, None, &mut ctx, b"u", Slabbed::default(), &plan);
         assert_eq!(c.0, buf.len(), "the counting pass agrees");
         let names = NameTable::new();
         let mut s = Start::default();
@@ -1074,7 +1099,10 @@ mod tests {
             decode_start(&buf, &mut s, 0, &names),
             Err(ProtoError("header name id announced twice"))
         );
-        let unknown = [new_id - 1, new_id - 1, CODE_INLINE];
+        let unknown = HeaderPlan {
+            codes: &[new_id - 1, new_id - 1, CODE_INLINE],
+            ..plan
+        };
         let mut buf = Vec::new();
         encode_start(
             &mut buf,
@@ -1089,7 +1117,10 @@ mod tests {
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("unknown header name id"))
         );
-        let out_of_range = [NAME_IDS as u32 | CODE_ANNOUNCE];
+        let out_of_range = HeaderPlan {
+            codes: &[NAME_IDS as u32 | CODE_ANNOUNCE],
+            ..plan
+        };
         let mut buf = Vec::new();
         encode_start(
             &mut buf,
@@ -1108,7 +1139,10 @@ mod tests {
         let mut upper = MemoryContext::new(RequestSpec::default(), None);
         upper.set_response_header("x up", "1");
         let mut buf = Vec::new();
-        let codes = [new_id | CODE_ANNOUNCE];
+        let plan = HeaderPlan {
+            codes: &[new_id | CODE_ANNOUNCE],
+            ..HeaderPlan::count(&upper)
+        };
         encode_start(
             &mut buf,
             2,
@@ -1116,7 +1150,7 @@ mod tests {
             &mut upper,
             b"u",
             Slabbed::default(),
-            &codes,
+            &plan,
         );
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
