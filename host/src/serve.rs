@@ -493,6 +493,7 @@ fn isolated_config(p: &PluginConfig, kind: TransportKind, timeout: Duration) -> 
         restart_backoff: (first, max),
         worker_command: vec![exe, "worker".into()],
         legacy_transport: kind.inner(),
+        ..d
     }
 }
 
