@@ -86,7 +86,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// The checks in order; v2 first, so that threads the legacy plugin leaves
 /// behind cannot run while the v2 count is taken.
 fn main() {
-    let checks: [(&str, fn()); 4] = [
+    let checks: [(&str, fn()); 5] = [
         (
             "the counter counts on every thread",
             the_counter_counts_on_every_thread,
@@ -102,6 +102,10 @@ fn main() {
         (
             "an isolated request allocates nothing host side",
             an_isolated_request_allocates_nothing_host_side,
+        ),
+        (
+            "a 64 KiB chunk through a worker's slabs allocates nothing host side",
+            a_large_chunk_through_slabs_allocates_nothing_host_side,
         ),
     ];
     for (name, check) in checks {
@@ -193,6 +197,67 @@ fn an_isolated_request_allocates_nothing_host_side() {
     let (n, headers) = count_requests(&Isolated::new(), &plugin, 200, 2_000);
     assert_eq!(n, 0, "host heap allocations in 2 000 isolated requests");
     assert!(has(&headers, "x-scenario", b"1"));
+    plugin.shutdown(TIMEOUT);
+}
+
+/// The v2 `body_rewrite` entry on a 64 KiB chunk through a worker: the
+/// chunk goes out in a host slab and comes back (two bytes longer) in a
+/// worker slab, copied straight into the context; slab leases come from the
+/// pools built when the worker started.
+fn a_large_chunk_through_slabs_allocates_nothing_host_side() {
+    let (_, v2, _) = nylon_transport::bench::find_plugins().unwrap();
+    let plugin = IsolatedPlugin::start(
+        &v2,
+        b"{}",
+        IsolatedConfig {
+            workers: 1,
+            worker_command: vec![
+                env!("CARGO_BIN_EXE_nylon-transport").into(),
+                "worker".into(),
+            ],
+            ..IsolatedConfig::default()
+        },
+    )
+    .unwrap();
+    let t = Isolated::new();
+    let mut ctx = BenchContext::scenario(WsCodec::Fast);
+    let chunk = vec![b'c'; 64 << 10];
+    let mut request = || {
+        ctx.reset();
+        nylon_transport::host::HttpContext::set_response_body(&mut ctx, &chunk);
+        let mut s = t
+            .open(&plugin, "body_rewrite", SessionOptions::default())
+            .unwrap();
+        assert_eq!(
+            t.run_phase(&mut s, Phase::ResponseBodyFilter, &mut ctx, TIMEOUT),
+            PhaseOutcome::Next
+        );
+        t.close(s);
+        assert_eq!(
+            nylon_transport::host::HttpContext::response_body(&ctx).len(),
+            chunk.len() + 2
+        );
+    };
+    for _ in 0..50 {
+        request();
+    }
+    let before = plugin.stats();
+    let n = allocations(|| {
+        for _ in 0..500 {
+            request();
+        }
+    });
+    let after = plugin.stats();
+    assert_eq!(
+        n, 0,
+        "host heap allocations in 500 requests with a 64 KiB chunk"
+    );
+    assert_eq!(after.slabs_sent - before.slabs_sent, 500, "{after:?}");
+    assert_eq!(
+        after.slabs_received - before.slabs_received,
+        500,
+        "{after:?}"
+    );
     plugin.shutdown(TIMEOUT);
 }
 
