@@ -111,6 +111,9 @@ enum Command {
         capacity: usize,
         #[arg(long)]
         back_offset: u64,
+        /// Microseconds to keep looking (yielding) before the ring's wait.
+        #[arg(long, default_value_t = 0)]
+        active_us: u64,
     },
     /// The far end of the pipe baseline of `ring_round_trip`: echoes 8-byte
     /// messages from standard input to standard output.
@@ -277,8 +280,9 @@ fn execute(command: Command) -> Result<ExitCode> {
             fd,
             capacity,
             back_offset,
+            active_us,
         } => {
-            bench::ring_rows::ring_echo_process(fd, capacity, back_offset)
+            bench::ring_rows::ring_echo_process(fd, capacity, back_offset, active_us)
                 .map_err(anyhow::Error::msg)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -68,17 +68,35 @@ fn ping<R: Region>(
     tx: &mut Producer<R>,
     rx: &mut Consumer<R>,
     iters: u64,
+    active: Duration,
 ) -> Result<Duration, String> {
     let start = Instant::now();
     for i in 0..iters {
         tx.push_timeout(i as u32, 1, 0, &i.to_le_bytes(), PATIENCE)
             .map_err(|e| e.to_string())?;
+        look(rx, active).map_err(|e| e.to_string())?;
         let f = rx.pop_timeout(PATIENCE).map_err(|e| e.to_string())?;
         if f.header().session != i as u32 || f.payload() != i.to_le_bytes() {
             return Err("reply out of order".into());
         }
     }
     Ok(start.elapsed())
+}
+
+/// Keeps looking at `rx`, yielding between looks, for up to `active`
+/// (nothing with zero: the ring's own wait then spins, yields and sleeps).
+/// This is what the isolated transport's worker and dispatcher do before
+/// they sleep, so its round trips can be compared with the ring's on the
+/// same terms.
+fn look<R: Region>(rx: &mut Consumer<R>, active: Duration) -> Result<(), RingError> {
+    if active.is_zero() {
+        return Ok(());
+    }
+    let until = Instant::now() + active;
+    while !rx.has_frame()? && Instant::now() < until {
+        std::thread::yield_now();
+    }
+    Ok(())
 }
 
 /// The far end of a ring round trip: answers every frame with a copy of
@@ -88,9 +106,11 @@ fn ping<R: Region>(
 fn echo<R: Region>(
     rx: &mut Consumer<R>,
     tx: &mut Producer<R>,
+    active: Duration,
     stop: impl Fn() -> bool,
 ) -> Result<(), RingError> {
     loop {
+        look(rx, active)?;
         let f = match rx.pop_timeout(Duration::from_millis(50)) {
             Ok(f) => f,
             Err(RingError::Timeout) if !stop() => continue,
@@ -157,11 +177,13 @@ fn ring_threads_round_trip() -> Result<Variant, String> {
     let (mut to_tx, mut to_rx) = ring_pair(HeapRegion::new(region_size(CAP)))?;
     let (mut back_tx, mut back_rx) = ring_pair(HeapRegion::new(region_size(CAP)))?;
     let partner = Partner::spawn(move |stop| {
-        let _ = echo(&mut to_rx, &mut back_tx, || stop.load(Ordering::Acquire));
+        let _ = echo(&mut to_rx, &mut back_tx, Duration::ZERO, || {
+            stop.load(Ordering::Acquire)
+        });
     });
     Ok(Variant::new(1, move |iters| {
         let _keep = &partner;
-        ping(&mut to_tx, &mut back_rx, iters)
+        ping(&mut to_tx, &mut back_rx, iters, Duration::ZERO)
     }))
 }
 
@@ -257,7 +279,9 @@ fn back_offset() -> u64 {
     (region_size(CAP) as u64).div_ceil(1 << 16) << 16
 }
 
-fn ring_process_round_trip() -> Result<Variant, String> {
+/// `active`: how long each side keeps looking, yielding, before the ring's
+/// own wait (zero: the ring's wait alone).
+fn ring_process_round_trip(active: Duration) -> Result<Variant, String> {
     let len = region_size(CAP);
     let (to, file) = MmapRegion::memfd("nylon-bench-rings", len).map_err(|e| e.to_string())?;
     let back = MmapRegion::file_range(&file, back_offset(), len).map_err(|e| e.to_string())?;
@@ -273,6 +297,8 @@ fn ring_process_round_trip() -> Result<Variant, String> {
         .arg(CAP.to_string())
         .arg("--back-offset")
         .arg(back_offset().to_string())
+        .arg("--active-us")
+        .arg(active.as_micros().to_string())
         .stdin(Stdio::from(file))
         .spawn()
         .map_err(|e| format!("cannot start the ring echo process: {e}"))?;
@@ -283,18 +309,23 @@ fn ring_process_round_trip() -> Result<Variant, String> {
     };
     Ok(Variant::new(1, move |iters| {
         let ProcessRings { tx, rx, .. } = &mut rings;
-        ping(tx, rx, iters)
+        ping(tx, rx, iters, active)
     }))
 }
 
 /// The far end of `ring_round_trip` (`nylon-transport __ring-echo`): maps
 /// the two rings of the memfd open as descriptor `fd` and echoes frames
-/// until told to stop or orphaned.
+/// until told to stop or orphaned; `active_us` as in the ping side.
 ///
 /// # Errors
 ///
 /// A message when the memfd cannot be mapped or a ring is corrupt.
-pub fn ring_echo_process(fd: i32, capacity: usize, back_offset: u64) -> Result<(), String> {
+pub fn ring_echo_process(
+    fd: i32,
+    capacity: usize,
+    back_offset: u64,
+    active_us: u64,
+) -> Result<(), String> {
     // Opening the descriptor's /proc entry gives this process its own
     // handle on the inherited memfd, without unsafe code.
     let file = std::fs::OpenOptions::new()
@@ -308,7 +339,7 @@ pub fn ring_echo_process(fd: i32, capacity: usize, back_offset: u64) -> Result<(
     let mut rx = Ring::open(to).map_err(|e| e.to_string())?.into_consumer();
     let mut tx = Ring::open(back).map_err(|e| e.to_string())?.into_producer();
     let parent = std::os::unix::process::parent_id();
-    echo(&mut rx, &mut tx, || {
+    echo(&mut rx, &mut tx, Duration::from_micros(active_us), || {
         std::os::unix::process::parent_id() != parent
     })
     .map_err(|e| e.to_string())
@@ -383,15 +414,22 @@ pub fn pipe_echo_process() -> Result<(), String> {
     }
 }
 
-/// `ring_round_trip`: a message to another process and back.
+/// How long `rings_active`'s sides keep looking before they sleep: the
+/// isolated transport's worker and dispatcher policy.
+const ACTIVE: Duration = Duration::from_micros(50);
+
+/// `ring_round_trip`: a message to another process and back; the
+/// `rings_active` variant with both ends looking (yielding) for 50 µs
+/// before the ring's wait, as the isolated transport's ends do.
 pub(crate) fn round_trip() -> Result<Row, String> {
     Ok(Row::new(
         "ring_round_trip",
         "-",
         "-",
         pipe_process_round_trip()?,
-        ring_process_round_trip()?,
-    ))
+        ring_process_round_trip(Duration::ZERO)?,
+    )
+    .with("rings_active", ring_process_round_trip(ACTIVE)?))
 }
 
 /// A 64-byte frame carrying its sequence number in its first 8 bytes.
