@@ -52,11 +52,15 @@ const HOST_WAIT: Duration = Duration::from_secs(30);
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// A reader's longest wait on the ring before it looks for a cancellation.
 const READ_SLICE: Duration = Duration::from_millis(100);
-/// The main thread's spin before it yields, and how long it keeps looking
-/// (yielding between looks) before it sleeps: a host that sends its next
-/// phase start within this finds the worker awake, instead of paying a
-/// futex wake-up (tens of µs on a VM whose idle vCPU halted).
+/// The main thread's spin before it yields, and the yields before it sleeps.
 const IDLE_SPIN: u32 = 128;
+const IDLE_YIELDS: u32 = 8;
+/// How long the main thread keeps looking (yielding between looks) before
+/// it sleeps when no phase is running: a host that sends its next phase
+/// start within this finds the worker awake, instead of paying a futex
+/// wake-up (tens of µs on a VM whose idle vCPU halted). While phases run on
+/// the plugin's own threads it sleeps after the yields: those threads need
+/// the CPU more, and their completion wakes it.
 const IDLE_ACTIVE: Duration = Duration::from_micros(50);
 
 /// The worker's arguments (after `worker`).
@@ -269,23 +273,28 @@ impl Link {
     }
 
     /// Waits until the main thread has work or `deadline` passes: a spin,
-    /// yields for up to [`IDLE_ACTIVE`], then a sleep on the doorbell (armed,
-    /// then a last look: the protocol is in [`super::doorbell`]).
-    fn idle(&self, deadline: Instant) -> Result<(), String> {
+    /// [`IDLE_YIELDS`] yields and more for up to `active`, then a sleep on
+    /// the doorbell (armed, then a last look: the protocol is in
+    /// [`super::doorbell`]).
+    fn idle(&self, deadline: Instant, active: Duration) -> Result<(), String> {
         for _ in 0..IDLE_SPIN {
             if self.has_work()? {
                 return Ok(());
             }
             std::hint::spin_loop();
         }
-        let active = Instant::now() + IDLE_ACTIVE;
+        let active = Instant::now() + active;
+        let mut yields = 0;
         loop {
             if self.has_work()? {
                 return Ok(());
             }
-            let now = Instant::now();
-            if now >= active || now >= deadline {
-                break;
+            yields += 1;
+            if yields > IDLE_YIELDS {
+                let now = Instant::now();
+                if now >= active || now >= deadline {
+                    break;
+                }
             }
             std::thread::yield_now();
         }
@@ -719,7 +728,13 @@ fn serve<T: Transport>(
             .map(|k| k.deadline)
             .min()
             .unwrap_or(now + IDLE_WAIT);
-        link.idle(deadline)?;
+        // Looks for the host's next frame a while when nothing runs here.
+        let active = if tasks.is_empty() {
+            IDLE_ACTIVE
+        } else {
+            Duration::ZERO
+        };
+        link.idle(deadline, active)?;
     }
 }
 
