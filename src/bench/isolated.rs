@@ -193,6 +193,9 @@ fn concurrent(plugin: Arc<IsolatedPlugin>) -> Variant {
 pub fn row(plugins: &Plugins) -> Result<Row, String> {
     let v2 = start(&plugins.v2_path, b"{}", 1)?;
     let legacy = start(&plugins.legacy_path, b"{}", 1)?;
+    // The parked variant has its own worker: sharing one with the fast
+    // variant left its dispatcher awake in the fast variant's samples.
+    let v2_parked = start(&plugins.v2_path, b"{}", 1)?;
     let v2_many = start(&plugins.v2_path, b"{}", 1)?;
     let one = || IsolatedConfig {
         workers: 1,
@@ -219,12 +222,12 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
         "-",
         "< 5 µs",
         legacy_request(Fast::default(), plugins.legacy.clone(), "scenario"),
-        sequential(Arc::clone(&v2), Isolated::new()),
+        sequential(v2, Isolated::new()),
     )
     .with("isolated_legacy", sequential(legacy, Isolated::new()))
     .with(
         "isolated_parked",
-        sequential(v2, Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO))),
+        sequential(v2_parked, Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO))),
     )
     .with("v2", v2_request(plugins.v2.clone())?)
     .with("isolated_concurrent", concurrent(Arc::clone(&v2_many)))
