@@ -227,7 +227,10 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
     .with("isolated_legacy", sequential(legacy, Isolated::new()))
     .with(
         "isolated_parked",
-        sequential(v2_parked, Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO))),
+        sequential(
+            v2_parked,
+            Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO)),
+        ),
     )
     .with("v2", v2_request(plugins.v2.clone())?)
     .with("isolated_concurrent", concurrent(Arc::clone(&v2_many)))
