@@ -176,12 +176,10 @@ fn a_legacy_request_on_the_fast_host_allocates_nothing_host_side() {
     assert!(has(&headers, "x-scenario", b"1"));
 }
 
-/// The v2 scenario through a worker process: every allocation of the host
-/// process counts (the task's thread, the worker's dispatcher and
-/// supervisor threads); the worker's own are in another process.
-fn an_isolated_request_allocates_nothing_host_side() {
+/// The v2 example plugin in one worker process.
+fn v2_in_one_worker() -> Arc<IsolatedPlugin> {
     let (_, v2, _) = nylon_transport::bench::find_plugins().unwrap();
-    let plugin = IsolatedPlugin::start(
+    IsolatedPlugin::start(
         &v2,
         b"{}",
         IsolatedConfig {
@@ -193,7 +191,14 @@ fn an_isolated_request_allocates_nothing_host_side() {
             ..IsolatedConfig::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The v2 scenario through a worker process: every allocation of the host
+/// process counts (the task's thread, the worker's dispatcher and
+/// supervisor threads); the worker's own are in another process.
+fn an_isolated_request_allocates_nothing_host_side() {
+    let plugin = v2_in_one_worker();
     let (n, headers) = count_requests(&Isolated::new(), &plugin, 200, 2_000);
     assert_eq!(n, 0, "host heap allocations in 2 000 isolated requests");
     assert!(has(&headers, "x-scenario", b"1"));
@@ -205,20 +210,7 @@ fn an_isolated_request_allocates_nothing_host_side() {
 /// worker slab, copied straight into the context; slab leases come from the
 /// pools built when the worker started.
 fn a_large_chunk_through_slabs_allocates_nothing_host_side() {
-    let (_, v2, _) = nylon_transport::bench::find_plugins().unwrap();
-    let plugin = IsolatedPlugin::start(
-        &v2,
-        b"{}",
-        IsolatedConfig {
-            workers: 1,
-            worker_command: vec![
-                env!("CARGO_BIN_EXE_nylon-transport").into(),
-                "worker".into(),
-            ],
-            ..IsolatedConfig::default()
-        },
-    )
-    .unwrap();
+    let plugin = v2_in_one_worker();
     let t = Isolated::new();
     let mut ctx = BenchContext::scenario(WsCodec::Fast);
     let chunk = vec![b'c'; 64 << 10];

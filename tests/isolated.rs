@@ -100,9 +100,20 @@ fn full_request() -> RequestSpec {
 }
 
 fn run<T: Transport>(t: &T, plugin: &Arc<T::Plugin>, entry: &str) -> RequestReport {
-    let spec = full_request();
+    let payload = br#"{"user":"alice"}"#.to_vec();
+    run_spec(t, plugin, entry, full_request(), payload)
+}
+
+/// Runs the whole request `spec` (upstream included) with `payload`.
+fn run_spec<T: Transport>(
+    t: &T,
+    plugin: &Arc<T::Plugin>,
+    entry: &str,
+    spec: RequestSpec,
+    payload: Vec<u8>,
+) -> RequestReport {
     let upstream = spec.upstream.clone();
-    let mut ctx = MemoryContext::new(spec, Some(br#"{"user":"alice"}"#.to_vec()));
+    let mut ctx = MemoryContext::new(spec, Some(payload));
     run_request(
         t,
         plugin,
@@ -227,24 +238,11 @@ fn large_run<T: Transport>(t: &T, plugin: &Arc<T::Plugin>, entry: &str) -> Reque
                      "body_chunks": [big("a", 70_000), big("b", 5_000), "tiny"]},
     }))
     .expect("valid request spec");
-    let upstream = spec.upstream.clone();
     let payload = format!(
         r#"{{"user":"alice","key":"k","pad":"{}"}}"#,
         big("p", 9_000)
     );
-    let mut ctx = MemoryContext::new(spec, Some(payload.into_bytes()));
-    run_request(
-        t,
-        plugin,
-        entry,
-        &mut ctx,
-        upstream.as_ref(),
-        RunOptions {
-            timeout: BOUND,
-            trace: false,
-        },
-    )
-    .expect("session opens")
+    run_spec(t, plugin, entry, spec, payload.into_bytes())
 }
 
 #[test]
@@ -285,7 +283,7 @@ fn slabs_come_back_to_the_pool_after_many_requests_and_cancellations() {
     let path = example("v2_plugin");
     let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
     let t = Isolated::new();
-    for i in 0..100 {
+    for i in 0..300 {
         let before = remote.stats();
         let r = large_run(&t, &remote, "body_rewrite");
         assert_eq!(r.outcomes()[0], "next", "request {i}");
@@ -299,8 +297,9 @@ fn slabs_come_back_to_the_pool_after_many_requests_and_cancellations() {
             2,
             "request {i}"
         );
-        // And a phase cancelled while the worker runs it (its slabs come
-        // back when its late end arrives).
+        // And a phase cancelled while the worker runs it: its slabs come
+        // back when its late end arrives, whether that end finds the
+        // session's slot still open, freed, or taken by the next session.
         let mut s = t.open(&remote, "async", SessionOptions::default()).unwrap();
         let mut ctx = MemoryContext::new(RequestSpec::default(), Some(vec![b'x'; 8192]));
         let mut f = t.phase(&mut s, Phase::RequestFilter, &mut ctx);

@@ -701,7 +701,10 @@ fn handle(
                 .get(idx)
                 .ok_or("protocol violation: session id out of range")?;
             let mut st = lock(&slot.state);
-            let ours = st.sid == sid && st.epoch == epoch;
+            // A freed slot keeps its last sid until it is taken again: the
+            // late end of its session's cancelled phase is not "ours" (its
+            // slabs went to the orphans when the slot was freed).
+            let ours = st.sid == sid && st.epoch == epoch && st.stage != Stage::Free;
             if method == proto::PHASE_END {
                 // The worker is done with the slabs lent with the phase.
                 if ours {
