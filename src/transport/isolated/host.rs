@@ -103,13 +103,19 @@ pub(super) struct SlotState {
 }
 
 impl SlotState {
+    /// Whether another slab can be held for the running phase.
+    pub(super) fn can_hold(&self) -> bool {
+        self.held.iter().any(Option::is_none)
+    }
+
     /// Keeps a slab lent with the running phase.
     pub(super) fn hold(&mut self, slab: Slab) {
         match self.held.iter_mut().find(|h| h.is_none()) {
             Some(h) => *h = Some(slab),
-            // A phase lends at most one slab per held place (payload, body,
-            // request body); a bug otherwise, and the slab is lost to the
-            // pool, never reused while the worker reads it.
+            // A phase lends at most three (payload, body, one read reply:
+            // later replies go in frames, see `can_hold`); a bug otherwise,
+            // and the slab is lost to the pool, never reused while the
+            // worker reads it.
             None => debug_assert!(false, "more slabs than a phase lends"),
         }
     }
@@ -163,16 +169,17 @@ impl Link {
     }
 
     /// Pushes a frame whose payload is one blob: `bytes` in a host slab
-    /// when worth it (returned, to be held until the phase ends), else in
-    /// the frame.
+    /// when worth it and `slab_ok` (returned, to be held until the phase
+    /// ends), else in the frame.
     pub(super) fn push_blob(
         &mut self,
         sid: u32,
         method: u32,
         bytes: &[u8],
+        slab_ok: bool,
     ) -> Result<Option<Slab>, RingError> {
         use proto::Out;
-        let slab = self.area.put(bytes);
+        let slab = if slab_ok { self.area.put(bytes) } else { None };
         let len = match &slab {
             Some(_) => 8,
             None => 4 + bytes.len(),

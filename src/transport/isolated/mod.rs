@@ -641,7 +641,10 @@ impl IsolatedPhase<'_> {
                             // The slot is locked before the reply is sent, so
                             // the slab is held before the phase can end.
                             let mut st = lock(&slot.state);
-                            match l.push_blob(self.s.sid, proto::READ_REPLY, body) {
+                            // A worker that reads more than once per phase
+                            // gets the later answers in frames.
+                            let slab_ok = st.can_hold();
+                            match l.push_blob(self.s.sid, proto::READ_REPLY, body, slab_ok) {
                                 Ok(Some(slab)) => {
                                     w.counters.slabs_sent.fetch_add(1, Ordering::Relaxed);
                                     st.hold(slab);
