@@ -115,11 +115,6 @@ impl Slabs {
         self.len == 0
     }
 
-    /// The largest slab.
-    pub fn max_slab(&self) -> usize {
-        self.classes.last().map_or(0, |c| c.size as usize)
-    }
-
     /// Leases a slab of at least `len` bytes without waiting: from the
     /// smallest class that fits, or a larger one when that one is exhausted.
     ///
@@ -166,7 +161,6 @@ mod tests {
     fn slabs_tile_the_region_without_overlap() {
         let slabs = Slabs::new(&[(256, 3), (16, 4), (1024, 0)]);
         assert_eq!(slabs.len(), 4 * 16 + 3 * 256);
-        assert_eq!(slabs.max_slab(), 256);
         let mut held = Vec::new();
         while let Ok(s) = slabs.try_lease(1) {
             held.push(s);

@@ -47,7 +47,8 @@ pub(super) const RING_CAPACITY: usize = 4 << 20;
 /// Bits of a session id that name the slot; the rest is a generation.
 const SLOT_BITS: u32 = 16;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
-/// How long a task waits for room in a full ring before the phase fails.
+/// How long a control frame (`CLOSE`, a read reply, an entry check,
+/// `SHUTDOWN`) waits for room in a full ring; a phase start never waits.
 const ROOM_WAIT: Duration = Duration::from_millis(50);
 /// How long the host waits for a new worker's hello.
 const HELLO_WAIT: Duration = Duration::from_secs(30);

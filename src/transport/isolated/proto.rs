@@ -414,18 +414,6 @@ impl Blob {
             Self::Slab(span) => at(slabs, span),
         }
     }
-
-    /// Its length.
-    pub fn len(self) -> usize {
-        match self {
-            Self::Frame((_, n)) | Self::Slab((_, n)) => n as usize,
-        }
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where the sender put the large fields of a phase start: offsets into its
@@ -1063,6 +1051,13 @@ mod tests {
         assert!(decode_read_reply(&reply, 0).is_err());
     }
 
+    /// A phase-2 start of `ctx` encoded with `plan`.
+    fn phase2(ctx: &mut MemoryContext, plan: &HeaderPlan<'_>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_start(&mut buf, 2, None, ctx, b"u", Slabbed::default(), plan);
+        buf
+    }
+
     #[test]
     fn header_names_cross_in_place_as_announcements_and_as_ids() {
         let mut ctx = sample();
@@ -1077,8 +1072,7 @@ mod tests {
             codes: &codes,
             ..HeaderPlan::count(&ctx)
         };
-        let mut buf = Vec::new();
-        encode_start(&mut buf, 2, None, &mut ctx, b"u", Slabbed::default(), &plan);
+        let buf = phase2(&mut ctx, &plan);
         let mut c = Counter::default();
         encode_start(&mut c, 2, None, &mut ctx, b"u", Slabbed::default(), &plan);
         assert_eq!(c.0, buf.len(), "the counting pass agrees");
@@ -1103,16 +1097,7 @@ mod tests {
             codes: &[new_id - 1, new_id - 1, CODE_INLINE],
             ..plan
         };
-        let mut buf = Vec::new();
-        encode_start(
-            &mut buf,
-            2,
-            None,
-            &mut ctx,
-            b"u",
-            Slabbed::default(),
-            &unknown,
-        );
+        let buf = phase2(&mut ctx, &unknown);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("unknown header name id"))
@@ -1121,16 +1106,7 @@ mod tests {
             codes: &[NAME_IDS as u32 | CODE_ANNOUNCE],
             ..plan
         };
-        let mut buf = Vec::new();
-        encode_start(
-            &mut buf,
-            2,
-            None,
-            &mut ctx,
-            b"u",
-            Slabbed::default(),
-            &out_of_range,
-        );
+        let buf = phase2(&mut ctx, &out_of_range);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("header name id out of range"))
@@ -1138,20 +1114,11 @@ mod tests {
         // Only lower-case tokens are learned.
         let mut upper = MemoryContext::new(RequestSpec::default(), None);
         upper.set_response_header("x up", "1");
-        let mut buf = Vec::new();
         let plan = HeaderPlan {
             codes: &[new_id | CODE_ANNOUNCE],
             ..HeaderPlan::count(&upper)
         };
-        encode_start(
-            &mut buf,
-            2,
-            None,
-            &mut upper,
-            b"u",
-            Slabbed::default(),
-            &plan,
-        );
+        let buf = phase2(&mut upper, &plan);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError(
