@@ -59,6 +59,7 @@ impl Plugin for Example {
         "e2e_append",
         "delay_1ms",
         "ws_room",
+        "request_later",
     ];
 
     fn initialize(config: &[u8]) -> Result<Self, String> {
@@ -116,6 +117,7 @@ impl Plugin for Example {
             23 => Box::new(E2eAppend(0)),
             24 => Box::new(Delay1ms),
             25 => Box::new(WsRoom(None)),
+            26 => Box::new(RequestLater),
             _ => return None,
         })
     }
@@ -563,6 +565,61 @@ impl Handler for E2eAuth {
             return Ok(Flow::End);
         }
         cx.set_header("x-auth", "ok");
+        Ok(Flow::Next)
+    }
+}
+
+/// Reads the request side and the payload in every phase after the first
+/// (which a worker answers from the session's opening phase start) and
+/// writes what it read into a response header per phase.
+struct RequestLater;
+
+impl RequestLater {
+    fn record(cx: &Call<'_>, phase: &str) {
+        let seen = format!(
+            "{} {} {} {} {} {} user={} headers={} first={} params={} payload={}:{} started={}",
+            cx.method(),
+            cx.path(),
+            cx.query(),
+            cx.host(),
+            cx.client_ip(),
+            cx.url(),
+            String::from_utf8_lossy(cx.header("x-user").unwrap_or_default()),
+            cx.headers().count(),
+            cx.headers()
+                .next()
+                .map(|(n, v)| format!(
+                    "{}={}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                ))
+                .unwrap_or_default(),
+            String::from_utf8_lossy(cx.params_json()),
+            cx.payload().len(),
+            cx.payload().iter().map(|b| u64::from(*b)).sum::<u64>(),
+            cx.timestamp_ms() > 0,
+        );
+        cx.set_header(&format!("x-later-{phase}"), &seen);
+    }
+}
+
+impl Handler for RequestLater {
+    fn request_filter(&mut self, _cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        Ok(Flow::Next)
+    }
+
+    fn response_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        Self::record(cx, "response");
+        Ok(Flow::Next)
+    }
+
+    fn response_body_filter(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        Self::record(cx, "body");
+        Ok(Flow::Next)
+    }
+
+    fn logging(&mut self, cx: &mut Call<'_>) -> Result<Flow, SdkError> {
+        Self::record(cx, "logging");
         Ok(Flow::Next)
     }
 }

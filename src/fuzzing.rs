@@ -427,15 +427,16 @@ pub fn isolated_frames(data: &[u8]) {
     let mut start = proto::Start::default();
     let names = proto::NameTable::new();
     if proto::decode_start(frame, &mut start, slabs.len(), &names).is_ok() {
-        let headers = start.request_headers.iter().chain(&start.response_headers);
+        let headers = start.request.headers.iter().chain(&start.response_headers);
         for (name, _) in headers.clone() {
             if let proto::Name::Id(id) = name {
                 assert!(names.get(*id).is_some(), "a header name id the table lacks");
             }
         }
-        let spans = std::iter::once(start.entry)
-            .chain(start.strings)
-            .chain(start.params.iter().flat_map(|(k, v)| [*k, *v]))
+        let spans = [start.request.entry, start.error]
+            .into_iter()
+            .chain(start.request.strings)
+            .chain(start.request.params.iter().flat_map(|(k, v)| [*k, *v]))
             .chain(headers.flat_map(|(k, v)| {
                 let k = match k {
                     proto::Name::Frame(span) => *span,
@@ -449,7 +450,7 @@ pub fn isolated_frames(data: &[u8]) {
                 "span past the frame"
             );
         }
-        for blob in [start.payload, start.body] {
+        for blob in [start.request.payload, start.body] {
             let (limit, (o, n)) = match blob {
                 proto::Blob::Frame(span) => (frame.len(), span),
                 proto::Blob::Slab(span) => (slabs.len(), span),

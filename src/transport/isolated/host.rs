@@ -140,6 +140,10 @@ pub(super) struct Link {
     pub(super) area: Arc<SlabArea>,
     /// The header names its worker knows.
     pub(super) names: LinkNames,
+    /// Where a phase start is encoded before it is copied into the ring
+    /// (one pass over the context instead of a counting pass and a writing
+    /// pass); reused, so steady traffic allocates nothing.
+    pub(super) scratch: Vec<u8>,
 }
 
 impl Link {
@@ -599,6 +603,7 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
             bell: worker_bell,
             area,
             names: LinkNames::new(launch.cfg.intern_names),
+            scratch: Vec::with_capacity(4096),
         },
     ))
 }

@@ -405,6 +405,13 @@ impl Drop for IsolatedPlugin {
 /// [`SPIN`]: super::wait::SPIN
 pub const ISOLATED_SPIN: Duration = Duration::from_micros(50);
 
+/// The largest encoding buffer a link keeps between phase starts.
+const SCRATCH_KEEP: usize = 64 << 10;
+/// Bytes of payload and body in the frame past which a phase start is
+/// encoded straight into the ring (a counting pass, then the writing pass)
+/// instead of through the link's buffer (one pass, then a copy).
+const SCRATCH_DIRECT: usize = 16 << 10;
+
 /// The process-isolated transport (see the [module docs](self)).
 #[derive(Debug)]
 pub struct Isolated {
@@ -528,38 +535,70 @@ impl IsolatedPhase<'_> {
             return Some(PhaseOutcome::Error(SessionError::Worker(w.death_reason())));
         };
         let mut st = lock(&slot.state);
+        // The opening phase carries the request part, once per session.
         let entry = (!self.s.opened).then_some(&*self.s.entry);
         st.url.clear();
-        self.ctx.request_url(&mut st.url);
-        // Large payloads go in host slabs, held until the phase ends.
-        let payload = self.ctx.payload().and_then(|p| l.area.put(p));
+        if entry.is_some() {
+            self.ctx.request_url(&mut st.url);
+        }
+        // Large payloads go in host slabs, held until the phase ends (the
+        // worker keeps a copy for the session's later phases).
+        let payload = entry.and(self.ctx.payload()).and_then(|p| l.area.put(p));
         let body = l.area.put(self.ctx.response_body());
         let slabbed = proto::Slabbed {
             payload: payload.as_ref().map(Slab::offset),
             body: body.as_ref().map(Slab::offset),
         };
         let mut codes = std::mem::take(&mut st.codes);
-        let (request, response) = l.names.codes(w.names(), self.ctx, &mut codes);
+        let (request, response, bytes) =
+            l.names
+                .codes(w.names(), self.ctx, entry.is_some(), &mut codes);
         let plan = proto::HeaderPlan {
             codes: &codes,
             request,
             response,
+            bytes,
         };
-        let mut count = proto::Counter::default();
-        proto::encode_start(
-            &mut count,
-            self.phase as u8,
-            entry,
-            self.ctx,
-            &st.url,
-            slabbed,
-            &plan,
-        );
+        // Small frames (the usual case: large bodies go in slabs) are
+        // encoded once into the link's buffer; large ones (a body no slab
+        // took, huge headers) are counted first and then written in place,
+        // never held twice.
+        let in_frame = entry.and(self.ctx.payload()).map_or(0, <[u8]>::len)
+            * usize::from(slabbed.payload.is_none())
+            + self.ctx.response_body().len() * usize::from(slabbed.body.is_none())
+            + bytes;
+        let mut frame = std::mem::take(&mut l.scratch);
+        frame.clear();
+        let len = if in_frame > SCRATCH_DIRECT {
+            let mut count = proto::Counter::default();
+            proto::encode_start(
+                &mut count,
+                self.phase as u8,
+                entry,
+                self.ctx,
+                &st.url,
+                slabbed,
+                &plan,
+            );
+            count.0
+        } else {
+            proto::encode_start(
+                &mut frame,
+                self.phase as u8,
+                entry,
+                self.ctx,
+                &st.url,
+                slabbed,
+                &plan,
+            );
+            frame.len()
+        };
         // Never waits: a full ring (a worker behind or stuck) fails the
         // phase at once, so a task never blocks its thread here.
-        let mut loan = match l.tx.try_loan(count.0) {
+        let mut loan = match l.tx.try_loan(len) {
             Ok(loan) => loan,
             Err(e) => {
+                l.scratch = frame;
                 for slab in [payload, body].into_iter().flatten() {
                     l.area.release(slab);
                 }
@@ -580,15 +619,19 @@ impl IsolatedPhase<'_> {
                 ))));
             }
         };
-        proto::encode_start(
-            &mut proto::SliceOut::new(loan.payload_mut()),
-            self.phase as u8,
-            entry,
-            self.ctx,
-            &st.url,
-            slabbed,
-            &plan,
-        );
+        if frame.is_empty() {
+            proto::encode_start(
+                &mut proto::SliceOut::new(loan.payload_mut()),
+                self.phase as u8,
+                entry,
+                self.ctx,
+                &st.url,
+                slabbed,
+                &plan,
+            );
+        } else {
+            loan.payload_mut().copy_from_slice(&frame);
+        }
         st.codes = codes;
         for slab in [payload, body].into_iter().flatten() {
             w.counters.slabs_sent.fetch_add(1, Ordering::Relaxed);
@@ -599,6 +642,10 @@ impl IsolatedPhase<'_> {
         w.outstanding.fetch_add(1, Ordering::Relaxed);
         loan.commit(self.s.sid, proto::PHASE_START, 0);
         l.bell.ring();
+        // A frame far larger than usual does not keep its buffer.
+        if frame.capacity() <= SCRATCH_KEEP {
+            l.scratch = frame;
+        }
         drop(st);
         if self.s.area.is_none() {
             self.s.area = Some(Arc::clone(&l.area));

@@ -82,8 +82,10 @@ impl LinkNames {
         }
     }
 
-    /// The codes of `ctx`'s request header names, then its response header
-    /// names, into `out`, and the two header counts (for
+    /// The codes of `ctx`'s request header names (with `request`: for a
+    /// phase start that opens its session), then its response header
+    /// names, into `out`, the two header counts and the bytes of the names
+    /// and values (for
     /// `proto::encode_start`'s plan; one walk over the headers). Ids not
     /// announced yet are marked announced now (undo with
     /// [`LinkNames::rollback`] if the frame is not sent).
@@ -91,17 +93,27 @@ impl LinkNames {
         &mut self,
         table: &HeaderNames,
         ctx: &dyn HttpContext,
+        request: bool,
         out: &mut Vec<u32>,
-    ) -> (u32, u32) {
+    ) -> (u32, u32, usize) {
         out.clear();
         if !self.enabled {
-            let plan = proto::HeaderPlan::count(ctx);
-            return (plan.request, plan.response);
+            let plan = proto::HeaderPlan::count(ctx, request);
+            return (plan.request, plan.response, plan.bytes);
         }
-        ctx.for_each_request_header(&mut |n, _| out.push(self.code(table, n)));
+        let mut bytes = 0;
+        if request {
+            ctx.for_each_request_header(&mut |n, v| {
+                bytes += n.len() + v.len();
+                out.push(self.code(table, n));
+            });
+        }
         let request = out.len() as u32;
-        ctx.for_each_response_header(&mut |n, _| out.push(self.code(table, n)));
-        (request, out.len() as u32 - request)
+        ctx.for_each_response_header(&mut |n, v| {
+            bytes += n.len() + v.len();
+            out.push(self.code(table, n));
+        });
+        (request, out.len() as u32 - request, bytes)
     }
 
     /// Forgets the announcements `codes` made: their frame was not sent.
@@ -183,26 +195,29 @@ mod tests {
         let mut names = LinkNames::new(true);
         let c = ctx(&[("accept", "*/*"), ("x-custom", "1"), ("x-custom", "2")]);
         let mut codes = Vec::new();
-        assert_eq!(names.codes(&table, &c, &mut codes), (3, 0));
+        assert_eq!(names.codes(&table, &c, true, &mut codes), (3, 0, 27));
         let accept = table.get("accept").unwrap().index();
         let custom = table.get("x-custom").unwrap().index();
         // Well-known: an id at once. New: announced by its first occurrence,
         // an id in the same frame after that.
         assert_eq!(codes, [accept, custom | CODE_ANNOUNCE, custom]);
-        names.codes(&table, &c, &mut codes);
+        names.codes(&table, &c, true, &mut codes);
         assert_eq!(codes, [accept, custom, custom]);
         // A frame that was not sent takes its announcements back.
         let c2 = ctx(&[("x-other", "1")]);
-        names.codes(&table, &c2, &mut codes);
+        names.codes(&table, &c2, true, &mut codes);
         let other = table.get("x-other").unwrap().index();
         assert_eq!(codes, [other | CODE_ANNOUNCE]);
         names.rollback(&codes);
-        names.codes(&table, &c2, &mut codes);
+        names.codes(&table, &c2, true, &mut codes);
         assert_eq!(codes, [other | CODE_ANNOUNCE]);
         // Another incarnation's worker has not heard of it.
         let mut fresh = LinkNames::new(true);
-        fresh.codes(&table, &c, &mut codes);
+        fresh.codes(&table, &c, true, &mut codes);
         assert_eq!(codes, [accept, custom | CODE_ANNOUNCE, custom]);
+        // A phase start that opens nothing has no request headers.
+        assert_eq!(fresh.codes(&table, &c, false, &mut codes), (0, 0, 0));
+        assert!(codes.is_empty());
     }
 
     #[test]
@@ -213,6 +228,7 @@ mod tests {
         names.codes(
             &table,
             &ctx(&[("x-a", ""), ("x-b", ""), ("x-c", "")]),
+            true,
             &mut codes,
         );
         assert_ne!(codes[1], CODE_INLINE);
@@ -222,8 +238,8 @@ mod tests {
         assert_eq!(names.code(&table, b"bad name"), CODE_INLINE);
         let mut off = LinkNames::new(false);
         assert_eq!(
-            off.codes(&table, &ctx(&[("accept", "")]), &mut codes),
-            (1, 0)
+            off.codes(&table, &ctx(&[("accept", "")]), true, &mut codes),
+            (1, 0, 6)
         );
         assert!(codes.is_empty(), "disabled: every name in place");
     }

@@ -45,11 +45,13 @@ pub const SHUTDOWN: u32 = 11;
 /// [`READ`]: the whole request body.
 pub const READ_REQUEST_BODY: u8 = 1;
 
-/// Phase start flag: open the session first (the entry name follows).
+/// Phase start flag: open the session first; the entry name and the request
+/// part follow (see [`encode_start`]).
 pub const START_OPEN: u8 = 1;
-/// Phase start flag: a middleware payload is present.
+/// Phase start flag: a middleware payload is present (only with
+/// [`START_OPEN`]).
 pub const START_PAYLOAD: u8 = 2;
-/// Phase start flag: route params are present.
+/// Phase start flag: route params are present (only with [`START_OPEN`]).
 pub const START_PARAMS: u8 = 4;
 
 /// Phase end outcome codes.
@@ -268,7 +270,8 @@ pub const DYNAMIC_NAMES: usize = 1024;
 pub const NAME_IDS: usize = crate::intern::WELL_KNOWN.len() + DYNAMIC_NAMES;
 /// How a phase start's header names go: the header counts (so that the
 /// encoder need not count them in both passes) and a code per name, request
-/// headers then response headers (missing codes: in place).
+/// headers (only in a phase start that opens its session) then response
+/// headers (missing codes: in place).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeaderPlan<'a> {
     /// [`CODE_INLINE`], an id, or an id with [`CODE_ANNOUNCE`].
@@ -277,18 +280,32 @@ pub struct HeaderPlan<'a> {
     pub request: u32,
     /// Response headers of the context.
     pub response: u32,
+    /// Bytes of the names and values of those headers (the encoder does not
+    /// use it; the caller picks its buffer by it).
+    pub bytes: usize,
 }
 
 impl HeaderPlan<'_> {
-    /// Every name in place, with the context's header counts.
-    pub fn count(ctx: &dyn HttpContext) -> Self {
-        let (mut request, mut response) = (0, 0);
-        ctx.for_each_request_header(&mut |_, _| request += 1);
-        ctx.for_each_response_header(&mut |_, _| response += 1);
+    /// Every name in place, with the context's header counts (request
+    /// headers only with `request`: a phase start that opens its session).
+    pub fn count(ctx: &dyn HttpContext, request: bool) -> Self {
+        let (mut request_n, mut response, mut bytes) = (0, 0, 0);
+        if request {
+            ctx.for_each_request_header(&mut |n, v| {
+                request_n += 1;
+                bytes += n.len() + v.len();
+            });
+        }
+        ctx.for_each_response_header(&mut |n, v| {
+            response += 1;
+            bytes += n.len() + v.len();
+        });
+        let request = request_n;
         Self {
             codes: &[],
             request,
             response,
+            bytes,
         }
     }
 }
@@ -476,16 +493,25 @@ impl Out for Vec<u8> {
 /// Encodes a phase start from the host's context: everything a plugin is
 /// likely to read, so that most reads are answered in the worker.
 ///
-/// Layout: `u8 phase, u8 flags, u16 status, u64 timestamp_ms,
-/// u64 duration_ms, u64 response_bytes`, then `entry` (with
-/// [`START_OPEN`]), `method, path, query, host, url, client_ip, error`,
+/// Layout: `u8 phase, u8 flags, u16 status, u64 duration_ms,
+/// u64 response_bytes`; then, with [`START_OPEN`] only, the request part:
+/// `entry, u64 timestamp_ms, method, path, query, host, url, client_ip`,
 /// `payload` (with [`START_PAYLOAD`]), `u32 n` params as name, value (with
-/// [`START_PARAMS`]), `u32 n` request headers as name, value, `u32 n`
-/// response headers as name, value, and the response body the plugin sees.
+/// [`START_PARAMS`]) and `u32 n` request headers as name, value; then
+/// `error`, `u32 n` response headers as name, value, and the response body
+/// the plugin sees.
+///
+/// The request part goes once per session, with the phase that opens it:
+/// the request side of a context and a session's payload do not change
+/// while the session runs (the host applies its own request changes before
+/// it opens any session), and the worker keeps them for the session's later
+/// phases.
+///
 /// The payload and the body are blobs: in the frame, or where `slabbed`
 /// says the caller copied them in its slab area. `plan` says how the header
-/// names go and how many headers there are: the same plan must go to the
-/// counting pass and the writing pass.
+/// names go and how many headers there are (no request headers without
+/// `open_entry`): the same plan must go to the counting pass and the writing
+/// pass.
 pub fn encode_start(
     out: &mut impl Out,
     phase: u8,
@@ -497,46 +523,48 @@ pub fn encode_start(
 ) {
     let ctx: &dyn HttpContext = ctx;
     let mut flags = 0;
+    let payload = open_entry.and(ctx.payload());
+    let params = open_entry.and(ctx.request_params());
     if open_entry.is_some() {
         flags |= START_OPEN;
     }
-    if ctx.payload().is_some() {
+    if payload.is_some() {
         flags |= START_PAYLOAD;
     }
-    if ctx.request_params().is_some() {
+    if params.is_some() {
         flags |= START_PARAMS;
     }
     out.put(&[phase, flags]);
     out.put(&ctx.response_status().to_le_bytes());
-    out.put(&ctx.request_timestamp_ms().to_le_bytes());
     out.put(&ctx.response_duration_ms().to_le_bytes());
     out.put(&ctx.response_bytes().to_le_bytes());
+    let mut codes = plan.codes.iter().copied();
     if let Some(e) = open_entry {
         out.field(e.as_bytes());
-    }
-    out.field(ctx.request_method().as_bytes());
-    out.field(ctx.request_path().as_bytes());
-    out.field(ctx.request_query().as_bytes());
-    out.field(ctx.request_host().as_bytes());
-    out.field(url);
-    out.field(ctx.client_ip().as_bytes());
-    out.field(ctx.response_error().as_bytes());
-    if let Some(p) = ctx.payload() {
-        out.blob(p, slabbed.payload);
-    }
-    if let Some(params) = ctx.request_params() {
-        out.put(&(params.len() as u32).to_le_bytes());
-        for (k, v) in params {
-            out.field(k.as_bytes());
-            out.field(v.as_bytes());
+        out.put(&ctx.request_timestamp_ms().to_le_bytes());
+        out.field(ctx.request_method().as_bytes());
+        out.field(ctx.request_path().as_bytes());
+        out.field(ctx.request_query().as_bytes());
+        out.field(ctx.request_host().as_bytes());
+        out.field(url);
+        out.field(ctx.client_ip().as_bytes());
+        if let Some(p) = payload {
+            out.blob(p, slabbed.payload);
         }
+        if let Some(params) = params {
+            out.put(&(params.len() as u32).to_le_bytes());
+            for (k, v) in params {
+                out.field(k.as_bytes());
+                out.field(v.as_bytes());
+            }
+        }
+        out.put(&plan.request.to_le_bytes());
+        ctx.for_each_request_header(&mut |k, v| {
+            put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
+            out.field(v);
+        });
     }
-    let mut codes = plan.codes.iter().copied();
-    out.put(&plan.request.to_le_bytes());
-    ctx.for_each_request_header(&mut |k, v| {
-        put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
-        out.field(v);
-    });
+    out.field(ctx.response_error().as_bytes());
     out.put(&plan.response.to_le_bytes());
     ctx.for_each_response_header(&mut |k, v| {
         put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
@@ -548,6 +576,26 @@ pub fn encode_start(
 /// A byte range of a frame: offset and length.
 pub type Span = (u32, u32);
 
+/// The request part of a session's opening phase start (every range is of
+/// that frame, which the worker keeps for the session's later phases).
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// The entry to open.
+    pub entry: Span,
+    /// When the request started (ms since the epoch).
+    pub timestamp_ms: u64,
+    /// Method, path, query, host, url, client IP ([`S_METHOD`] and the
+    /// others).
+    pub strings: [Span; 6],
+    /// The payload (with [`START_PAYLOAD`]; a slab blob is valid only
+    /// while its phase runs).
+    pub payload: Blob,
+    /// Params (with [`START_PARAMS`]).
+    pub params: Vec<(Span, Span)>,
+    /// Request headers.
+    pub headers: Vec<(Name, Span)>,
+}
+
 /// A decoded phase start: the scalars, and every field as a range of the
 /// frame (checked to lie inside it; strings checked to be UTF-8).
 #[derive(Clone, Debug, Default)]
@@ -558,29 +606,21 @@ pub struct Start {
     pub flags: u8,
     /// The response status.
     pub status: u16,
-    /// When the request started (ms since the epoch).
-    pub timestamp_ms: u64,
     /// Milliseconds since the request started.
     pub duration_ms: u64,
     /// The response byte count.
     pub response_bytes: u64,
-    /// The entry to open (with [`START_OPEN`]).
-    pub entry: Span,
-    /// Method, path, query, host, url, client IP, proxy error.
-    pub strings: [Span; 7],
-    /// The payload (with [`START_PAYLOAD`]).
-    pub payload: Blob,
-    /// Params (with [`START_PARAMS`]).
-    pub params: Vec<(Span, Span)>,
-    /// Request headers.
-    pub request_headers: Vec<(Name, Span)>,
+    /// The request part (with [`START_OPEN`]; else left empty).
+    pub request: Request,
+    /// The proxy's error.
+    pub error: Span,
     /// Response headers.
     pub response_headers: Vec<(Name, Span)>,
     /// The response body the plugin sees.
     pub body: Blob,
 }
 
-/// Index of the method in [`Start::strings`].
+/// Index of the method in [`Request::strings`].
 pub const S_METHOD: usize = 0;
 /// Path.
 pub const S_PATH: usize = 1;
@@ -592,8 +632,6 @@ pub const S_HOST: usize = 3;
 pub const S_URL: usize = 4;
 /// Client IP.
 pub const S_CLIENT_IP: usize = 5;
-/// Proxy error.
-pub const S_ERROR: usize = 6;
 
 /// Decodes a phase start into `into` (its vectors reused); `slab_len` is the
 /// size of the sender's slab area; header names announced in the frame are
@@ -602,7 +640,8 @@ pub const S_ERROR: usize = 6;
 /// # Errors
 ///
 /// A [`ProtoError`] for any field outside the frame or a blob outside the
-/// slab area, a string that is not UTF-8, a bad phase or unknown flags, or
+/// slab area, a string that is not UTF-8, a bad phase or unknown flags
+/// ([`START_PAYLOAD`] or [`START_PARAMS`] without [`START_OPEN`] too), or
 /// trailing bytes.
 pub fn decode_start(
     frame: &[u8],
@@ -619,8 +658,13 @@ pub fn decode_start(
     if into.flags & !(START_OPEN | START_PAYLOAD | START_PARAMS) != 0 {
         return Err(ProtoError("unknown phase start flags"));
     }
+    let open = into.flags & START_OPEN != 0;
+    if !open && into.flags & (START_PARAMS | START_PAYLOAD) != 0 {
+        return Err(ProtoError(
+            "a request part in a phase start that opens nothing",
+        ));
+    }
     into.status = r.u16()?;
-    into.timestamp_ms = r.u64()?;
     into.duration_ms = r.u64()?;
     into.response_bytes = r.u64()?;
     let utf8 = |r: &mut Reader<'_>| -> Result<Span, ProtoError> {
@@ -629,36 +673,47 @@ pub fn decode_start(
         before.clone().str()?;
         Ok(span)
     };
-    into.entry = if into.flags & START_OPEN != 0 {
-        utf8(&mut r)?
-    } else {
-        (0, 0)
-    };
-    for s in &mut into.strings {
-        *s = utf8(&mut r)?;
-    }
-    into.payload = if into.flags & START_PAYLOAD != 0 {
-        r.blob(slab_len)?
-    } else {
-        Blob::default()
-    };
-    into.params.clear();
-    if into.flags & START_PARAMS != 0 {
-        let n = r.count(8)?;
-        for _ in 0..n {
-            let k = utf8(&mut r)?;
-            let v = utf8(&mut r)?;
-            into.params.push((k, v));
+    let req = &mut into.request;
+    req.params.clear();
+    req.headers.clear();
+    if open {
+        req.entry = utf8(&mut r)?;
+        req.timestamp_ms = r.u64()?;
+        for s in &mut req.strings {
+            *s = utf8(&mut r)?;
         }
-    }
-    for list in [&mut into.request_headers, &mut into.response_headers] {
-        list.clear();
+        req.payload = if into.flags & START_PAYLOAD != 0 {
+            r.blob(slab_len)?
+        } else {
+            Blob::default()
+        };
+        if into.flags & START_PARAMS != 0 {
+            let n = r.count(8)?;
+            for _ in 0..n {
+                let k = utf8(&mut r)?;
+                let v = utf8(&mut r)?;
+                req.params.push((k, v));
+            }
+        }
         let n = r.count(8)?;
         for _ in 0..n {
             let k = r.name(names)?;
             let v = r.range()?;
-            list.push((k, v));
+            req.headers.push((k, v));
         }
+    } else {
+        req.entry = (0, 0);
+        req.timestamp_ms = 0;
+        req.strings = Default::default();
+        req.payload = Blob::default();
+    }
+    into.error = utf8(&mut r)?;
+    into.response_headers.clear();
+    let n = r.count(8)?;
+    for _ in 0..n {
+        let k = r.name(names)?;
+        let v = r.range()?;
+        into.response_headers.push((k, v));
     }
     into.body = r.blob(slab_len)?;
     if !r.is_done() {
@@ -872,7 +927,7 @@ mod tests {
         let mut ctx = sample();
         let mut url = Vec::new();
         ctx.request_url(&mut url);
-        let plan = HeaderPlan::count(&ctx);
+        let plan = HeaderPlan::count(&ctx, true);
         let mut c = Counter::default();
         encode_start(
             &mut c,
@@ -898,14 +953,50 @@ mod tests {
         let mut s = Start::default();
         decode_start(&buf, &mut s, 0, &NameTable::new()).unwrap();
         assert_eq!(s.phase, 2);
-        assert_eq!(at(&buf, s.entry), b"e");
-        assert_eq!(at(&buf, s.strings[S_METHOD]), b"POST");
-        assert_eq!(at(&buf, s.strings[S_URL]), b"http://h:8080/a?x=1");
-        assert_eq!(s.payload.get(&buf, &[]), b"{\"p\":1}");
-        assert_eq!(s.params.len(), 1);
-        assert_eq!(s.request_headers.len(), 2);
-        assert_eq!(s.request_headers[0].0.get(&buf, &NameTable::new()), b"x-a");
+        assert_eq!(at(&buf, s.request.entry), b"e");
+        assert_eq!(at(&buf, s.request.strings[S_METHOD]), b"POST");
+        assert_eq!(at(&buf, s.request.strings[S_URL]), b"http://h:8080/a?x=1");
+        assert_eq!(s.request.payload.get(&buf, &[]), b"{\"p\":1}");
+        assert_eq!(s.request.params.len(), 1);
+        assert_eq!(s.request.headers.len(), 2);
+        assert_eq!(s.request.headers[0].0.get(&buf, &NameTable::new()), b"x-a");
         assert_eq!(at(&buf, s.response_headers[0].1), b"v");
+
+        // A later phase of the session: no request part, and what was
+        // decoded of one before is cleared.
+        let later = HeaderPlan::count(&ctx, false);
+        assert_eq!(later.request, 0);
+        let mut c = Counter::default();
+        encode_start(&mut c, 3, None, &mut ctx, &url, Slabbed::default(), &later);
+        let mut small = Vec::new();
+        encode_start(
+            &mut small,
+            3,
+            None,
+            &mut ctx,
+            &url,
+            Slabbed::default(),
+            &later,
+        );
+        assert_eq!(small.len(), c.0);
+        assert!(small.len() < buf.len());
+        decode_start(&small, &mut s, 0, &NameTable::new()).unwrap();
+        assert_eq!(s.flags, 0, "no open, no payload, no params");
+        assert!(s.request.headers.is_empty() && s.request.params.is_empty());
+        assert_eq!(s.request.strings, [(0, 0); 6]);
+        assert_eq!(s.request.payload, Blob::default());
+        assert_eq!(at(&small, s.response_headers[0].1), b"v");
+        // A payload or params without an open are refused.
+        for flag in [START_PAYLOAD, START_PARAMS] {
+            let mut bad = small.clone();
+            bad[1] |= flag;
+            assert_eq!(
+                decode_start(&bad, &mut s, 0, &NameTable::new()),
+                Err(ProtoError(
+                    "a request part in a phase start that opens nothing"
+                ))
+            );
+        }
     }
 
     #[test]
@@ -916,7 +1007,7 @@ mod tests {
         let id = NAME_IDS as u32 - 1;
         let plan = HeaderPlan {
             codes: &[id | CODE_ANNOUNCE, id],
-            ..HeaderPlan::count(&ctx)
+            ..HeaderPlan::count(&ctx, true)
         };
         encode_start(
             &mut buf,
@@ -943,14 +1034,12 @@ mod tests {
     fn a_huge_count_is_refused_without_allocating_for_it() {
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
         let mut buf = Vec::new();
-        let plan = HeaderPlan::count(&ctx);
+        let plan = HeaderPlan::count(&ctx, false);
         encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default(), &plan);
-        // The request header count sits right after the seven strings.
+        // The response header count sits right after the error string.
         let mut r = Reader::new(&buf);
-        r.take(28).unwrap();
-        for _ in 0..7 {
-            r.bytes().unwrap();
-        }
+        r.take(20).unwrap();
+        r.bytes().unwrap();
         let at = r.pos();
         buf[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut s = Start::default();
@@ -1000,14 +1089,14 @@ mod tests {
             body: Some(100),
         };
         let mut buf = Vec::new();
-        let plan = HeaderPlan::count(&ctx);
-        encode_start(&mut buf, 3, None, &mut ctx, b"u", slabbed, &plan);
+        let plan = HeaderPlan::count(&ctx, true);
+        encode_start(&mut buf, 3, Some("e"), &mut ctx, b"u", slabbed, &plan);
         let mut slabs = vec![0u8; 112];
         slabs[..7].copy_from_slice(b"{\"p\":1}");
         slabs[100..112].copy_from_slice(b"a large body");
         let mut s = Start::default();
         decode_start(&buf, &mut s, slabs.len(), &NameTable::new()).unwrap();
-        assert_eq!(s.payload, Blob::Slab((0, 7)));
+        assert_eq!(s.request.payload, Blob::Slab((0, 7)));
         assert_eq!(s.body.get(&buf, &slabs), b"a large body");
         // One byte short of the body's end: refused.
         assert_eq!(
@@ -1051,10 +1140,10 @@ mod tests {
         assert!(decode_read_reply(&reply, 0).is_err());
     }
 
-    /// A phase-2 start of `ctx` encoded with `plan`.
-    fn phase2(ctx: &mut MemoryContext, plan: &HeaderPlan<'_>) -> Vec<u8> {
+    /// An opening phase-1 start of `ctx` encoded with `plan`.
+    fn opening(ctx: &mut MemoryContext, plan: &HeaderPlan<'_>) -> Vec<u8> {
         let mut buf = Vec::new();
-        encode_start(&mut buf, 2, None, ctx, b"u", Slabbed::default(), plan);
+        encode_start(&mut buf, 1, Some("e"), ctx, b"u", Slabbed::default(), plan);
         buf
     }
 
@@ -1070,19 +1159,27 @@ mod tests {
         let codes = [new_id | CODE_ANNOUNCE, new_id, CODE_INLINE];
         let plan = HeaderPlan {
             codes: &codes,
-            ..HeaderPlan::count(&ctx)
+            ..HeaderPlan::count(&ctx, true)
         };
-        let buf = phase2(&mut ctx, &plan);
+        let buf = opening(&mut ctx, &plan);
         let mut c = Counter::default();
-        encode_start(&mut c, 2, None, &mut ctx, b"u", Slabbed::default(), &plan);
+        encode_start(
+            &mut c,
+            1,
+            Some("e"),
+            &mut ctx,
+            b"u",
+            Slabbed::default(),
+            &plan,
+        );
         assert_eq!(c.0, buf.len(), "the counting pass agrees");
         let names = NameTable::new();
         let mut s = Start::default();
         decode_start(&buf, &mut s, 0, &names).unwrap();
         // The announcement taught the worker the name; the second header
         // used only its id.
-        assert_eq!(s.request_headers[0].0, Name::Id(new_id));
-        assert_eq!(s.request_headers[1].0, Name::Id(new_id));
+        assert_eq!(s.request.headers[0].0, Name::Id(new_id));
+        assert_eq!(s.request.headers[1].0, Name::Id(new_id));
         assert_eq!(names.get(new_id), Some(&b"x-a"[..]));
         assert!(matches!(s.response_headers[0].0, Name::Frame(_)));
         assert_eq!(s.response_headers[0].0.get(&buf, &names), b"x-r");
@@ -1097,7 +1194,7 @@ mod tests {
             codes: &[new_id - 1, new_id - 1, CODE_INLINE],
             ..plan
         };
-        let buf = phase2(&mut ctx, &unknown);
+        let buf = opening(&mut ctx, &unknown);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("unknown header name id"))
@@ -1106,7 +1203,7 @@ mod tests {
             codes: &[NAME_IDS as u32 | CODE_ANNOUNCE],
             ..plan
         };
-        let buf = phase2(&mut ctx, &out_of_range);
+        let buf = opening(&mut ctx, &out_of_range);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("header name id out of range"))
@@ -1116,9 +1213,9 @@ mod tests {
         upper.set_response_header("x up", "1");
         let plan = HeaderPlan {
             codes: &[new_id | CODE_ANNOUNCE],
-            ..HeaderPlan::count(&upper)
+            ..HeaderPlan::count(&upper, true)
         };
-        let buf = phase2(&mut upper, &plan);
+        let buf = opening(&mut upper, &plan);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError(

@@ -1,6 +1,8 @@
 //! The worker process: maps the two rings of the memfd it inherited, loads
 //! the plugin, and serves phase starts with the in-process transport through
-//! a [`Shadow`] context built from each phase-start frame.
+//! a [`Shadow`] context built from each phase-start frame and the session's
+//! [`RequestPart`] (the request as the session's opening phase start carried
+//! it; later phase starts carry only what can change).
 //!
 //! The main thread runs a small executor: every phase start becomes a task
 //! (the in-process transport's phase future, owning its session and shadow
@@ -22,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -62,6 +65,35 @@ const IDLE_YIELDS: u32 = 8;
 /// the plugin's own threads it sleeps after the yields: those threads need
 /// the CPU more, and their completion wakes it.
 const IDLE_ACTIVE: Duration = Duration::from_micros(50);
+/// Frame buffers the main thread keeps for reuse, and the largest it keeps.
+const SPARE_FRAMES: usize = 64;
+const SPARE_FRAME_KEEP: usize = 64 << 10;
+
+/// A map keyed by session id.
+type SidMap<V> = HashMap<u32, V, BuildHasherDefault<SidHasher>>;
+
+/// Hashes a session id with one multiply instead of SipHash's rounds: the
+/// ids come from the host (which the worker trusts; nobody else can send it
+/// frames), and their low bits, the host's slot index, already differ
+/// between the sessions in flight.
+#[derive(Default)]
+struct SidHasher(u64);
+
+impl Hasher for SidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// The worker's arguments (after `worker`).
 #[derive(Debug)]
@@ -169,7 +201,7 @@ struct Link {
     backlog: Mutex<VecDeque<(FrameHeader, Vec<u8>)>>,
     /// Answers to reads, taken from the ring by another thread than the
     /// reader's (always under the `rx` lock).
-    replies: Mutex<HashMap<u32, Vec<u8>>>,
+    replies: Mutex<SidMap<Vec<u8>>>,
     host_pid: u32,
     /// The largest frame the ring takes (half its capacity).
     max_frame: usize,
@@ -232,8 +264,9 @@ impl Link {
 
     /// The next frame without waiting: the backlog's, else the ring's (unless
     /// a reader holds the ring: it moves what it takes to the backlog and
-    /// wakes us). Answers to reads go to `replies`.
-    fn try_next(&self) -> Result<Option<(FrameHeader, Vec<u8>)>, String> {
+    /// wakes us), copied into a buffer from `spare` when there is one.
+    /// Answers to reads go to `replies`.
+    fn try_next(&self, spare: &mut Vec<Vec<u8>>) -> Result<Option<(FrameHeader, Vec<u8>)>, String> {
         if let Some(f) = lock(&self.backlog).pop_front() {
             return Ok(Some(f));
         }
@@ -246,10 +279,15 @@ impl Link {
             let Some(f) = rx.try_pop().map_err(|e| format!("host ring: {e}"))? else {
                 return Ok(None);
             };
-            let (h, p) = (f.header(), f.payload().to_vec());
+            let h = f.header();
+            let mut p = spare.pop().unwrap_or_default();
+            p.clear();
+            p.extend_from_slice(f.payload());
             drop(f);
             if h.method == proto::READ_REPLY {
-                lock(&self.replies).insert(h.session, p);
+                if let Some(old) = lock(&self.replies).insert(h.session, p) {
+                    spare.push(old);
+                }
                 continue;
             }
             return Ok(Some((h, p)));
@@ -467,7 +505,7 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
         woken: AtomicBool::new(false),
         rx: Mutex::new(rx),
         backlog: Mutex::new(VecDeque::new()),
-        replies: Mutex::new(HashMap::new()),
+        replies: Mutex::new(SidMap::default()),
         host_pid: args.host_pid,
         max_frame: args.capacity / 2 - crate::ring::FRAME_HEADER,
         fault: args.fault,
@@ -572,14 +610,17 @@ fn serve<T: Transport>(
     timeout: Duration,
     shutdown: impl FnOnce(&Arc<T::Plugin>),
 ) -> Result<(), String> {
-    // Sessions with no phase running; a running phase's session is its task's.
-    let mut sessions: HashMap<u32, T::Session> = HashMap::new();
+    // Sessions with no phase running, with their request parts; a running
+    // phase's session is its task's, its request part its shadow's.
+    let mut sessions: SidMap<(T::Session, Box<RequestPart>)> = SidMap::default();
+    // Request parts of closed sessions, for the next ones.
+    let mut spares: Vec<Box<RequestPart>> = Vec::new();
     let mut tasks: Vec<Task<'_, T::Session>> = Vec::new();
     let mut shadows: Vec<Box<Shadow>> = Vec::new();
     // Worker slabs of sent phase ends, the host's to read until its next
     // frame for the session.
-    let mut held: HashMap<u32, Vec<Slab>> = HashMap::new();
-    let release = |held: &mut HashMap<u32, Vec<Slab>>, sid: u32| {
+    let mut held: SidMap<Vec<Slab>> = SidMap::default();
+    let release = |held: &mut SidMap<Vec<Slab>>, sid: u32| {
         if let Some(list) = held.get_mut(&sid) {
             for slab in list.drain(..) {
                 link.area.release(slab);
@@ -587,12 +628,15 @@ fn serve<T: Transport>(
         }
     };
     let mut end = Vec::new();
+    // Frame buffers for `try_next`, reused (a phase start's goes to its
+    // shadow, which gives back the one it had).
+    let mut frames: Vec<Vec<u8>> = Vec::new();
     loop {
         // Cleared before looking, so a wake from now on is seen by the
         // next `idle`.
         link.woken.store(false, Ordering::SeqCst);
         let mut busy = false;
-        while let Some((h, payload)) = link.try_next()? {
+        while let Some((h, mut payload)) = link.try_next(&mut frames)? {
             busy = true;
             let sid = h.session;
             if matches!(h.method, proto::PHASE_START | proto::CLOSE) {
@@ -616,13 +660,14 @@ fn serve<T: Transport>(
                     let mut shadow = shadows
                         .pop()
                         .unwrap_or_else(|| Box::new(Shadow::new(Arc::clone(link))));
+                    std::mem::swap(&mut shadow.frame, &mut payload);
                     let ready = if tasks.iter().any(|k| k.sid == sid) {
                         // The host never starts a second phase of a session
                         // before the first ended.
                         shadow.commands.clear();
                         Err(PhaseOutcome::Error(SessionError::Closed))
                     } else {
-                        prepare(t, &plugin, &mut sessions, &mut shadow, sid, payload)
+                        prepare(t, &plugin, (&mut sessions, &mut spares), &mut shadow, sid)
                             .map_err(|e| e.to_string())?
                     };
                     match ready {
@@ -664,8 +709,9 @@ fn serve<T: Transport>(
                         task.state.expired.store(true, Ordering::SeqCst);
                         task.state.ready.store(true, Ordering::SeqCst);
                         lock(&link.replies).entry(sid).or_default();
-                    } else if let Some(s) = sessions.remove(&sid) {
+                    } else if let Some((s, req)) = sessions.remove(&sid) {
                         t.close(s);
+                        spares.push(req);
                         // An answer to a read of its last phase that came late.
                         lock(&link.replies).remove(&sid);
                     }
@@ -673,7 +719,7 @@ fn serve<T: Transport>(
                 proto::SHUTDOWN => {
                     // Running phases are cancelled with their tasks.
                     tasks.clear();
-                    for (_, s) in sessions.drain() {
+                    for (_, (s, _)) in sessions.drain() {
                         t.close(s);
                     }
                     shutdown(&plugin);
@@ -682,6 +728,9 @@ fn serve<T: Transport>(
                 // A late answer to a read whose phase already ended.
                 proto::READ_REPLY | proto::INIT => {}
                 m => return Err(format!("unknown frame kind {m} from the host")),
+            }
+            if frames.len() < SPARE_FRAMES && payload.capacity() <= SPARE_FRAME_KEEP {
+                frames.push(payload);
             }
         }
         let now = Instant::now();
@@ -713,10 +762,12 @@ fn serve<T: Transport>(
             // The host drops the end of a phase it cancelled, and reads
             // nothing of it.
             shadow.give_back(&mut held, task.sid, task.close);
+            let req = shadow.req.take().unwrap_or_default();
             if task.close {
                 t.close(session);
+                spares.push(req);
             } else {
-                sessions.insert(task.sid, session);
+                sessions.insert(task.sid, (session, req));
             }
             shadows.push(shadow);
         }
@@ -786,35 +837,50 @@ fn commit_fault(link: &Link, sid: u32) -> Result<(), String> {
 }
 
 /// Readies one phase start: loads the context, opens the session when
-/// asked. `Ok(Ok(_))` is the session and phase to run; `Ok(Err(outcome))` a
-/// phase that ends at once (a refused open, an unknown session); `Err` a
-/// frame that breaks the protocol.
+/// asked (keeping the request part the frame carries), and lends the
+/// session's request part to the shadow. `Ok(Ok(_))` is the session and
+/// phase to run; `Ok(Err(outcome))` a phase that ends at once (a refused
+/// open, an unknown session); `Err` a frame that breaks the protocol.
 #[allow(clippy::type_complexity)]
 fn prepare<T: Transport>(
     t: &T,
     plugin: &Arc<T::Plugin>,
-    sessions: &mut HashMap<u32, T::Session>,
+    (sessions, spares): (
+        &mut SidMap<(T::Session, Box<RequestPart>)>,
+        &mut Vec<Box<RequestPart>>,
+    ),
     shadow: &mut Shadow,
     sid: u32,
-    frame: Vec<u8>,
 ) -> Result<Result<(T::Session, Phase), PhaseOutcome>, proto::ProtoError> {
-    shadow.load(sid, frame)?;
+    shadow.load(sid)?;
     let Some(phase) = Phase::from_u8(shadow.start.phase) else {
         return Err(proto::ProtoError("bad phase"));
     };
     if shadow.start.flags & proto::START_OPEN != 0 {
-        let entry = std::str::from_utf8(at(&shadow.frame, shadow.start.entry)).unwrap_or("");
+        let request = &shadow.start.request;
+        let entry = std::str::from_utf8(at(&shadow.frame, request.entry)).unwrap_or("");
         match t.open(plugin, entry, SessionOptions::default()) {
             Ok(s) => {
-                if let Some(old) = sessions.insert(sid, s) {
+                let mut req = spares.pop().unwrap_or_default();
+                req.fill(
+                    &shadow.frame,
+                    shadow.start.flags,
+                    &mut shadow.start.request,
+                    shadow.link.area.peer(),
+                );
+                if let Some((old, old_req)) = sessions.insert(sid, (s, req)) {
                     t.close(old);
+                    spares.push(old_req);
                 }
             }
             Err(_) => return Ok(Err(rejected())),
         }
     }
     match sessions.remove(&sid) {
-        Some(s) => Ok(Ok((s, phase))),
+        Some((s, req)) => {
+            shadow.req = Some(req);
+            Ok(Ok((s, phase)))
+        }
         None => Ok(Err(PhaseOutcome::Error(SessionError::Closed))),
     }
 }
@@ -849,17 +915,63 @@ fn outcome_code(o: &PhaseOutcome) -> (u8, String) {
 
 const REJECTED_CODE: u8 = proto::outcome::REJECTED;
 
-/// The worker's context for one phase: the request as the phase-start frame
-/// carried it, the response as the plugin's commands change it, and those
-/// commands, encoded for the phase end.
+/// The request side of a session, as its opening phase start carried it: a
+/// copy of that frame, the ranges of the request's fields in it, and the
+/// params as strings. Kept with the session between its phases.
+#[derive(Default)]
+pub(super) struct RequestPart {
+    frame: Vec<u8>,
+    part: proto::Request,
+    params: Vec<(String, String)>,
+    has_params: bool,
+    /// The payload, when it came in a host slab (which goes back to the
+    /// host when the opening phase ends): a copy.
+    payload: Option<Vec<u8>>,
+    has_payload: bool,
+}
+
+impl RequestPart {
+    /// Takes the request part of a decoded opening phase start (`frame` and
+    /// the ranges `request` in it; `request` gets this part's old vectors),
+    /// a payload in a slab from `slabs` (the host's slab area).
+    fn fill(&mut self, frame: &[u8], flags: u8, request: &mut proto::Request, slabs: &[u8]) {
+        self.frame.clear();
+        self.frame.extend_from_slice(frame);
+        std::mem::swap(&mut self.part, request);
+        self.has_payload = flags & proto::START_PAYLOAD != 0;
+        self.payload = match self.part.payload {
+            Blob::Slab(_) => Some(self.part.payload.get(frame, slabs).to_vec()),
+            Blob::Frame(_) => None,
+        };
+        self.has_params = !self.part.params.is_empty();
+        self.params.clear();
+        for (k, v) in &self.part.params {
+            let s = |sp| String::from_utf8_lossy(at(&self.frame, sp)).into_owned();
+            self.params.push((s(*k), s(*v)));
+        }
+    }
+
+    fn s(&self, i: usize) -> &str {
+        std::str::from_utf8(at(&self.frame, self.part.strings[i])).unwrap_or("")
+    }
+}
+
+/// The worker's context for one phase: the request as the session's
+/// opening phase start carried it ([`RequestPart`]), the rest as this
+/// phase's start carried it, the response as the plugin's commands change
+/// it, and those commands, encoded for the phase end.
 pub(super) struct Shadow {
     link: Arc<Link>,
     sid: u32,
     frame: Vec<u8>,
     start: Start,
-    params: Vec<(String, String)>,
+    /// The session's request part, lent for the phase.
+    req: Option<Box<RequestPart>>,
     status: u16,
+    /// The response headers once a command changed them; until then they
+    /// are the frame's (`start.response_headers`, every name lower-case).
     headers: ResponseHeaders,
+    headers_built: bool,
     body: Option<Vec<u8>>,
     /// The read reply (its frame) and where in it, or in the host's slabs,
     /// the body is.
@@ -876,9 +988,10 @@ impl Shadow {
             sid: 0,
             frame: Vec::new(),
             start: Start::default(),
-            params: Vec::new(),
+            req: None,
             status: 200,
             headers: ResponseHeaders::default(),
+            headers_built: false,
             body: None,
             request_body: None,
             commands: Vec::new(),
@@ -889,7 +1002,7 @@ impl Shadow {
     /// Hands the slabs of the phase end just sent to `held` (the host reads
     /// them until its next frame for `sid`), or back to the pool when the
     /// host will not read them (`drop`).
-    fn give_back(&mut self, held: &mut HashMap<u32, Vec<Slab>>, sid: u32, drop: bool) {
+    fn give_back(&mut self, held: &mut SidMap<Vec<Slab>>, sid: u32, drop: bool) {
         if self.leased.is_empty() {
             return;
         }
@@ -902,8 +1015,8 @@ impl Shadow {
         }
     }
 
-    fn load(&mut self, sid: u32, frame: Vec<u8>) -> Result<(), proto::ProtoError> {
-        self.frame = frame;
+    /// Decodes the phase start in `frame` (the caller put it there).
+    fn load(&mut self, sid: u32) -> Result<(), proto::ProtoError> {
         proto::decode_start(
             &self.frame,
             &mut self.start,
@@ -911,12 +1024,35 @@ impl Shadow {
             &self.link.names,
         )?;
         self.sid = sid;
-        self.params.clear();
-        for (k, v) in &self.start.params {
-            let s = |sp| String::from_utf8_lossy(at(&self.frame, sp)).into_owned();
-            self.params.push((s(*k), s(*v)));
-        }
         self.status = self.start.status;
+        self.headers_built = false;
+        // Names sent in place may have upper-case letters (ids never do):
+        // then the list is built now, with its names lower-cased.
+        let frame = &self.frame;
+        if self.start.response_headers.iter().any(|(n, _)| {
+            matches!(n, proto::Name::Frame(_))
+                && n.get(frame, &self.link.names)
+                    .iter()
+                    .any(u8::is_ascii_uppercase)
+        }) {
+            self.build_headers();
+        }
+        self.body = None;
+        self.request_body = None;
+        self.commands.clear();
+        Ok(())
+    }
+
+    fn s(&self, i: usize) -> &str {
+        self.req.as_deref().map_or("", |r| r.s(i))
+    }
+
+    /// Builds the response header list from the frame's, for a change.
+    fn build_headers(&mut self) {
+        if self.headers_built {
+            return;
+        }
+        self.headers_built = true;
         self.headers = ResponseHeaders::default();
         let frame = &self.frame;
         self.headers
@@ -926,14 +1062,6 @@ impl Shadow {
                     at(frame, *v),
                 )
             }));
-        self.body = None;
-        self.request_body = None;
-        self.commands.clear();
-        Ok(())
-    }
-
-    fn s(&self, i: usize) -> &str {
-        std::str::from_utf8(at(&self.frame, self.start.strings[i])).unwrap_or("")
     }
 
     fn command(&mut self, c: Command<'_>) {
@@ -974,21 +1102,20 @@ impl HttpContext for Shadow {
     }
 
     fn request_header(&self, name: &[u8]) -> Option<&[u8]> {
-        self.start
-            .request_headers
+        let r = self.req.as_deref()?;
+        r.part
+            .headers
             .iter()
-            .find(|(n, _)| {
-                n.get(&self.frame, &self.link.names)
-                    .eq_ignore_ascii_case(name)
-            })
-            .map(|(_, v)| at(&self.frame, *v))
+            .find(|(n, _)| n.get(&r.frame, &self.link.names).eq_ignore_ascii_case(name))
+            .map(|(_, v)| at(&r.frame, *v))
     }
 
     fn request_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
-        self.start
-            .request_headers
+        let r = self.req.as_deref()?;
+        r.part
+            .headers
             .get(index)
-            .map(|(n, v)| (n.get(&self.frame, &self.link.names), at(&self.frame, *v)))
+            .map(|(n, v)| (n.get(&r.frame, &self.link.names), at(&r.frame, *v)))
     }
 
     fn request_body(&mut self) -> &[u8] {
@@ -1023,16 +1150,22 @@ impl HttpContext for Shadow {
     }
 
     fn request_params(&self) -> Option<&[(String, String)]> {
-        (self.start.flags & proto::START_PARAMS != 0).then_some(self.params.as_slice())
+        self.req
+            .as_deref()
+            .filter(|r| r.has_params)
+            .map(|r| r.params.as_slice())
     }
 
     fn request_timestamp_ms(&self) -> u64 {
-        self.start.timestamp_ms
+        self.req.as_deref().map_or(0, |r| r.part.timestamp_ms)
     }
 
     fn payload(&self) -> Option<&[u8]> {
-        (self.start.flags & proto::START_PAYLOAD != 0)
-            .then(|| self.link.area.get(&self.frame, self.start.payload))
+        let r = self.req.as_deref().filter(|r| r.has_payload)?;
+        Some(match &r.payload {
+            Some(copy) => copy,
+            None => r.part.payload.get(&r.frame, &[]),
+        })
     }
 
     fn response_status(&self) -> u16 {
@@ -1045,17 +1178,25 @@ impl HttpContext for Shadow {
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
+        self.build_headers();
         self.headers.set(name, value.as_bytes());
         self.command(Command::SetHeader(name, value));
     }
 
     fn remove_response_header(&mut self, name: &str) {
+        self.build_headers();
         self.headers.remove(name);
         self.command(Command::RemoveHeader(name));
     }
 
     fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
-        self.headers.at(index)
+        if self.headers_built {
+            return self.headers.at(index);
+        }
+        self.start
+            .response_headers
+            .get(index)
+            .map(|(n, v)| (n.get(&self.frame, &self.link.names), at(&self.frame, *v)))
     }
 
     fn set_response_body(&mut self, body: &[u8]) {
@@ -1097,7 +1238,7 @@ impl HttpContext for Shadow {
     }
 
     fn response_error(&self) -> &str {
-        self.s(proto::S_ERROR)
+        std::str::from_utf8(at(&self.frame, self.start.error)).unwrap_or("")
     }
 
     fn websocket_upgrade(&mut self) -> Result<(), String> {
