@@ -744,9 +744,11 @@ fn shutdown_runs_the_plugins_shutdown_once_per_worker_and_later_opens_fail() {
 fn asynchronous_phases_finish_while_a_synchronous_caller_reads_the_ring() {
     // A synchronous caller reads the worker's answers itself and keeps the
     // dispatcher asleep meanwhile: answers it takes for other sessions must
-    // wake their tasks, and once it leaves the next frame must wake the
-    // dispatcher. A lost wake-up costs a phase the dispatcher's one-second
-    // nap, so 400 phases would take minutes instead of well under a second.
+    // wake their tasks, and when it leaves while answers are owed it arms
+    // the doorbell. A lost wake-up costs a phase the dispatcher's one-second
+    // nap or the caller's next phase, so 400 phases would take seconds to
+    // minutes instead of well under a second.
+    let bound = Duration::from_secs(10);
     let path = crash_plugin();
     let t = Isolated::new();
     let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
@@ -776,12 +778,42 @@ fn asynchronous_phases_finish_while_a_synchronous_caller_reads_the_ring() {
             let o = futures::executor::block_on(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
             assert_eq!(o, PhaseOutcome::End);
             t.close(s);
-            assert!(start.elapsed() < BOUND, "only {i} phases within {BOUND:?}");
+            assert!(start.elapsed() < bound, "only {i} phases within {bound:?}");
         }
         drop(stop_caller);
         caller.join().expect("synchronous caller")
     });
     assert!(synchronous > 0);
+    assert_eq!(p.stats().deaths, 0);
+}
+
+#[test]
+fn requests_after_a_synchronous_phase_still_wake_the_dispatcher() {
+    // A synchronous caller that leaves with nothing owed leaves the doorbell
+    // quiet (the dispatcher asleep, not armed). The next request sent while
+    // nobody reads the ring must arm it, or its answer waits for the
+    // dispatcher's one-second nap (in about one round of six, when the
+    // dispatcher was asleep): 300 rounds would take about a minute.
+    let path = crash_plugin();
+    let t = Isolated::new();
+    let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
+    let start = Instant::now();
+    for i in 0..300 {
+        let (o, _) = phase1(&t, &p, "ok");
+        assert_eq!(o, PhaseOutcome::End);
+        // An asynchronous phase, nobody else reading.
+        let mut s = t.open(&p, "ok", SessionOptions::default()).unwrap();
+        let mut ctx = MemoryContext::new(RequestSpec::default(), None);
+        let o = futures::executor::block_on(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
+        assert_eq!(o, PhaseOutcome::End);
+        t.close(s);
+        // An entry check (an unknown entry: a round trip, answered through
+        // the dispatcher too).
+        let (o, _) = phase1(&t, &p, "ok");
+        assert_eq!(o, PhaseOutcome::End);
+        assert!(!p.check_entry(&format!("unknown{i}")).unwrap());
+        assert!(start.elapsed() < BOUND, "only {i} rounds within {BOUND:?}");
+    }
     assert_eq!(p.stats().deaths, 0);
 }
 

@@ -26,6 +26,16 @@
 //! synchronous reader's disarm, and that reader arms and looks again when it
 //! leaves. So a frame is never left in the ring with nobody awake to read it.
 //!
+//! A synchronous reader that leaves when the worker owes nothing (no phase
+//! start or entry check unanswered) skips the arm: no frame can come. It
+//! marks the worker *unwatched* instead, and whoever sends the next request
+//! while no reader is present arms and looks (`host::Worker::sent_request`).
+//! The leaving reader (mark, then read the owed count) and the sender (count
+//! its request, then read the mark) pair in a second store-buffering pattern
+//! (`SeqCst` on both sides): at least one of them arms. So back-to-back
+//! synchronous phases never write the doorbell word, and the worker's load
+//! of it after each frame stays a cache hit.
+//!
 //! The word is shared with an untrusted worker: whatever it writes there
 //! costs the host at most a spurious wake-up or a wake-up that comes only
 //! with the dispatcher's one-second timeout, never a wrong read; the stall
@@ -91,9 +101,14 @@ impl Doorbell {
     }
 
     /// Tells the worker not to wake the dispatcher (a synchronous reader is
-    /// reading the ring).
+    /// reading the ring). A word that is quiet already is not written (its
+    /// cache line stays shared with the worker, which reads it after every
+    /// frame).
     pub(super) fn disarm(&self) {
-        self.word().store(QUIET, Ordering::SeqCst);
+        let word = self.word();
+        if word.load(Ordering::Relaxed) != QUIET {
+            word.store(QUIET, Ordering::SeqCst);
+        }
     }
 
     /// Sleeps while the word reads `expected`, until woken or `deadline`.

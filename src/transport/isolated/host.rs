@@ -275,6 +275,10 @@ pub(super) struct Worker {
     orphaned: AtomicUsize,
     /// Threads reading `rx` while they wait for a phase ([`Help`]).
     helpers: AtomicU32,
+    /// The last [`Help`] left with nothing owed and did not arm the
+    /// doorbell: the next request sent while no helper reads must
+    /// ([`Worker::watch`]).
+    unwatched: AtomicBool,
     /// The current incarnation (bumped before each spawn).
     pub(super) epoch: AtomicU64,
     pub(super) live: AtomicBool,
@@ -324,6 +328,7 @@ impl Worker {
             orphans: Mutex::new(Vec::with_capacity(slabs::CLASSES.iter().map(|c| c.1).sum())),
             orphaned: AtomicUsize::new(0),
             helpers: AtomicU32::new(0),
+            unwatched: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             pid: AtomicU32::new(0),
@@ -470,12 +475,13 @@ impl Worker {
                 .as_mut()
                 .ok_or_else(|| IsolatedError::Worker(self.death_reason()))?;
             // Counted before the worker can answer (its answer uncounts it).
-            self.outstanding.fetch_add(1, Ordering::Relaxed);
+            self.outstanding.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = l.push(token, proto::CHECK_ENTRY, entry.as_bytes()) {
                 self.outstanding.fetch_sub(1, Ordering::Relaxed);
                 return Err(IsolatedError::Worker(e.to_string()));
             }
         }
+        self.sent_request();
         let deadline = Instant::now() + self.launch.cfg.phase_timeout + HELLO_WAIT;
         let mut c = lock(&self.control);
         loop {
@@ -657,8 +663,12 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
 
 /// A thread that reads the worker-to-host ring while it waits for its own
 /// phase: while one exists the doorbell is quiet, so the worker's answers
-/// wake nobody; the last to leave arms it and reads the ring once more
-/// (the protocol is in [`super::doorbell`]).
+/// wake nobody. The last to leave arms it and reads the ring once more (the
+/// protocol is in [`super::doorbell`]) when the worker still owes answers;
+/// when it owes none, no frame can come, and the doorbell stays quiet until
+/// the next request sent while nobody reads ([`Worker::sent_request`]).
+/// So back-to-back synchronous phases never write the doorbell word, whose
+/// cache line the worker reads after every frame.
 #[derive(Debug)]
 pub(super) struct Help<'a> {
     w: &'a Worker,
@@ -679,11 +689,37 @@ impl<'a> Help<'a> {
 impl Drop for Help<'_> {
     fn drop(&mut self) {
         if self.w.helpers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let mut rx = lock(&self.w.rx);
+            // SYNC POINT: store-buffering with `Worker::sent_request` (the
+            // sender counts its request, then reads `unwatched`): either we
+            // read its count and watch, or it reads our mark and watches.
+            self.w.unwatched.store(true, Ordering::SeqCst);
+            if self.w.outstanding.load(Ordering::SeqCst) > 0 {
+                self.w.watch();
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// After a request the worker will answer (a phase start, an entry
+    /// check; counted in `outstanding` first, `SeqCst`) is sent: when no
+    /// helper reads the ring and the last one left the doorbell quiet, arm
+    /// it, so the answer wakes the dispatcher.
+    pub(super) fn sent_request(&self) {
+        if self.unwatched.load(Ordering::SeqCst) && self.helpers.load(Ordering::SeqCst) == 0 {
+            self.watch();
+        }
+    }
+
+    /// Arms the doorbell and reads the ring once more, if a helper left it
+    /// quiet (see [`Help`]).
+    fn watch(&self) {
+        if self.unwatched.swap(false, Ordering::SeqCst) {
+            let mut rx = lock(&self.rx);
             if let Some(r) = rx.as_ref() {
                 r.bell.arm();
             }
-            self.w.drain_locked(&mut rx);
+            self.drain_locked(&mut rx);
         }
     }
 }

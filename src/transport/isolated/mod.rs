@@ -638,8 +638,9 @@ impl IsolatedPhase<'_> {
             st.hold(slab);
         }
         st.stage = Stage::Waiting;
-        // Counted before the worker can answer (its answer uncounts it).
-        w.outstanding.fetch_add(1, Ordering::Relaxed);
+        // Counted before the worker can answer (its answer uncounts it);
+        // `SeqCst` for `Worker::sent_request`.
+        w.outstanding.fetch_add(1, Ordering::SeqCst);
         loan.commit(self.s.sid, proto::PHASE_START, 0);
         l.bell.ring();
         // A frame far larger than usual does not keep its buffer.
@@ -652,6 +653,8 @@ impl IsolatedPhase<'_> {
         }
         self.s.opened = true;
         self.state = PhaseState::Running;
+        drop(link);
+        w.sent_request();
         None
     }
 
