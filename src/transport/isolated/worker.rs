@@ -943,7 +943,8 @@ impl RequestPart {
             Blob::Slab(_) => Some(self.part.payload.get(frame, slabs).to_vec()),
             Blob::Frame(_) => None,
         };
-        self.has_params = !self.part.params.is_empty();
+        // Route params that are there but empty stay `Some(&[])`.
+        self.has_params = flags & proto::START_PARAMS != 0;
         self.params.clear();
         for (k, v) in &self.part.params {
             let s = |sp| String::from_utf8_lossy(at(&self.frame, sp)).into_owned();
