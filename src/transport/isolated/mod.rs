@@ -567,30 +567,28 @@ impl IsolatedPhase<'_> {
             * usize::from(slabbed.payload.is_none())
             + self.ctx.response_body().len() * usize::from(slabbed.body.is_none())
             + bytes;
+        // The same phase start into a counter, the buffer or the ring.
+        macro_rules! encode {
+            ($out:expr) => {
+                proto::encode_start(
+                    $out,
+                    self.phase as u8,
+                    entry,
+                    self.ctx,
+                    &st.url,
+                    slabbed,
+                    &plan,
+                )
+            };
+        }
         let mut frame = std::mem::take(&mut l.scratch);
         frame.clear();
         let len = if in_frame > SCRATCH_DIRECT {
             let mut count = proto::Counter::default();
-            proto::encode_start(
-                &mut count,
-                self.phase as u8,
-                entry,
-                self.ctx,
-                &st.url,
-                slabbed,
-                &plan,
-            );
+            encode!(&mut count);
             count.0
         } else {
-            proto::encode_start(
-                &mut frame,
-                self.phase as u8,
-                entry,
-                self.ctx,
-                &st.url,
-                slabbed,
-                &plan,
-            );
+            encode!(&mut frame);
             frame.len()
         };
         // Never waits: a full ring (a worker behind or stuck) fails the
@@ -620,15 +618,7 @@ impl IsolatedPhase<'_> {
             }
         };
         if frame.is_empty() {
-            proto::encode_start(
-                &mut proto::SliceOut::new(loan.payload_mut()),
-                self.phase as u8,
-                entry,
-                self.ctx,
-                &st.url,
-                slabbed,
-                &plan,
-            );
+            encode!(&mut proto::SliceOut::new(loan.payload_mut()));
         } else {
             loan.payload_mut().copy_from_slice(&frame);
         }
