@@ -407,9 +407,9 @@ pub const ISOLATED_SPIN: Duration = Duration::from_micros(50);
 
 /// The largest encoding buffer a link keeps between phase starts.
 const SCRATCH_KEEP: usize = 64 << 10;
-/// Bytes of payload and body in the frame past which a phase start is
-/// encoded straight into the ring (a counting pass, then the writing pass)
-/// instead of through the link's buffer (one pass, then a copy).
+/// Bytes of payload, body and headers in the frame past which a phase start
+/// is encoded straight into the ring (a counting pass, then the writing
+/// pass) instead of through the link's buffer (one pass, then a copy).
 const SCRATCH_DIRECT: usize = 16 << 10;
 
 /// The process-isolated transport (see the [module docs](self)).

@@ -85,8 +85,8 @@ impl LinkNames {
     /// The codes of `ctx`'s request header names (with `request`: for a
     /// phase start that opens its session), then its response header
     /// names, into `out`, the two header counts and the bytes of the names
-    /// and values (for
-    /// `proto::encode_start`'s plan; one walk over the headers). Ids not
+    /// and values (for `proto::encode_start`'s plan; one walk over the
+    /// headers). Ids not
     /// announced yet are marked announced now (undo with
     /// [`LinkNames::rollback`] if the frame is not sent).
     pub(super) fn codes(
