@@ -922,7 +922,6 @@ impl Transport for Isolated {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
-        let started = Instant::now();
         let plugin = Arc::clone(&session.plugin);
         let w = &plugin.workers[session.worker];
         let slot = &w.slots[session.slot as usize];
@@ -935,6 +934,9 @@ impl Transport for Isolated {
         if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
             return o;
         }
+        // The clock is read while the worker runs the phase, never between
+        // its answer and our return (as is `Settle::new`'s).
+        let started = Instant::now();
         let answered = || {
             // A reader busy elsewhere (`None`: the worker is gone) is fine:
             // the slot says whether our answer came.
@@ -947,7 +949,10 @@ impl Transport for Isolated {
                 break;
             }
             if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
-                settle.record(&self.latency, 0);
+                // Only the adaptive plan learns from its waits.
+                if matches!(self.wait, WaitPolicy::Adaptive) {
+                    settle.record(&self.latency, 0);
+                }
                 return o;
             }
             // The worker asked for a read, which the poll answered: wait again.

@@ -58,6 +58,8 @@ const READ_SLICE: Duration = Duration::from_millis(100);
 /// The main thread's spin before it yields, and the yields before it sleeps.
 const IDLE_SPIN: u32 = 128;
 const IDLE_YIELDS: u32 = 8;
+/// Wakers of ended phase tasks kept for the next ones.
+const SPARE_WAKERS: usize = 64;
 /// How long the main thread keeps looking (yielding between looks) before
 /// it sleeps when no phase is running: a host that sends its next phase
 /// start within this finds the worker awake, instead of paying a futex
@@ -294,9 +296,11 @@ impl Link {
         }
     }
 
-    /// Whether the main thread has something to do.
+    /// Whether the main thread has something to do. A frame put in the
+    /// backlog sets `woken` after it, and the main thread clears `woken`
+    /// before it empties the backlog: so `woken` covers the backlog.
     fn has_work(&self) -> Result<bool, String> {
-        if self.woken.load(Ordering::SeqCst) || !lock(&self.backlog).is_empty() {
+        if self.woken.load(Ordering::SeqCst) {
             return Ok(true);
         }
         match self.rx.try_lock() {
@@ -310,18 +314,21 @@ impl Link {
         }
     }
 
-    /// Waits until the main thread has work or `deadline` passes: a spin,
-    /// [`IDLE_YIELDS`] yields and more for up to `active`, then a sleep on
-    /// the doorbell (armed, then a last look: the protocol is in
-    /// [`super::doorbell`]).
-    fn idle(&self, deadline: Instant, active: Duration) -> Result<(), String> {
+    /// Waits until the main thread has work or `deadline` passes (without
+    /// one, [`IDLE_WAIT`]): a spin, [`IDLE_YIELDS`] yields and more for up
+    /// to `active`, then a sleep on the doorbell (armed, then a last look:
+    /// the protocol is in [`super::doorbell`]). The clock is read only
+    /// after the spin.
+    fn idle(&self, deadline: Option<Instant>, active: Duration) -> Result<(), String> {
         for _ in 0..IDLE_SPIN {
             if self.has_work()? {
                 return Ok(());
             }
             std::hint::spin_loop();
         }
-        let active = Instant::now() + active;
+        let now = Instant::now();
+        let deadline = deadline.unwrap_or(now + IDLE_WAIT);
+        let active = now + active;
         let mut yields = 0;
         loop {
             if self.has_work()? {
@@ -547,7 +554,10 @@ type TaskOutput<S> = (S, Box<Shadow>, PhaseOutcome);
 /// A phase running on the main thread's executor.
 struct Task<'a, S> {
     sid: u32,
-    deadline: Instant,
+    /// Set when a poll first leaves the phase waiting (most phases end in
+    /// their first poll, and never read the clock): the phase's time counts
+    /// from then.
+    deadline: Option<Instant>,
     state: Arc<TaskWake>,
     waker: Waker,
     fut: Pin<Box<dyn Future<Output = TaskOutput<S>> + 'a>>,
@@ -628,6 +638,8 @@ fn serve<T: Transport>(
         }
     };
     let mut end = Vec::new();
+    // Wakers of ended tasks that nobody else holds, for the next ones.
+    let mut wakers: Vec<(Arc<TaskWake>, Waker)> = Vec::new();
     // Frame buffers for `try_next`, reused (a phase start's goes to its
     // shadow, which gives back the one it had).
     let mut frames: Vec<Vec<u8>> = Vec::new();
@@ -672,16 +684,21 @@ fn serve<T: Transport>(
                     };
                     match ready {
                         Ok((session, phase)) => {
-                            let state = Arc::new(TaskWake {
-                                // Polled at once: most phases end inline.
-                                ready: AtomicBool::new(true),
-                                expired: AtomicBool::new(false),
-                                link: Arc::clone(link),
+                            let (state, waker) = wakers.pop().unwrap_or_else(|| {
+                                let state = Arc::new(TaskWake {
+                                    ready: AtomicBool::new(false),
+                                    expired: AtomicBool::new(false),
+                                    link: Arc::clone(link),
+                                });
+                                (Arc::clone(&state), Waker::from(state))
                             });
+                            // Polled at once: most phases end inline.
+                            state.ready.store(true, Ordering::Relaxed);
+                            state.expired.store(false, Ordering::Relaxed);
                             tasks.push(Task {
                                 sid,
-                                deadline: Instant::now() + timeout,
-                                waker: Waker::from(Arc::clone(&state)),
+                                deadline: None,
+                                waker,
                                 fut: Box::pin(phase_task(
                                     t,
                                     session,
@@ -733,12 +750,15 @@ fn serve<T: Transport>(
                 frames.push(payload);
             }
         }
-        let now = Instant::now();
+        // Read once, and only when a task is waiting (has a deadline).
+        let mut now = None;
         let mut i = 0;
         while i < tasks.len() {
             let task = &mut tasks[i];
-            if now >= task.deadline {
-                task.state.expired.store(true, Ordering::SeqCst);
+            if let Some(d) = task.deadline {
+                if *now.get_or_insert_with(Instant::now) >= d {
+                    task.state.expired.store(true, Ordering::SeqCst);
+                }
             }
             let due = task.state.ready.swap(false, Ordering::SeqCst)
                 || task.state.expired.load(Ordering::SeqCst);
@@ -752,33 +772,48 @@ fn serve<T: Transport>(
                 .as_mut()
                 .poll(&mut Context::from_waker(&task.waker))
             else {
+                if task.deadline.is_none() {
+                    task.deadline = Some(*now.get_or_insert_with(Instant::now) + timeout);
+                }
                 i += 1;
                 continue;
             };
             let mut shadow = shadow;
-            let task = tasks.swap_remove(i);
-            lock(&link.replies).remove(&task.sid);
-            send_end(link, &mut end, task.sid, &outcome, &shadow.commands)?;
+            let Task {
+                sid,
+                state,
+                waker,
+                fut,
+                close,
+                ..
+            } = tasks.swap_remove(i);
+            drop(fut);
+            // Only a phase that read (its answer came) or was cancelled (an
+            // empty answer may wait for it) can have left an answer.
+            if close || shadow.request_body.is_some() {
+                lock(&link.replies).remove(&sid);
+            }
+            send_end(link, &mut end, sid, &outcome, &shadow.commands)?;
             // The host drops the end of a phase it cancelled, and reads
             // nothing of it.
-            shadow.give_back(&mut held, task.sid, task.close);
+            shadow.give_back(&mut held, sid, close);
             let req = shadow.req.take().unwrap_or_default();
-            if task.close {
+            if close {
                 t.close(session);
                 spares.push(req);
             } else {
-                sessions.insert(task.sid, (session, req));
+                sessions.insert(sid, (session, req));
             }
             shadows.push(shadow);
+            // A waker a plugin thread still holds may yet fire: not reused.
+            if Arc::strong_count(&state) == 2 && wakers.len() < SPARE_WAKERS {
+                wakers.push((state, waker));
+            }
         }
         if busy {
             continue;
         }
-        let deadline = tasks
-            .iter()
-            .map(|k| k.deadline)
-            .min()
-            .unwrap_or(now + IDLE_WAIT);
+        let deadline = tasks.iter().filter_map(|k| k.deadline).min();
         // Looks for the host's next frame a while when nothing runs here.
         let active = if tasks.is_empty() {
             IDLE_ACTIVE
