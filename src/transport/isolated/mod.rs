@@ -407,9 +407,12 @@ pub const ISOLATED_SPIN: Duration = Duration::from_micros(50);
 
 /// The largest encoding buffer a link keeps between phase starts.
 const SCRATCH_KEEP: usize = 64 << 10;
-/// Bytes of payload, body and headers in the frame past which a phase start
-/// is encoded straight into the ring (a counting pass, then the writing
-/// pass) instead of through the link's buffer (one pass, then a copy).
+/// Bytes of payload and body in the frame past which a phase start is
+/// encoded straight into the ring (a counting pass, then the writing pass)
+/// instead of through the link's buffer (one pass, then a copy). Headers
+/// are not counted (that would take a pass of its own): a frame of huge
+/// headers goes through the buffer, which then does not keep its size
+/// ([`SCRATCH_KEEP`]).
 const SCRATCH_DIRECT: usize = 16 << 10;
 
 /// The process-isolated transport (see the [module docs](self)).
@@ -550,26 +553,16 @@ impl IsolatedPhase<'_> {
             body: body.as_ref().map(Slab::offset),
         };
         let mut codes = std::mem::take(&mut st.codes);
-        let (request, response, bytes) =
-            l.names
-                .codes(w.names(), self.ctx, entry.is_some(), &mut codes);
-        let plan = proto::HeaderPlan {
-            codes: &codes,
-            request,
-            response,
-            bytes,
-        };
         // Small frames (the usual case: large bodies go in slabs) are
-        // encoded once into the link's buffer; large ones (a body no slab
-        // took, huge headers) are counted first and then written in place,
-        // never held twice.
+        // encoded once into the link's buffer, header names coded as they
+        // come; large ones (a body or payload no slab took) are counted
+        // first and then written in place, never held twice.
         let in_frame = entry.and(self.ctx.payload()).map_or(0, <[u8]>::len)
             * usize::from(slabbed.payload.is_none())
-            + self.ctx.response_body().len() * usize::from(slabbed.body.is_none())
-            + bytes;
+            + self.ctx.response_body().len() * usize::from(slabbed.body.is_none());
         // The same phase start into a counter, the buffer or the ring.
         macro_rules! encode {
-            ($out:expr) => {
+            ($out:expr, $names:expr) => {
                 proto::encode_start(
                     $out,
                     self.phase as u8,
@@ -577,18 +570,24 @@ impl IsolatedPhase<'_> {
                     self.ctx,
                     &st.url,
                     slabbed,
-                    &plan,
+                    $names,
                 )
             };
         }
         let mut frame = std::mem::take(&mut l.scratch);
         frame.clear();
+        // Counted before the worker can answer (its answer uncounts it);
+        // `SeqCst` for `Worker::sent_request`. Before the frame is written:
+        // a locked instruction waits for earlier stores, and the frame's
+        // stores into the ring (lines the worker last read) are slow.
+        w.outstanding.fetch_add(1, Ordering::SeqCst);
+        let mut coder = l.names.coder(w.names(), &mut codes);
         let len = if in_frame > SCRATCH_DIRECT {
             let mut count = proto::Counter::default();
-            encode!(&mut count);
+            encode!(&mut count, &mut coder);
             count.0
         } else {
-            encode!(&mut frame);
+            encode!(&mut frame, &mut coder);
             frame.len()
         };
         // Never waits: a full ring (a worker behind or stuck) fails the
@@ -596,6 +595,7 @@ impl IsolatedPhase<'_> {
         let mut loan = match l.tx.try_loan(len) {
             Ok(loan) => loan,
             Err(e) => {
+                w.outstanding.fetch_sub(1, Ordering::SeqCst);
                 l.scratch = frame;
                 for slab in [payload, body].into_iter().flatten() {
                     l.area.release(slab);
@@ -617,21 +617,22 @@ impl IsolatedPhase<'_> {
                 ))));
             }
         };
-        if frame.is_empty() {
-            encode!(&mut proto::SliceOut::new(loan.payload_mut()));
-        } else {
-            loan.payload_mut().copy_from_slice(&frame);
-        }
-        st.codes = codes;
         for slab in [payload, body].into_iter().flatten() {
             w.counters.slabs_sent.fetch_add(1, Ordering::Relaxed);
             st.hold(slab);
         }
         st.stage = Stage::Waiting;
-        // Counted before the worker can answer (its answer uncounts it);
-        // `SeqCst` for `Worker::sent_request`.
-        w.outstanding.fetch_add(1, Ordering::SeqCst);
+        // Nothing slow between the frame's first store and its commit.
+        if frame.is_empty() {
+            encode!(
+                &mut proto::SliceOut::new(loan.payload_mut()),
+                &mut codes.iter()
+            );
+        } else {
+            loan.payload_mut().copy_from_slice(&frame);
+        }
         loan.commit(self.s.sid, proto::PHASE_START, 0);
+        st.codes = codes;
         l.bell.ring();
         // A frame far larger than usual does not keep its buffer.
         if frame.capacity() <= SCRATCH_KEEP {

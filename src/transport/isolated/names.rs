@@ -14,7 +14,6 @@
 //! shared table. It lives in the host's `Link` and is used under its lock,
 //! in ring order, so announcements reach the worker before their ids.
 
-use crate::host::context::HttpContext;
 use crate::intern::HeaderNames;
 
 use super::proto::{self, CODE_ANNOUNCE, CODE_INLINE};
@@ -82,38 +81,21 @@ impl LinkNames {
         }
     }
 
-    /// The codes of `ctx`'s request header names (with `request`: for a
-    /// phase start that opens its session), then its response header
-    /// names, into `out`, the two header counts and the bytes of the names
-    /// and values (for `proto::encode_start`'s plan; one walk over the
-    /// headers). Ids not
-    /// announced yet are marked announced now (undo with
-    /// [`LinkNames::rollback`] if the frame is not sent).
-    pub(super) fn codes(
-        &mut self,
-        table: &HeaderNames,
-        ctx: &dyn HttpContext,
-        request: bool,
-        out: &mut Vec<u32>,
-    ) -> (u32, u32, usize) {
-        out.clear();
-        if !self.enabled {
-            let plan = proto::HeaderPlan::count(ctx, request);
-            return (plan.request, plan.response, plan.bytes);
+    /// The codes of a phase start's names as `proto::encode_start` meets
+    /// them, each also pushed on `codes`. Ids not announced yet are marked
+    /// announced now (undo with [`LinkNames::rollback`] if the frame is not
+    /// sent).
+    pub(super) fn coder<'a>(
+        &'a mut self,
+        table: &'a HeaderNames,
+        codes: &'a mut Vec<u32>,
+    ) -> Coder<'a> {
+        codes.clear();
+        Coder {
+            names: self,
+            table,
+            codes,
         }
-        let mut bytes = 0;
-        if request {
-            ctx.for_each_request_header(&mut |n, v| {
-                bytes += n.len() + v.len();
-                out.push(self.code(table, n));
-            });
-        }
-        let request = out.len() as u32;
-        ctx.for_each_response_header(&mut |n, v| {
-            bytes += n.len() + v.len();
-            out.push(self.code(table, n));
-        });
-        (request, out.len() as u32 - request, bytes)
     }
 
     /// Forgets the announcements `codes` made: their frame was not sent.
@@ -178,6 +160,25 @@ impl LinkNames {
     }
 }
 
+/// [`LinkNames::coder`]'s: codes names as it meets them, and records them.
+pub(super) struct Coder<'a> {
+    names: &'a mut LinkNames,
+    table: &'a HeaderNames,
+    codes: &'a mut Vec<u32>,
+}
+
+impl proto::NameCodes for Coder<'_> {
+    fn code(&mut self, name: &[u8]) -> u32 {
+        let c = if self.names.enabled {
+            self.names.code(self.table, name)
+        } else {
+            CODE_INLINE
+        };
+        self.codes.push(c);
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,34 +190,55 @@ mod tests {
         MemoryContext::new(spec, None)
     }
 
+    /// The codes a phase start of `c` gets (with `open`: one that opens
+    /// its session, so with request headers), into `codes`.
+    fn encode(
+        names: &mut LinkNames,
+        table: &HeaderNames,
+        c: &MemoryContext,
+        open: bool,
+        codes: &mut Vec<u32>,
+    ) {
+        let mut c = c.clone();
+        proto::encode_start(
+            &mut Vec::new(),
+            1,
+            open.then_some("e"),
+            &mut c,
+            b"",
+            proto::Slabbed::default(),
+            &mut names.coder(table, codes),
+        );
+    }
+
     #[test]
     fn a_name_is_announced_once_then_sent_as_its_id() {
         let table = HeaderNames::new(proto::DYNAMIC_NAMES);
         let mut names = LinkNames::new(true);
         let c = ctx(&[("accept", "*/*"), ("x-custom", "1"), ("x-custom", "2")]);
         let mut codes = Vec::new();
-        assert_eq!(names.codes(&table, &c, true, &mut codes), (3, 0, 27));
+        encode(&mut names, &table, &c, true, &mut codes);
         let accept = table.get("accept").unwrap().index();
         let custom = table.get("x-custom").unwrap().index();
         // Well-known: an id at once. New: announced by its first occurrence,
         // an id in the same frame after that.
         assert_eq!(codes, [accept, custom | CODE_ANNOUNCE, custom]);
-        names.codes(&table, &c, true, &mut codes);
+        encode(&mut names, &table, &c, true, &mut codes);
         assert_eq!(codes, [accept, custom, custom]);
         // A frame that was not sent takes its announcements back.
         let c2 = ctx(&[("x-other", "1")]);
-        names.codes(&table, &c2, true, &mut codes);
+        encode(&mut names, &table, &c2, true, &mut codes);
         let other = table.get("x-other").unwrap().index();
         assert_eq!(codes, [other | CODE_ANNOUNCE]);
         names.rollback(&codes);
-        names.codes(&table, &c2, true, &mut codes);
+        encode(&mut names, &table, &c2, true, &mut codes);
         assert_eq!(codes, [other | CODE_ANNOUNCE]);
         // Another incarnation's worker has not heard of it.
         let mut fresh = LinkNames::new(true);
-        fresh.codes(&table, &c, true, &mut codes);
+        encode(&mut fresh, &table, &c, true, &mut codes);
         assert_eq!(codes, [accept, custom | CODE_ANNOUNCE, custom]);
         // A phase start that opens nothing has no request headers.
-        assert_eq!(fresh.codes(&table, &c, false, &mut codes), (0, 0, 0));
+        encode(&mut fresh, &table, &c, false, &mut codes);
         assert!(codes.is_empty());
     }
 
@@ -225,22 +247,15 @@ mod tests {
         let table = HeaderNames::new(2);
         let mut names = LinkNames::new(true);
         let mut codes = Vec::new();
-        names.codes(
-            &table,
-            &ctx(&[("x-a", ""), ("x-b", ""), ("x-c", "")]),
-            true,
-            &mut codes,
-        );
+        let abc = ctx(&[("x-a", ""), ("x-b", ""), ("x-c", "")]);
+        encode(&mut names, &table, &abc, true, &mut codes);
         assert_ne!(codes[1], CODE_INLINE);
         assert_eq!(codes[2], CODE_INLINE, "the table is full");
         // MemoryContext lower-cases names, so call the code path directly.
         assert_eq!(names.code(&table, b"X-A"), CODE_INLINE);
         assert_eq!(names.code(&table, b"bad name"), CODE_INLINE);
         let mut off = LinkNames::new(false);
-        assert_eq!(
-            off.codes(&table, &ctx(&[("accept", "")]), true, &mut codes),
-            (1, 0, 6)
-        );
-        assert!(codes.is_empty(), "disabled: every name in place");
+        encode(&mut off, &table, &ctx(&[("accept", "")]), true, &mut codes);
+        assert_eq!(codes, [CODE_INLINE], "disabled: every name in place");
     }
 }

@@ -238,6 +238,11 @@ impl<'a> Reader<'a> {
 pub trait Out {
     /// Appends bytes.
     fn put(&mut self, b: &[u8]);
+    /// Bytes written so far (where the next [`Out::put`] goes).
+    fn mark(&self) -> usize;
+    /// Overwrites the `u32` written at `at` (a count that is known only
+    /// once what it counts is written).
+    fn patch_u32(&mut self, at: usize, n: u32);
     /// Appends a length-prefixed field.
     fn field(&mut self, b: &[u8]) {
         self.put(&(b.len() as u32).to_le_bytes());
@@ -268,49 +273,33 @@ pub const DYNAMIC_NAMES: usize = 1024;
 /// Ids a worker's table holds: the well-known names
 /// ([`crate::intern::WELL_KNOWN`], ids in its order) and [`DYNAMIC_NAMES`].
 pub const NAME_IDS: usize = crate::intern::WELL_KNOWN.len() + DYNAMIC_NAMES;
-/// How a phase start's header names go: the header counts (so that the
-/// encoder need not count them in both passes) and a code per name, request
-/// headers (only in a phase start that opens its session) then response
-/// headers (missing codes: in place).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HeaderPlan<'a> {
-    /// [`CODE_INLINE`], an id, or an id with [`CODE_ANNOUNCE`].
-    pub codes: &'a [u32],
-    /// Request headers of the context.
-    pub request: u32,
-    /// Response headers of the context.
-    pub response: u32,
-    /// Bytes of the names and values of those headers (the encoder does not
-    /// use it; the caller picks its buffer by it).
-    pub bytes: usize,
+/// Gives each header name of a phase start its code, in the order the
+/// encoder meets them (request headers, then response headers):
+/// [`CODE_INLINE`], an id, or an id with [`CODE_ANNOUNCE`].
+pub trait NameCodes {
+    /// The code of the next name.
+    fn code(&mut self, name: &[u8]) -> u32;
 }
 
-impl HeaderPlan<'_> {
-    /// Every name in place, with the context's header counts (request
-    /// headers only with `request`: a phase start that opens its session).
-    pub fn count(ctx: &dyn HttpContext, request: bool) -> Self {
-        let (mut request_n, mut response, mut bytes) = (0, 0, 0);
-        if request {
-            ctx.for_each_request_header(&mut |n, v| {
-                request_n += 1;
-                bytes += n.len() + v.len();
-            });
-        }
-        ctx.for_each_response_header(&mut |n, v| {
-            response += 1;
-            bytes += n.len() + v.len();
-        });
-        let request = request_n;
-        Self {
-            codes: &[],
-            request,
-            response,
-            bytes,
-        }
+/// Every name in place.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inline;
+
+impl NameCodes for Inline {
+    fn code(&mut self, _name: &[u8]) -> u32 {
+        CODE_INLINE
     }
 }
 
-/// How the host sends a header name ([`HeaderPlan::codes`]): in place.
+/// Codes decided before (by an earlier pass over the same context), in
+/// order; names past them go in place.
+impl NameCodes for std::slice::Iter<'_, u32> {
+    fn code(&mut self, _name: &[u8]) -> u32 {
+        self.next().copied().unwrap_or(CODE_INLINE)
+    }
+}
+
+/// How the host sends a header name ([`NameCodes`]): in place.
 pub const CODE_INLINE: u32 = u32::MAX;
 /// Set in a name's code (an id): announce the id with the name's bytes.
 pub const CODE_ANNOUNCE: u32 = 1 << 31;
@@ -451,6 +440,12 @@ impl Out for Counter {
     fn put(&mut self, b: &[u8]) {
         self.0 += b.len();
     }
+
+    fn mark(&self) -> usize {
+        self.0
+    }
+
+    fn patch_u32(&mut self, _at: usize, _n: u32) {}
 }
 
 /// Writes into a slice of exactly the counted length.
@@ -482,11 +477,31 @@ impl Out for SliceOut<'_> {
         self.buf[self.pos..end].copy_from_slice(&b[..n]);
         self.pos = end;
     }
+
+    fn mark(&self) -> usize {
+        self.pos
+    }
+
+    fn patch_u32(&mut self, at: usize, n: u32) {
+        if let Some(w) = self.buf.get_mut(at..at + 4) {
+            w.copy_from_slice(&n.to_le_bytes());
+        }
+    }
 }
 
 impl Out for Vec<u8> {
     fn put(&mut self, b: &[u8]) {
         self.extend_from_slice(b);
+    }
+
+    fn mark(&self) -> usize {
+        self.len()
+    }
+
+    fn patch_u32(&mut self, at: usize, n: u32) {
+        if let Some(w) = self.get_mut(at..at + 4) {
+            w.copy_from_slice(&n.to_le_bytes());
+        }
     }
 }
 
@@ -508,18 +523,20 @@ impl Out for Vec<u8> {
 /// phases.
 ///
 /// The payload and the body are blobs: in the frame, or where `slabbed`
-/// says the caller copied them in its slab area. `plan` says how the header
-/// names go and how many headers there are (no request headers without
-/// `open_entry`): the same plan must go to the counting pass and the writing
-/// pass.
-pub fn encode_start(
-    out: &mut impl Out,
+/// says the caller copied them in its slab area. `names` says how each
+/// header name goes (in place, as an id, as an announcement); a counting
+/// pass and a later writing pass over the same context must get the same
+/// codes (the second can replay the first's: `codes.iter()`). The context
+/// is walked once: a header count is written before its headers and
+/// patched after them.
+pub fn encode_start<O: Out>(
+    out: &mut O,
     phase: u8,
     open_entry: Option<&str>,
     ctx: &mut dyn HttpContext,
     url: &[u8],
     slabbed: Slabbed,
-    plan: &HeaderPlan<'_>,
+    names: &mut impl NameCodes,
 ) {
     let ctx: &dyn HttpContext = ctx;
     let mut flags = 0;
@@ -538,7 +555,24 @@ pub fn encode_start(
     out.put(&ctx.response_status().to_le_bytes());
     out.put(&ctx.response_duration_ms().to_le_bytes());
     out.put(&ctx.response_bytes().to_le_bytes());
-    let mut codes = plan.codes.iter().copied();
+    // A header count goes before its headers, and is patched after them:
+    // one walk over the context's headers.
+    let mut headers = |out: &mut O, request: bool| {
+        let at = out.mark();
+        out.put(&0u32.to_le_bytes());
+        let mut n = 0u32;
+        let f = &mut |k: &[u8], v: &[u8]| {
+            put_name(out, k, names.code(k));
+            out.field(v);
+            n += 1;
+        };
+        if request {
+            ctx.for_each_request_header(f);
+        } else {
+            ctx.for_each_response_header(f);
+        }
+        out.patch_u32(at, n);
+    };
     if let Some(e) = open_entry {
         out.field(e.as_bytes());
         out.put(&ctx.request_timestamp_ms().to_le_bytes());
@@ -558,18 +592,10 @@ pub fn encode_start(
                 out.field(v.as_bytes());
             }
         }
-        out.put(&plan.request.to_le_bytes());
-        ctx.for_each_request_header(&mut |k, v| {
-            put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
-            out.field(v);
-        });
+        headers(out, true);
     }
     out.field(ctx.response_error().as_bytes());
-    out.put(&plan.response.to_le_bytes());
-    ctx.for_each_response_header(&mut |k, v| {
-        put_name(out, k, codes.next().unwrap_or(CODE_INLINE));
-        out.field(v);
-    });
+    headers(out, false);
     out.blob(ctx.response_body(), slabbed.body);
 }
 
@@ -927,7 +953,6 @@ mod tests {
         let mut ctx = sample();
         let mut url = Vec::new();
         ctx.request_url(&mut url);
-        let plan = HeaderPlan::count(&ctx, true);
         let mut c = Counter::default();
         encode_start(
             &mut c,
@@ -936,7 +961,7 @@ mod tests {
             &mut ctx,
             &url,
             Slabbed::default(),
-            &plan,
+            &mut Inline,
         );
         let mut buf = vec![0; c.0];
         let mut w = SliceOut::new(&mut buf);
@@ -947,9 +972,20 @@ mod tests {
             &mut ctx,
             &url,
             Slabbed::default(),
-            &plan,
+            &mut Inline,
         );
         assert_eq!(w.written(), c.0);
+        let mut v = Vec::new();
+        encode_start(
+            &mut v,
+            2,
+            Some("e"),
+            &mut ctx,
+            &url,
+            Slabbed::default(),
+            &mut Inline,
+        );
+        assert_eq!(v, buf, "a buffer and a counted slice get the same bytes");
         let mut s = Start::default();
         decode_start(&buf, &mut s, 0, &NameTable::new()).unwrap();
         assert_eq!(s.phase, 2);
@@ -964,10 +1000,16 @@ mod tests {
 
         // A later phase of the session: no request part, and what was
         // decoded of one before is cleared.
-        let later = HeaderPlan::count(&ctx, false);
-        assert_eq!(later.request, 0);
         let mut c = Counter::default();
-        encode_start(&mut c, 3, None, &mut ctx, &url, Slabbed::default(), &later);
+        encode_start(
+            &mut c,
+            3,
+            None,
+            &mut ctx,
+            &url,
+            Slabbed::default(),
+            &mut Inline,
+        );
         let mut small = Vec::new();
         encode_start(
             &mut small,
@@ -976,7 +1018,7 @@ mod tests {
             &mut ctx,
             &url,
             Slabbed::default(),
-            &later,
+            &mut Inline,
         );
         assert_eq!(small.len(), c.0);
         assert!(small.len() < buf.len());
@@ -1005,10 +1047,6 @@ mod tests {
         let mut buf = Vec::new();
         // With an announcement and an id among the names.
         let id = NAME_IDS as u32 - 1;
-        let plan = HeaderPlan {
-            codes: &[id | CODE_ANNOUNCE, id],
-            ..HeaderPlan::count(&ctx, true)
-        };
         encode_start(
             &mut buf,
             1,
@@ -1016,7 +1054,7 @@ mod tests {
             &mut ctx,
             b"u",
             Slabbed::default(),
-            &plan,
+            &mut [id | CODE_ANNOUNCE, id].iter(),
         );
         let mut s = Start::default();
         for n in 0..buf.len() {
@@ -1034,8 +1072,15 @@ mod tests {
     fn a_huge_count_is_refused_without_allocating_for_it() {
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
         let mut buf = Vec::new();
-        let plan = HeaderPlan::count(&ctx, false);
-        encode_start(&mut buf, 1, None, &mut ctx, b"", Slabbed::default(), &plan);
+        encode_start(
+            &mut buf,
+            1,
+            None,
+            &mut ctx,
+            b"",
+            Slabbed::default(),
+            &mut Inline,
+        );
         // The response header count sits right after the error string.
         let mut r = Reader::new(&buf);
         r.take(20).unwrap();
@@ -1089,8 +1134,7 @@ mod tests {
             body: Some(100),
         };
         let mut buf = Vec::new();
-        let plan = HeaderPlan::count(&ctx, true);
-        encode_start(&mut buf, 3, Some("e"), &mut ctx, b"u", slabbed, &plan);
+        encode_start(&mut buf, 3, Some("e"), &mut ctx, b"u", slabbed, &mut Inline);
         let mut slabs = vec![0u8; 112];
         slabs[..7].copy_from_slice(b"{\"p\":1}");
         slabs[100..112].copy_from_slice(b"a large body");
@@ -1140,10 +1184,18 @@ mod tests {
         assert!(decode_read_reply(&reply, 0).is_err());
     }
 
-    /// An opening phase-1 start of `ctx` encoded with `plan`.
-    fn opening(ctx: &mut MemoryContext, plan: &HeaderPlan<'_>) -> Vec<u8> {
+    /// An opening phase-1 start of `ctx` with these name codes.
+    fn opening(ctx: &mut MemoryContext, codes: &[u32]) -> Vec<u8> {
         let mut buf = Vec::new();
-        encode_start(&mut buf, 1, Some("e"), ctx, b"u", Slabbed::default(), plan);
+        encode_start(
+            &mut buf,
+            1,
+            Some("e"),
+            ctx,
+            b"u",
+            Slabbed::default(),
+            &mut codes.iter(),
+        );
         buf
     }
 
@@ -1157,11 +1209,7 @@ mod tests {
             .unwrap() as u32;
         let new_id = NAME_IDS as u32 - 1;
         let codes = [new_id | CODE_ANNOUNCE, new_id, CODE_INLINE];
-        let plan = HeaderPlan {
-            codes: &codes,
-            ..HeaderPlan::count(&ctx, true)
-        };
-        let buf = opening(&mut ctx, &plan);
+        let buf = opening(&mut ctx, &codes);
         let mut c = Counter::default();
         encode_start(
             &mut c,
@@ -1170,7 +1218,7 @@ mod tests {
             &mut ctx,
             b"u",
             Slabbed::default(),
-            &plan,
+            &mut codes.iter(),
         );
         assert_eq!(c.0, buf.len(), "the counting pass agrees");
         let names = NameTable::new();
@@ -1190,20 +1238,12 @@ mod tests {
             decode_start(&buf, &mut s, 0, &names),
             Err(ProtoError("header name id announced twice"))
         );
-        let unknown = HeaderPlan {
-            codes: &[new_id - 1, new_id - 1, CODE_INLINE],
-            ..plan
-        };
-        let buf = opening(&mut ctx, &unknown);
+        let buf = opening(&mut ctx, &[new_id - 1, new_id - 1, CODE_INLINE]);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("unknown header name id"))
         );
-        let out_of_range = HeaderPlan {
-            codes: &[NAME_IDS as u32 | CODE_ANNOUNCE],
-            ..plan
-        };
-        let buf = opening(&mut ctx, &out_of_range);
+        let buf = opening(&mut ctx, &[NAME_IDS as u32 | CODE_ANNOUNCE]);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError("header name id out of range"))
@@ -1211,11 +1251,7 @@ mod tests {
         // Only lower-case tokens are learned.
         let mut upper = MemoryContext::new(RequestSpec::default(), None);
         upper.set_response_header("x up", "1");
-        let plan = HeaderPlan {
-            codes: &[new_id | CODE_ANNOUNCE],
-            ..HeaderPlan::count(&upper, true)
-        };
-        let buf = opening(&mut upper, &plan);
+        let buf = opening(&mut upper, &[new_id | CODE_ANNOUNCE]);
         assert_eq!(
             decode_start(&buf, &mut s, 0, &NameTable::new()),
             Err(ProtoError(

@@ -38,7 +38,7 @@ use super::proto::{self, at, Blob, Command, EndWriter, Start};
 use super::slabs::{self, SlabArea};
 use super::InnerKind;
 use crate::abi::legacy::Phase;
-use crate::host::context::{HttpContext, ResponseHeaders, WsMessage, WsRecv};
+use crate::host::context::{HttpContext, WsMessage, WsRecv};
 use crate::host::dispatch::DispatchError;
 use crate::host::{inspect, LegacyPlugin};
 use crate::pool::Slab;
@@ -992,6 +992,14 @@ impl RequestPart {
     }
 }
 
+/// Where a response header's name or value lies in a [`Shadow`]: in the
+/// phase start's frame (a name may be an interned id), or in its own bytes.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    Frame(proto::Name),
+    Own(proto::Span),
+}
+
 /// The worker's context for one phase: the request as the session's
 /// opening phase start carried it ([`RequestPart`]), the rest as this
 /// phase's start carried it, the response as the plugin's commands change
@@ -1004,9 +1012,14 @@ pub(super) struct Shadow {
     /// The session's request part, lent for the phase.
     req: Option<Box<RequestPart>>,
     status: u16,
-    /// The response headers once a command changed them; until then they
-    /// are the frame's (`start.response_headers`, every name lower-case).
-    headers: ResponseHeaders,
+    /// The response headers once a command changed them (`headers_built`;
+    /// until then they are the frame's, `start.response_headers`, every
+    /// name lower-case): ranges of the frame or of `own`, with
+    /// [`ResponseHeaders`](crate::host::context::ResponseHeaders)'s rules for a set and a remove, and no allocation
+    /// once the buffers have grown.
+    headers: Vec<(Src, Src)>,
+    /// Bytes the plugin set, and names lower-cased.
+    own: Vec<u8>,
     headers_built: bool,
     body: Option<Vec<u8>>,
     /// The read reply (its frame) and where in it, or in the host's slabs,
@@ -1026,7 +1039,8 @@ impl Shadow {
             start: Start::default(),
             req: None,
             status: 200,
-            headers: ResponseHeaders::default(),
+            headers: Vec::new(),
+            own: Vec::new(),
             headers_built: false,
             body: None,
             request_body: None,
@@ -1083,21 +1097,57 @@ impl Shadow {
         self.req.as_deref().map_or("", |r| r.s(i))
     }
 
-    /// Builds the response header list from the frame's, for a change.
+    /// Builds the response header list from the frame's, for a change:
+    /// names lower-cased, in order.
     fn build_headers(&mut self) {
         if self.headers_built {
             return;
         }
         self.headers_built = true;
-        self.headers = ResponseHeaders::default();
-        let frame = &self.frame;
-        self.headers
-            .apply_upstream(self.start.response_headers.iter().map(|(n, v)| {
-                (
-                    std::str::from_utf8(n.get(frame, &self.link.names)).unwrap_or(""),
-                    at(frame, *v),
-                )
-            }));
+        self.headers.clear();
+        self.own.clear();
+        for &(n, v) in &self.start.response_headers {
+            let bytes = n.get(&self.frame, &self.link.names);
+            let name = if bytes.iter().any(u8::is_ascii_uppercase) {
+                let o = self.own.len();
+                self.own.extend(bytes.iter().map(u8::to_ascii_lowercase));
+                Src::Own((o as u32, bytes.len() as u32))
+            } else {
+                Src::Frame(n)
+            };
+            self.headers.push((name, Src::Frame(proto::Name::Frame(v))));
+        }
+    }
+
+    fn get(&self, src: Src) -> &[u8] {
+        match src {
+            Src::Frame(n) => n.get(&self.frame, &self.link.names),
+            Src::Own(span) => at(&self.own, span),
+        }
+    }
+
+    fn own(&mut self, bytes: &[u8]) -> Src {
+        let o = self.own.len();
+        self.own.extend_from_slice(bytes);
+        Src::Own((o as u32, bytes.len() as u32))
+    }
+
+    /// Whether response header `i` is called `name` (any case).
+    fn named(&self, i: usize, name: &str) -> bool {
+        self.get(self.headers[i].0)
+            .eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// Removes every response header called `name` from index `from` on.
+    fn remove_from(&mut self, from: usize, name: &str) {
+        let mut j = from;
+        while j < self.headers.len() {
+            if self.named(j, name) {
+                self.headers.remove(j);
+            } else {
+                j += 1;
+            }
+        }
     }
 
     fn command(&mut self, c: Command<'_>) {
@@ -1213,21 +1263,39 @@ impl HttpContext for Shadow {
         self.command(Command::Status(status));
     }
 
+    /// As [`crate::host::context::ResponseHeaders::set`]: the first header of that name takes
+    /// the value and the later ones go, or it is added (lower-cased).
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.build_headers();
-        self.headers.set(name, value.as_bytes());
+        let v = self.own(value.as_bytes());
+        match (0..self.headers.len()).find(|&i| self.named(i, name)) {
+            Some(i) => {
+                self.headers[i].1 = v;
+                self.remove_from(i + 1, name);
+            }
+            None => {
+                let o = self.own.len();
+                self.own
+                    .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+                self.headers
+                    .push((Src::Own((o as u32, name.len() as u32)), v));
+            }
+        }
         self.command(Command::SetHeader(name, value));
     }
 
     fn remove_response_header(&mut self, name: &str) {
         self.build_headers();
-        self.headers.remove(name);
+        self.remove_from(0, name);
         self.command(Command::RemoveHeader(name));
     }
 
     fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
         if self.headers_built {
-            return self.headers.at(index);
+            return self
+                .headers
+                .get(index)
+                .map(|&(n, v)| (self.get(n), self.get(v)));
         }
         self.start
             .response_headers
