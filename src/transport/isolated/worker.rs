@@ -992,12 +992,110 @@ impl RequestPart {
     }
 }
 
-/// Where a response header's name or value lies in a [`Shadow`]: in the
-/// phase start's frame (a name may be an interned id), or in its own bytes.
+/// Where a response header's name or value lies in [`EditedHeaders`]: in
+/// the phase start's frame (a name may be an interned id), or in its own
+/// bytes.
 #[derive(Clone, Copy, Debug)]
 enum Src {
     Frame(proto::Name),
     Own(proto::Span),
+}
+
+/// A phase's response headers once the plugin changes them: the phase
+/// start's headers as ranges of its frame, changed by the rules of
+/// [`ResponseHeaders`](crate::host::context::ResponseHeaders) after the
+/// upstream response (a set replaces the first header of its name and
+/// drops the later ones, or appends the name lower-cased; a remove drops
+/// every one). Bytes the plugin sets, and names lower-cased, go to `own`;
+/// once the buffers have grown, no allocation. Every method takes the
+/// frame and name table the ranges refer to.
+#[derive(Debug, Default)]
+struct EditedHeaders {
+    list: Vec<(Src, Src)>,
+    own: Vec<u8>,
+}
+
+impl EditedHeaders {
+    /// The frame's `headers`, names lower-cased, in order.
+    fn rebuild(
+        &mut self,
+        frame: &[u8],
+        names: &proto::NameTable,
+        headers: &[(proto::Name, proto::Span)],
+    ) {
+        self.list.clear();
+        self.own.clear();
+        for &(n, v) in headers {
+            let bytes = n.get(frame, names);
+            let name = if bytes.iter().any(u8::is_ascii_uppercase) {
+                let o = self.own.len();
+                self.own.extend(bytes.iter().map(u8::to_ascii_lowercase));
+                Src::Own((o as u32, bytes.len() as u32))
+            } else {
+                Src::Frame(n)
+            };
+            self.list.push((name, Src::Frame(proto::Name::Frame(v))));
+        }
+    }
+
+    fn get<'a>(&'a self, frame: &'a [u8], names: &'a proto::NameTable, src: Src) -> &'a [u8] {
+        match src {
+            Src::Frame(n) => n.get(frame, names),
+            Src::Own(span) => at(&self.own, span),
+        }
+    }
+
+    fn at<'a>(
+        &'a self,
+        frame: &'a [u8],
+        names: &'a proto::NameTable,
+        index: usize,
+    ) -> Option<(&'a [u8], &'a [u8])> {
+        let &(n, v) = self.list.get(index)?;
+        Some((self.get(frame, names, n), self.get(frame, names, v)))
+    }
+
+    fn own(&mut self, bytes: impl ExactSizeIterator<Item = u8>) -> Src {
+        let (o, n) = (self.own.len(), bytes.len());
+        self.own.extend(bytes);
+        Src::Own((o as u32, n as u32))
+    }
+
+    /// Whether header `i` is called `name` (any case).
+    fn named(&self, frame: &[u8], names: &proto::NameTable, i: usize, name: &str) -> bool {
+        self.get(frame, names, self.list[i].0)
+            .eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// Drops every header called `name` from index `from` on.
+    fn remove_from(&mut self, frame: &[u8], names: &proto::NameTable, from: usize, name: &str) {
+        let mut j = from;
+        while j < self.list.len() {
+            if self.named(frame, names, j, name) {
+                self.list.remove(j);
+            } else {
+                j += 1;
+            }
+        }
+    }
+
+    fn set(&mut self, frame: &[u8], names: &proto::NameTable, name: &str, value: &[u8]) {
+        let v = self.own(value.iter().copied());
+        match (0..self.list.len()).find(|&i| self.named(frame, names, i, name)) {
+            Some(i) => {
+                self.list[i].1 = v;
+                self.remove_from(frame, names, i + 1, name);
+            }
+            None => {
+                let n = self.own(name.bytes().map(|b| b.to_ascii_lowercase()));
+                self.list.push((n, v));
+            }
+        }
+    }
+
+    fn remove(&mut self, frame: &[u8], names: &proto::NameTable, name: &str) {
+        self.remove_from(frame, names, 0, name);
+    }
 }
 
 /// The worker's context for one phase: the request as the session's
@@ -1014,12 +1112,8 @@ pub(super) struct Shadow {
     status: u16,
     /// The response headers once a command changed them (`headers_built`;
     /// until then they are the frame's, `start.response_headers`, every
-    /// name lower-case): ranges of the frame or of `own`, with
-    /// [`ResponseHeaders`](crate::host::context::ResponseHeaders)'s rules for a set and a remove, and no allocation
-    /// once the buffers have grown.
-    headers: Vec<(Src, Src)>,
-    /// Bytes the plugin set, and names lower-cased.
-    own: Vec<u8>,
+    /// name lower-case).
+    headers: EditedHeaders,
     headers_built: bool,
     body: Option<Vec<u8>>,
     /// The read reply (its frame) and where in it, or in the host's slabs,
@@ -1039,8 +1133,7 @@ impl Shadow {
             start: Start::default(),
             req: None,
             status: 200,
-            headers: Vec::new(),
-            own: Vec::new(),
+            headers: EditedHeaders::default(),
             headers_built: false,
             body: None,
             request_body: None,
@@ -1097,56 +1190,12 @@ impl Shadow {
         self.req.as_deref().map_or("", |r| r.s(i))
     }
 
-    /// Builds the response header list from the frame's, for a change:
-    /// names lower-cased, in order.
+    /// Builds the response header list from the frame's, for a change.
     fn build_headers(&mut self) {
-        if self.headers_built {
-            return;
-        }
-        self.headers_built = true;
-        self.headers.clear();
-        self.own.clear();
-        for &(n, v) in &self.start.response_headers {
-            let bytes = n.get(&self.frame, &self.link.names);
-            let name = if bytes.iter().any(u8::is_ascii_uppercase) {
-                let o = self.own.len();
-                self.own.extend(bytes.iter().map(u8::to_ascii_lowercase));
-                Src::Own((o as u32, bytes.len() as u32))
-            } else {
-                Src::Frame(n)
-            };
-            self.headers.push((name, Src::Frame(proto::Name::Frame(v))));
-        }
-    }
-
-    fn get(&self, src: Src) -> &[u8] {
-        match src {
-            Src::Frame(n) => n.get(&self.frame, &self.link.names),
-            Src::Own(span) => at(&self.own, span),
-        }
-    }
-
-    fn own(&mut self, bytes: &[u8]) -> Src {
-        let o = self.own.len();
-        self.own.extend_from_slice(bytes);
-        Src::Own((o as u32, bytes.len() as u32))
-    }
-
-    /// Whether response header `i` is called `name` (any case).
-    fn named(&self, i: usize, name: &str) -> bool {
-        self.get(self.headers[i].0)
-            .eq_ignore_ascii_case(name.as_bytes())
-    }
-
-    /// Removes every response header called `name` from index `from` on.
-    fn remove_from(&mut self, from: usize, name: &str) {
-        let mut j = from;
-        while j < self.headers.len() {
-            if self.named(j, name) {
-                self.headers.remove(j);
-            } else {
-                j += 1;
-            }
+        if !self.headers_built {
+            self.headers_built = true;
+            self.headers
+                .rebuild(&self.frame, &self.link.names, &self.start.response_headers);
         }
     }
 
@@ -1263,39 +1312,22 @@ impl HttpContext for Shadow {
         self.command(Command::Status(status));
     }
 
-    /// As [`crate::host::context::ResponseHeaders::set`]: the first header of that name takes
-    /// the value and the later ones go, or it is added (lower-cased).
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.build_headers();
-        let v = self.own(value.as_bytes());
-        match (0..self.headers.len()).find(|&i| self.named(i, name)) {
-            Some(i) => {
-                self.headers[i].1 = v;
-                self.remove_from(i + 1, name);
-            }
-            None => {
-                let o = self.own.len();
-                self.own
-                    .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
-                self.headers
-                    .push((Src::Own((o as u32, name.len() as u32)), v));
-            }
-        }
+        self.headers
+            .set(&self.frame, &self.link.names, name, value.as_bytes());
         self.command(Command::SetHeader(name, value));
     }
 
     fn remove_response_header(&mut self, name: &str) {
         self.build_headers();
-        self.remove_from(0, name);
+        self.headers.remove(&self.frame, &self.link.names, name);
         self.command(Command::RemoveHeader(name));
     }
 
     fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
         if self.headers_built {
-            return self
-                .headers
-                .get(index)
-                .map(|&(n, v)| (self.get(n), self.get(v)));
+            return self.headers.at(&self.frame, &self.link.names, index);
         }
         self.start
             .response_headers
@@ -1365,4 +1397,80 @@ impl HttpContext for Shadow {
     fn websocket_leave_room(&mut self, _room: &str) {}
 
     fn websocket_broadcast(&mut self, _room: &str, _msg: WsMessage<'_>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::context::ResponseHeaders;
+
+    /// The worker's header edits against the host's own list, over every
+    /// short sequence of sets and removes: the same headers, in the same
+    /// order, with the same bytes.
+    #[test]
+    fn edited_headers_follow_the_hosts_rules() {
+        let names = proto::NameTable::new();
+        let server = crate::intern::WELL_KNOWN
+            .iter()
+            .position(|n| *n == "server")
+            .expect("a well-known name") as u32;
+        // A frame holding the phase start's headers: `server` by id, a
+        // duplicate name, one in upper case (sent in place).
+        let frame = b"x-dupX-Upabcd".to_vec();
+        let start = [
+            (proto::Name::Id(server), (9, 1)),
+            (proto::Name::Frame((0, 5)), (10, 1)),
+            (proto::Name::Frame((5, 4)), (11, 1)),
+            (proto::Name::Frame((0, 5)), (12, 1)),
+        ];
+        let upstream: Vec<(String, Vec<u8>)> = start
+            .iter()
+            .map(|&(n, v)| {
+                let name = std::str::from_utf8(n.get(&frame, &names)).unwrap();
+                (name.to_string(), at(&frame, v).to_vec())
+            })
+            .collect();
+        let ops: [(&str, Option<&str>); 6] = [
+            ("X-Dup", Some("1")),
+            ("x-dup", None),
+            ("x-up", Some("22")),
+            ("SERVER", None),
+            ("x-new", Some("3")),
+            ("X-NEW", Some("")),
+        ];
+        let list = |e: &EditedHeaders| {
+            (0..)
+                .map_while(|i| e.at(&frame, &names, i))
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let mut edited = EditedHeaders::default();
+        // Every sequence of three operations (repeats included).
+        for seq in 0..ops.len().pow(3) {
+            let mut host = ResponseHeaders::default();
+            host.apply_upstream(upstream.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+            edited.rebuild(&frame, &names, &start);
+            let mut k = seq;
+            for _ in 0..3 {
+                let (name, value) = ops[k % ops.len()];
+                k /= ops.len();
+                match value {
+                    Some(v) => {
+                        host.set(name, v.as_bytes());
+                        edited.set(&frame, &names, name, v.as_bytes());
+                    }
+                    None => {
+                        host.remove(name);
+                        edited.remove(&frame, &names, name);
+                    }
+                }
+                let want: Vec<_> = host
+                    .as_slice()
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes().to_vec(), v.clone()))
+                    .collect();
+                assert_eq!(list(&edited), want, "sequence {seq}");
+            }
+        }
+    }
 }
