@@ -201,6 +201,10 @@ struct Link {
     woken: AtomicBool,
     rx: Mutex<Consumer<MmapRegion>>,
     backlog: Mutex<VecDeque<(FrameHeader, Vec<u8>)>>,
+    /// The backlog is not empty: changed only under its lock, read without
+    /// it (a frame put there also sets `woken` after it, so a look that
+    /// misses it is followed by another).
+    backlogged: AtomicBool,
     /// Answers to reads, taken from the ring by another thread than the
     /// reader's (always under the `rx` lock).
     replies: Mutex<SidMap<Vec<u8>>>,
@@ -269,8 +273,17 @@ impl Link {
     /// wakes us), copied into a buffer from `spare` when there is one.
     /// Answers to reads go to `replies`.
     fn try_next(&self, spare: &mut Vec<Vec<u8>>) -> Result<Option<(FrameHeader, Vec<u8>)>, String> {
-        if let Some(f) = lock(&self.backlog).pop_front() {
-            return Ok(Some(f));
+        // SYNC POINT: `SeqCst`, after the caller's `SeqCst` clear of `woken`;
+        // pairs with `await_reply`'s set of `backlogged`, then of `woken`.
+        if self.backlogged.load(Ordering::SeqCst) {
+            let mut backlog = lock(&self.backlog);
+            let f = backlog.pop_front();
+            if backlog.is_empty() {
+                self.backlogged.store(false, Ordering::SeqCst);
+            }
+            if let Some(f) = f {
+                return Ok(Some(f));
+            }
         }
         let mut rx = match self.rx.try_lock() {
             Ok(g) => g,
@@ -385,7 +398,10 @@ impl Link {
                 continue;
             }
             let cancelled = h.method == proto::CLOSE && h.session == sid;
-            lock(&self.backlog).push_back((h, p));
+            let mut backlog = lock(&self.backlog);
+            backlog.push_back((h, p));
+            self.backlogged.store(true, Ordering::SeqCst);
+            drop(backlog);
             self.wake_main();
             if cancelled {
                 return Ok(Vec::new());
@@ -512,6 +528,7 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
         woken: AtomicBool::new(false),
         rx: Mutex::new(rx),
         backlog: Mutex::new(VecDeque::new()),
+        backlogged: AtomicBool::new(false),
         replies: Mutex::new(SidMap::default()),
         host_pid: args.host_pid,
         max_frame: args.capacity / 2 - crate::ring::FRAME_HEADER,
@@ -647,9 +664,7 @@ fn serve<T: Transport>(
         // Cleared before looking, so a wake from now on is seen by the
         // next `idle`.
         link.woken.store(false, Ordering::SeqCst);
-        let mut busy = false;
         while let Some((h, mut payload)) = link.try_next(&mut frames)? {
-            busy = true;
             let sid = h.session;
             if matches!(h.method, proto::PHASE_START | proto::CLOSE) {
                 // The host applied the session's last phase end.
@@ -766,7 +781,6 @@ fn serve<T: Transport>(
                 i += 1;
                 continue;
             }
-            busy = true;
             let Poll::Ready((session, shadow, outcome)) = task
                 .fut
                 .as_mut()
@@ -810,9 +824,8 @@ fn serve<T: Transport>(
                 wakers.push((state, waker));
             }
         }
-        if busy {
-            continue;
-        }
+        // Straight to `idle`, even after work: its first look finds a frame
+        // that came meanwhile, or a task woken (`woken`).
         let deadline = tasks.iter().filter_map(|k| k.deadline).min();
         // Looks for the host's next frame a while when nothing runs here.
         let active = if tasks.is_empty() {
