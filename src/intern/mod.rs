@@ -198,7 +198,12 @@ impl HeaderNames {
 
     /// The lower-case name of an id.
     pub fn resolve(&self, id: HeaderId) -> &str {
-        self.rodeo.resolve(&id.0)
+        // A well-known name's id is its index in the list (see
+        // `HeaderId::index`): no lookup, no lock.
+        match WELL_KNOWN.get(id.index() as usize) {
+            Some(name) => name,
+            None => self.rodeo.resolve(&id.0),
+        }
     }
 
     /// Names interned so far, well-known ones included.
@@ -236,6 +241,12 @@ mod tests {
             assert_eq!(t.get(name).unwrap().index(), i as u32, "{name}");
         }
         assert_eq!(t.intern("x-new").unwrap().index(), WELL_KNOWN.len() as u32);
+        // Resolving takes the list's name for a well-known id, the table's
+        // for another.
+        for name in WELL_KNOWN {
+            assert_eq!(t.resolve(t.get(name).unwrap()), *name);
+        }
+        assert_eq!(t.resolve(t.get("x-new").unwrap()), "x-new");
     }
 
     #[test]
