@@ -35,7 +35,9 @@ pub enum WsCodec {
 pub struct BenchContext {
     headers: Vec<(String, String)>,
     status: Option<u16>,
-    response: Vec<(HeaderId, Vec<u8>)>,
+    /// Response headers: the name's id, the name (resolved once, when
+    /// set: reading it then takes no lookup in the shared interner), value.
+    response: Vec<(HeaderId, &'static str, Vec<u8>)>,
     response_len: usize,
     body: Vec<u8>,
     body_set: bool,
@@ -106,7 +108,7 @@ impl BenchContext {
     pub fn response_headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.response[..self.response_len]
             .iter()
-            .map(|(id, v)| (NAMES.resolve(*id), v.as_slice()))
+            .map(|(_, n, v)| (*n, v.as_slice()))
     }
 
     fn recv_baseline(&mut self, buf: &mut Vec<u8>) -> Option<WsRecv> {
@@ -210,12 +212,12 @@ impl HttpContext for BenchContext {
 
     fn set_response_header(&mut self, name: &str, value: &str) {
         // Names usually arrive lower-case already: an exact compare first.
-        let id = match self.recent.iter().find(|(n, _)| *n == name).or_else(|| {
+        let (id, resolved) = match self.recent.iter().find(|(n, _)| *n == name).or_else(|| {
             self.recent
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
         }) {
-            Some((_, id)) => *id,
+            Some(&(n, id)) => (id, n),
             None => {
                 let Ok(id) = NAMES.intern(name) else {
                     // An invalid or overflowing name is dropped, as a proxy
@@ -225,13 +227,14 @@ impl HttpContext for BenchContext {
                 if self.recent.len() == self.recent.capacity() {
                     self.recent.remove(0);
                 }
-                self.recent.push((NAMES.resolve(id), id));
-                id
+                let resolved = NAMES.resolve(id);
+                self.recent.push((resolved, id));
+                (id, resolved)
             }
         };
-        if let Some((_, v)) = self.response[..self.response_len]
+        if let Some((_, _, v)) = self.response[..self.response_len]
             .iter_mut()
-            .find(|(h, _)| *h == id)
+            .find(|(h, _, _)| *h == id)
         {
             v.clear();
             v.extend_from_slice(value.as_bytes());
@@ -240,10 +243,12 @@ impl HttpContext for BenchContext {
         if self.response_len < self.response.len() {
             let slot = &mut self.response[self.response_len];
             slot.0 = id;
-            slot.1.clear();
-            slot.1.extend_from_slice(value.as_bytes());
+            slot.1 = resolved;
+            slot.2.clear();
+            slot.2.extend_from_slice(value.as_bytes());
         } else {
-            self.response.push((id, value.as_bytes().to_vec()));
+            self.response
+                .push((id, resolved, value.as_bytes().to_vec()));
         }
         self.response_len += 1;
     }
@@ -252,7 +257,7 @@ impl HttpContext for BenchContext {
         let Some(id) = NAMES.get(name) else { return };
         if let Some(i) = self.response[..self.response_len]
             .iter()
-            .position(|(h, _)| *h == id)
+            .position(|(h, _, _)| *h == id)
         {
             self.response[i..self.response_len].rotate_left(1);
             self.response_len -= 1;
@@ -262,7 +267,7 @@ impl HttpContext for BenchContext {
     fn response_header_at(&self, index: usize) -> Option<(&[u8], &[u8])> {
         self.response[..self.response_len]
             .get(index)
-            .map(|(id, v)| (NAMES.resolve(*id).as_bytes(), v.as_slice()))
+            .map(|(_, n, v)| (n.as_bytes(), v.as_slice()))
     }
 
     fn set_response_body(&mut self, body: &[u8]) {
