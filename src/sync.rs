@@ -1,13 +1,14 @@
-//! The atomics and thread hints the ring's protocol uses: `std`'s, or
-//! `loom`'s under `--cfg loom`, so the loom models in `ring` check the same
-//! code that ships.
+//! The atomics and thread hints the ring's protocol and the isolated
+//! transport's doorbell protocol use: `std`'s, or `loom`'s under
+//! `--cfg loom`, so the loom models in `ring` and in
+//! `transport::isolated::doorbell` check the same code that ships.
 #![forbid(unsafe_code)]
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// A hint inside a spin loop (under loom, a scheduling point).
 #[inline]

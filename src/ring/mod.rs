@@ -1257,12 +1257,12 @@ impl<R: Region> Consumer<R> {
 /// a loom mutex and condition variable, keyed by word address, without
 /// timeouts or spurious wake-ups.
 #[cfg(loom)]
-mod loom_model {
+pub(crate) mod loom_model {
     use loom::sync::{Condvar, Mutex};
 
     use crate::sync::{AtomicU32, Ordering};
 
-    pub(super) struct Model {
+    pub(crate) struct Model {
         pub(super) head: AtomicU32,
         pub(super) words: Box<[AtomicU32]>,
         /// Per word address, how many wake calls it got.
@@ -1275,7 +1275,7 @@ mod loom_model {
     }
 
     impl Model {
-        pub(super) fn new(cap: u64) -> Self {
+        pub(crate) fn new(cap: u64) -> Self {
             Self {
                 head: AtomicU32::new(0),
                 words: (0..cap / 16).map(|_| AtomicU32::new(0)).collect(),
@@ -1286,7 +1286,7 @@ mod loom_model {
 
         /// FUTEX_WAIT: the value check and the sleep are atomic with respect
         /// to `wake` (both under the mutex), as the kernel makes them.
-        pub(super) fn wait(&self, word: &AtomicU32, expected: u32) {
+        pub(crate) fn wait(&self, word: &AtomicU32, expected: u32) {
             let key = std::ptr::from_ref(word) as usize;
             let mut g = self.wakes.lock().unwrap();
             if word.load(Ordering::Relaxed) != expected {
@@ -1299,7 +1299,7 @@ mod loom_model {
         }
 
         /// FUTEX_WAKE: wakes every sleeper on this word only.
-        pub(super) fn wake(&self, word: &AtomicU32) {
+        pub(crate) fn wake(&self, word: &AtomicU32) {
             let key = std::ptr::from_ref(word) as usize;
             let mut g = self.wakes.lock().unwrap();
             match g.iter_mut().find(|(k, _)| *k == key) {

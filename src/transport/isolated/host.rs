@@ -37,6 +37,7 @@ use super::doorbell::{self, Doorbell, ARMED, QUIET};
 use super::names::LinkNames;
 use super::proto;
 use super::slabs::{self, SlabArea};
+use super::watch::Watch;
 use super::{Abi, InnerKind, IsolatedConfig, IsolatedError};
 use crate::pool::Slab;
 use crate::ring::{region_size, Consumer, MmapRegion, Producer, Ring, RingError};
@@ -273,12 +274,9 @@ pub(super) struct Worker {
     orphans: Mutex<Vec<(u32, u64, Slab)>>,
     /// `orphans.len()`, read without the lock.
     orphaned: AtomicUsize,
-    /// Threads reading `rx` while they wait for a phase ([`Help`]).
-    helpers: AtomicU32,
-    /// The last [`Help`] left with nothing owed and did not arm the
-    /// doorbell: the next request sent while no helper reads must
-    /// ([`Worker::watch`]).
-    unwatched: AtomicBool,
+    /// Who reads `rx` ([`Help`]), what the worker owes, and who must arm
+    /// the doorbell ([`Worker::watch`]).
+    pub(super) watch: Watch,
     /// The current incarnation (bumped before each spawn).
     pub(super) epoch: AtomicU64,
     pub(super) live: AtomicBool,
@@ -287,10 +285,6 @@ pub(super) struct Worker {
     kill_reason: Mutex<Option<String>>,
     /// Frames received from the worker (the stall watchdog's clock).
     progress: AtomicU64,
-    /// Phase starts and entry checks sent to the live incarnation and not
-    /// answered yet, cancelled ones included: while it is above 0 and
-    /// `progress` stands still, the worker is stuck.
-    pub(super) outstanding: AtomicU64,
     control: Mutex<Control>,
     control_cv: Condvar,
     pub(super) stopping: AtomicBool,
@@ -327,15 +321,13 @@ impl Worker {
             rx: Mutex::new(None),
             orphans: Mutex::new(Vec::with_capacity(slabs::CLASSES.iter().map(|c| c.1).sum())),
             orphaned: AtomicUsize::new(0),
-            helpers: AtomicU32::new(0),
-            unwatched: AtomicBool::new(false),
+            watch: Watch::default(),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             pid: AtomicU32::new(0),
             child: Mutex::new(None),
             kill_reason: Mutex::new(None),
             progress: AtomicU64::new(0),
-            outstanding: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             control_cv: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -475,9 +467,9 @@ impl Worker {
                 .as_mut()
                 .ok_or_else(|| IsolatedError::Worker(self.death_reason()))?;
             // Counted before the worker can answer (its answer uncounts it).
-            self.outstanding.fetch_add(1, Ordering::SeqCst);
+            self.watch.request();
             if let Err(e) = l.push(token, proto::CHECK_ENTRY, entry.as_bytes()) {
-                self.outstanding.fetch_sub(1, Ordering::Relaxed);
+                self.watch.unrequest();
                 return Err(IsolatedError::Worker(e.to_string()));
             }
         }
@@ -632,10 +624,14 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
                 continue;
             }
         }
-        if w.helpers.load(Ordering::SeqCst) > 0 {
+        if w.watch.read() {
             // A synchronous waiter reads the ring, and the last one to leave
-            // arms the doorbell (so a later frame wakes this sleep).
-            bell.sleep(QUIET, Instant::now() + IDLE_WAIT);
+            // arms the doorbell (so a later frame wakes this sleep). A word
+            // rung since the last look may have sent its wake-up before this
+            // sleep: look again instead.
+            if !bell.settle() {
+                bell.sleep(QUIET, Instant::now() + IDLE_WAIT);
+            }
             idle = 0;
             active_until = None;
             continue;
@@ -678,7 +674,7 @@ impl<'a> Help<'a> {
     /// Starts reading; call before sending the phase start, so that its
     /// answer finds the doorbell quiet.
     pub(super) fn begin(w: &'a Worker) -> Self {
-        w.helpers.fetch_add(1, Ordering::SeqCst);
+        w.watch.enter();
         if let Some(r) = lock(&w.rx).as_ref() {
             r.bell.disarm();
         }
@@ -688,25 +684,19 @@ impl<'a> Help<'a> {
 
 impl Drop for Help<'_> {
     fn drop(&mut self) {
-        if self.w.helpers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // SYNC POINT: store-buffering with `Worker::sent_request` (the
-            // sender counts its request, then reads `unwatched`): either we
-            // read its count and watch, or it reads our mark and watches.
-            self.w.unwatched.store(true, Ordering::SeqCst);
-            if self.w.outstanding.load(Ordering::SeqCst) > 0 {
-                self.w.watch();
-            }
+        if self.w.watch.leave() {
+            self.w.watch();
         }
     }
 }
 
 impl Worker {
     /// After a request the worker will answer (a phase start, an entry
-    /// check; counted in `outstanding` first, `SeqCst`) is sent: when no
+    /// check; counted first with [`Watch::request`]) is sent: when no
     /// helper reads the ring and the last one left the doorbell quiet, arm
     /// it, so the answer wakes the dispatcher.
     pub(super) fn sent_request(&self) {
-        if self.unwatched.load(Ordering::SeqCst) && self.helpers.load(Ordering::SeqCst) == 0 {
+        if self.watch.sent() {
             self.watch();
         }
     }
@@ -714,7 +704,7 @@ impl Worker {
     /// Arms the doorbell and reads the ring once more, if a helper left it
     /// quiet (see [`Help`]).
     fn watch(&self) {
-        if self.unwatched.swap(false, Ordering::SeqCst) {
+        if self.watch.take() {
             let mut rx = lock(&self.rx);
             if let Some(r) = rx.as_ref() {
                 r.bell.arm();
@@ -738,9 +728,7 @@ fn handle(
     if matches!(method, proto::PHASE_END | proto::ENTRY) {
         // An answer, to a live phase or a cancelled one (a worker that sends
         // more than it was asked for only blinds its own watchdog).
-        let _ = w
-            .outstanding
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        w.watch.answered();
     }
     match method {
         proto::PHASE_END | proto::READ => {
@@ -895,7 +883,7 @@ fn watch(w: &Worker, epoch: u64, out: &mut std::process::ChildStdout) {
             stalled = None;
             continue;
         }
-        if w.outstanding.load(Ordering::Relaxed) == 0 {
+        if w.watch.owed() == 0 {
             stalled = None;
             continue;
         }
@@ -923,7 +911,7 @@ pub(super) fn supervise(
         lock(&w.control).hello = None;
         // The last incarnation's link is gone (reaped): nothing more is
         // counted for it.
-        w.outstanding.store(0, Ordering::Relaxed);
+        w.watch.forget();
         let (mut child, link) = match spawn(&w, epoch) {
             Ok(c) => c,
             Err(e) => {

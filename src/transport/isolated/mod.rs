@@ -34,6 +34,7 @@ mod host;
 mod names;
 pub mod proto;
 mod slabs;
+mod watch;
 mod worker;
 
 /// Settings of an [`IsolatedPlugin`].
@@ -576,11 +577,11 @@ impl IsolatedPhase<'_> {
         }
         let mut frame = std::mem::take(&mut l.scratch);
         frame.clear();
-        // Counted before the worker can answer (its answer uncounts it);
-        // `SeqCst` for `Worker::sent_request`. Before the frame is written:
-        // a locked instruction waits for earlier stores, and the frame's
-        // stores into the ring (lines the worker last read) are slow.
-        w.outstanding.fetch_add(1, Ordering::SeqCst);
+        // Counted before the worker can answer (its answer uncounts it; see
+        // `Worker::sent_request`). Before the frame is written: a locked
+        // instruction waits for earlier stores, and the frame's stores into
+        // the ring (lines the worker last read) are slow.
+        w.watch.request();
         let mut coder = l.names.coder(w.names(), &mut codes);
         let len = if in_frame > SCRATCH_DIRECT {
             let mut count = proto::Counter::default();
@@ -595,7 +596,7 @@ impl IsolatedPhase<'_> {
         let mut loan = match l.tx.try_loan(len) {
             Ok(loan) => loan,
             Err(e) => {
-                w.outstanding.fetch_sub(1, Ordering::SeqCst);
+                w.watch.unrequest();
                 l.scratch = frame;
                 for slab in [payload, body].into_iter().flatten() {
                     l.area.release(slab);
