@@ -32,6 +32,7 @@ use host::{lock, Counters, Help, Launch, Stage, Worker};
 mod doorbell;
 mod host;
 mod names;
+mod probe;
 pub mod proto;
 mod slabs;
 mod watch;
@@ -924,6 +925,7 @@ impl Transport for Isolated {
         ctx: &mut dyn HttpContext,
         timeout: Duration,
     ) -> PhaseOutcome {
+        let t0 = probe::now();
         let plugin = Arc::clone(&session.plugin);
         let w = &plugin.workers[session.worker];
         let slot = &w.slots[session.slot as usize];
@@ -938,6 +940,7 @@ impl Transport for Isolated {
         }
         // The clock is read while the worker runs the phase, never between
         // its answer and our return (as is `Settle::new`'s).
+        let t1 = probe::now();
         let started = Instant::now();
         let answered = || {
             // A reader busy elsewhere (`None`: the worker is gone) is fine:
@@ -950,11 +953,17 @@ impl Transport for Isolated {
             if !settle.run(answered) {
                 break;
             }
+            let t2 = probe::now();
             if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
                 // Only the adaptive plan learns from its waits.
                 if matches!(self.wait, WaitPolicy::Adaptive) {
                     settle.record(&self.latency, 0);
                 }
+                let t3 = probe::now();
+                probe::add(0, t0, t1);
+                probe::add(1, t1, t2);
+                probe::add(2, t2, t3);
+                probe::phase_done("host", probe::HOST);
                 return o;
             }
             // The worker asked for a read, which the poll answered: wait again.

@@ -34,6 +34,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::doorbell::{self, Doorbell, ARMED};
+use super::probe;
 use super::proto::{self, at, Blob, Command, EndWriter, Start};
 use super::slabs::{self, SlabArea};
 use super::InnerKind;
@@ -664,7 +665,10 @@ fn serve<T: Transport>(
         // Cleared before looking, so a wake from now on is seen by the
         // next `idle`.
         link.woken.store(false, Ordering::SeqCst);
+        let mut t0 = probe::now();
         while let Some((h, mut payload)) = link.try_next(&mut frames)? {
+            let t1 = probe::now();
+            probe::add(0, t0, t1);
             let sid = h.session;
             if matches!(h.method, proto::PHASE_START | proto::CLOSE) {
                 // The host applied the session's last phase end.
@@ -697,6 +701,8 @@ fn serve<T: Transport>(
                         prepare(t, &plugin, (&mut sessions, &mut spares), &mut shadow, sid)
                             .map_err(|e| e.to_string())?
                     };
+                    let t2 = probe::now();
+                    probe::add(1, t1, t2);
                     match ready {
                         Ok((session, phase)) => {
                             let (state, waker) = wakers.pop().unwrap_or_else(|| {
@@ -724,6 +730,7 @@ fn serve<T: Transport>(
                                 state,
                                 close: false,
                             });
+                            probe::add(2, t2, probe::now());
                         }
                         Err(outcome) => {
                             send_end(link, &mut end, sid, &outcome, &shadow.commands)?;
@@ -764,6 +771,7 @@ fn serve<T: Transport>(
             if frames.len() < SPARE_FRAMES && payload.capacity() <= SPARE_FRAME_KEEP {
                 frames.push(payload);
             }
+            t0 = probe::now();
         }
         // Read once, and only when a task is waiting (has a deadline).
         let mut now = None;
@@ -781,6 +789,7 @@ fn serve<T: Transport>(
                 i += 1;
                 continue;
             }
+            let t3 = probe::now();
             let Poll::Ready((session, shadow, outcome)) = task
                 .fut
                 .as_mut()
@@ -793,6 +802,8 @@ fn serve<T: Transport>(
                 continue;
             };
             let mut shadow = shadow;
+            let t4 = probe::now();
+            probe::add(3, t3, t4);
             let Task {
                 sid,
                 state,
@@ -808,6 +819,8 @@ fn serve<T: Transport>(
                 lock(&link.replies).remove(&sid);
             }
             send_end(link, &mut end, sid, &outcome, &shadow.commands)?;
+            let t5 = probe::now();
+            probe::add(4, t4, t5);
             // The host drops the end of a phase it cancelled, and reads
             // nothing of it.
             shadow.give_back(&mut held, sid, close);
@@ -823,6 +836,8 @@ fn serve<T: Transport>(
             if Arc::strong_count(&state) == 2 && wakers.len() < SPARE_WAKERS {
                 wakers.push((state, waker));
             }
+            probe::add(5, t5, probe::now());
+            probe::phase_done("worker", probe::WORKER);
         }
         // Straight to `idle`, even after work: its first look finds a frame
         // that came meanwhile, or a task woken (`woken`).
