@@ -31,7 +31,7 @@ mod imp {
 
     pub(crate) fn phase_done(who: &str, steps: &[&str]) {
         let n = PHASES.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 200_000 != 0 {
+        if !n.is_multiple_of(200_000) {
             return;
         }
         let avg: Vec<String> = steps
