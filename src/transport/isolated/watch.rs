@@ -54,11 +54,12 @@ impl Watch {
 
     /// Takes back a request counted but not sent.
     pub(super) fn unrequest(&self) {
-        self.owed.fetch_sub(1, Ordering::SeqCst);
+        self.answered();
     }
 
     /// An answer came (a worker that answers more than it was asked only
-    /// blinds its own watchdog: the count stops at 0).
+    /// blinds its own watchdog: the count stops at 0, as it does after a
+    /// new incarnation's [`Watch::forget`]).
     pub(super) fn answered(&self) {
         let _ = self
             .owed
