@@ -414,8 +414,9 @@ mod fuzz_plugin {
 /// first byte picks a worker-to-host frame kind, the rest is its payload;
 /// the host's decoder must refuse or accept it without panicking. The same
 /// bytes then go through the worker's phase-start decoder, whose every span
-/// must lie inside the frame, and an accepted phase end's commands must
-/// re-encode to the same bytes.
+/// must lie inside the frame, and an accepted phase end's commands (and an
+/// accepted WebSocket command) must re-encode to the same bytes; the
+/// worker's WebSocket event and upgrade reply decoders must not panic.
 pub fn isolated_frames(data: &[u8]) {
     use crate::transport::isolated::proto;
     let Some((&kind, frame)) = data.split_first() else {
@@ -423,7 +424,17 @@ pub fn isolated_frames(data: &[u8]) {
     };
     // A small slab area: blobs that point into it must lie inside it.
     let slabs = [0x5au8; 4096];
-    let _ = proto::decode_from_worker(u32::from(kind % 12), frame, &slabs);
+    let _ = proto::decode_from_worker(u32::from(kind) % proto::KINDS, frame, &slabs);
+    // The host-to-worker frames a worker decodes besides phase starts.
+    if let Ok((k, data)) = proto::decode_ws_event(frame) {
+        assert!(data.len() < frame.len() && (k != proto::ws_event::CLOSED || data.is_empty()));
+    }
+    let _ = proto::decode_upgrade_reply(frame);
+    if let Ok(c) = proto::decode_ws_command(frame) {
+        let mut again = Vec::new();
+        proto::write_ws_command(&mut again, c);
+        assert_eq!(again, frame, "a WebSocket command re-encodes to its bytes");
+    }
     let mut start = proto::Start::default();
     let names = proto::NameTable::new();
     if proto::decode_start(frame, &mut start, slabs.len(), &names).is_ok() {

@@ -282,6 +282,106 @@ fn large_bodies_cross_in_slabs_and_match_the_in_process_transports() {
     }
 }
 
+/// A WebSocket request whose scripted client sends `messages` (JSON),
+/// then hangs up once the plugin has been quiet a while.
+fn ws_spec(messages: &str) -> RequestSpec {
+    serde_json::from_str(&format!(
+        r#"{{"headers":[["Sec-WebSocket-Key","dGhlIHNhbXBsZSBub25jZQ=="]],"query":"room=lobby",
+            "websocket":{messages}}}"#
+    ))
+    .expect("valid request spec")
+}
+
+const WS_SCRIPTS: [&str; 4] = [
+    r#"[{"text":"hi"},{"binary":[1,2,0]},{"text":"again"}]"#,
+    r#"[{"text":"bye"},{"text":"never"}]"#,
+    r#"[]"#,
+    r#"[{"text":"one"},{"text":"two"},{"text":"three"},{"binary":[]},{"text":"four"}]"#,
+];
+
+#[test]
+fn websocket_sessions_through_a_worker_match_the_in_process_transports() {
+    let _alone = in_process_plugin();
+    let path = example("rust_plugin");
+    let local = Arc::new(LegacyPlugin::load(&path).unwrap());
+    local.initialize(b"{}").unwrap();
+    let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    let mut upgraded = 0;
+    for entry in ["ws", "ws_echo", "ws_room", "ws_sink"] {
+        for script in WS_SCRIPTS {
+            let payload = br#"{"user":"alice"}"#.to_vec();
+            let want = run_spec(
+                &Fast::default(),
+                &local,
+                entry,
+                ws_spec(script),
+                payload.clone(),
+            );
+            let got = run_spec(&Isolated::new(), &remote, entry, ws_spec(script), payload);
+            assert_eq!(seen(&got), seen(&want), "legacy entry {entry} {script}");
+            upgraded += usize::from(!got.response.websocket.is_empty());
+        }
+    }
+    assert_eq!(remote.stats().deaths, 0);
+    let path = example("v2_plugin");
+    let local = Arc::new(V2Plugin::load(&path, b"{}").unwrap());
+    let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    for entry in ["ws", "ws_echo", "ws_room", "ws_sink"] {
+        for script in WS_SCRIPTS {
+            let payload = br#"{"user":"alice"}"#.to_vec();
+            let want = run_spec(
+                &V2::default(),
+                &local,
+                entry,
+                ws_spec(script),
+                payload.clone(),
+            );
+            let got = run_spec(&Isolated::new(), &remote, entry, ws_spec(script), payload);
+            assert_eq!(seen(&got), seen(&want), "v2 entry {entry} {script}");
+            upgraded += usize::from(!got.response.websocket.is_empty());
+        }
+    }
+    assert_eq!(remote.stats().deaths, 0);
+    // Not a comparison of two refusals: most of them went through.
+    assert!(upgraded >= 24, "{upgraded} upgraded sessions");
+}
+
+#[test]
+fn a_refused_websocket_handshake_is_answered_by_the_host_as_in_process() {
+    let path = example("v2_plugin");
+    let local = Arc::new(V2Plugin::load(&path, b"{}").unwrap());
+    let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    // No Sec-WebSocket-Key: the host's context refuses with a 400.
+    let spec: RequestSpec = serde_json::from_str(r#"{"websocket":[{"text":"hi"}]}"#).unwrap();
+    let want = run_spec(&V2::default(), &local, "ws_echo", spec.clone(), Vec::new());
+    let got = run_spec(&Isolated::new(), &remote, "ws_echo", spec, Vec::new());
+    assert_eq!(seen(&got), seen(&want));
+    assert_eq!(got.response.status, 400, "{}", seen(&got));
+    // The session after it on the same worker is served.
+    let ok = run_spec(
+        &Isolated::new(),
+        &remote,
+        "ws_echo",
+        ws_spec(WS_SCRIPTS[0]),
+        Vec::new(),
+    );
+    assert!(!ok.response.websocket.is_empty(), "{}", seen(&ok));
+}
+
+/// A WebSocket connection outlives the phase timeout: the worker's phase
+/// deadline and the host's stall watchdog leave an upgraded phase alone.
+#[test]
+fn a_websocket_phase_outlives_the_phase_timeout() {
+    let path = example("v2_plugin");
+    let remote = start_impatient(&path, b"{}");
+    // A client quiet for three timeouts (300 ms each) before it hangs up.
+    let mut spec = ws_spec(r#"[{"text":"hi"}]"#);
+    spec.websocket_linger_ms = Some(900);
+    let r = run_spec(&Isolated::new(), &remote, "ws_echo", spec, Vec::new());
+    assert_eq!(r.outcomes()[0], "stream_end", "{}", seen(&r));
+    assert_eq!(remote.stats().deaths, 0, "{:?}", remote.stats());
+}
+
 #[test]
 fn slabs_come_back_to_the_pool_after_many_requests_and_cancellations() {
     // One worker, so every request shares one pool of 37 host slabs and 37

@@ -213,6 +213,9 @@ pub struct RequestSpec {
     /// After this many frames sent to the client, the connection breaks and
     /// every later send fails (to exercise error handling).
     pub websocket_send_limit: Option<usize>,
+    /// How long the scripted client stays, after the last message either
+    /// way, before it closes (default [`MemoryContext::WS_LINGER`]).
+    pub websocket_linger_ms: Option<u64>,
 }
 
 /// The upstream response of a [`RequestSpec`].
@@ -368,7 +371,7 @@ pub struct MemoryContext {
 
 impl MemoryContext {
     /// How long the scripted WebSocket client waits, after the last message
-    /// either way, before it closes.
+    /// either way, before it closes, unless its spec says otherwise.
     pub const WS_LINGER: Duration = Duration::from_millis(150);
 
     /// Creates a context for `spec`, with an optional middleware payload.
@@ -669,7 +672,14 @@ impl HttpContext for MemoryContext {
             // The scripted client stays connected until the plugin has been
             // quiet for a while, then closes, like a client that hangs up
             // once it has its answers.
-            None if self.ws_last_activity.elapsed() < Self::WS_LINGER => WsRecv::Idle,
+            None if self.ws_last_activity.elapsed()
+                < self
+                    .spec
+                    .websocket_linger_ms
+                    .map_or(Self::WS_LINGER, Duration::from_millis) =>
+            {
+                WsRecv::Idle
+            }
             None => WsRecv::Closed,
         }
     }

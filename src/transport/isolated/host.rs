@@ -62,6 +62,9 @@ const DRAIN_MAX: usize = 64;
 /// looks) before it arms the doorbell and sleeps: a worker that answers
 /// within this finds it awake (a futex wake-up costs tens of µs on a VM).
 const DISPATCH_SPIN: u32 = 128;
+/// Bytes of WebSocket commands a session may have waiting for its task (a
+/// worker that sends faster than the task applies them fails the phase).
+pub(super) const WS_QUEUE_MAX: usize = 8 << 20;
 const DISPATCH_ACTIVE: Duration = Duration::from_micros(50);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,6 +105,16 @@ pub(super) struct SlotState {
     pub(super) held: [Option<Slab>; 3],
     /// The phase start's header name codes (memory reused).
     pub(super) codes: Vec<u32>,
+    /// What the worker asked for in [`Stage::Read`] (a `proto::READ_*`).
+    pub(super) read: u8,
+    /// The running phase upgraded to a WebSocket: the worker may send
+    /// `proto::WS` commands until its end.
+    pub(super) ws: bool,
+    /// WebSocket commands received and not applied yet: each a `u32`
+    /// length and a `proto::WS` payload (memory reused).
+    pub(super) ws_in: Vec<u8>,
+    /// `ws_in` reached [`WS_QUEUE_MAX`]: the phase fails (`QueueFull`).
+    pub(super) ws_over: bool,
 }
 
 impl SlotState {
@@ -205,6 +218,24 @@ impl Link {
         Ok(slab)
     }
 
+    /// Pushes a frame of `head` then `body` without waiting: a full ring
+    /// is `Err(RingError::Full)` at once.
+    pub(super) fn try_push_parts(
+        &mut self,
+        sid: u32,
+        method: u32,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<(), RingError> {
+        let mut loan = self.tx.try_loan(head.len() + body.len())?;
+        let (h, b) = loan.payload_mut().split_at_mut(head.len());
+        h.copy_from_slice(head);
+        b.copy_from_slice(body);
+        loan.commit(sid, method, 0);
+        self.bell.ring();
+        Ok(())
+    }
+
     /// Pushes a whole frame (as [`Link::loan`]).
     pub(super) fn push(&mut self, sid: u32, method: u32, payload: &[u8]) -> Result<(), RingError> {
         let mut loan = self.loan(payload.len())?;
@@ -285,6 +316,10 @@ pub(super) struct Worker {
     kill_reason: Mutex<Option<String>>,
     /// Frames received from the worker (the stall watchdog's clock).
     progress: AtomicU64,
+    /// Phases of this worker in WebSocket mode: each owes its end for as
+    /// long as its connection lives, which the stall watchdog must not
+    /// count as a stall.
+    pub(super) ws_phases: AtomicU64,
     control: Mutex<Control>,
     control_cv: Condvar,
     pub(super) stopping: AtomicBool,
@@ -308,6 +343,10 @@ impl Worker {
                     failure: None,
                     held: [None, None, None],
                     codes: Vec::new(),
+                    read: 0,
+                    ws: false,
+                    ws_in: Vec::new(),
+                    ws_over: false,
                 }),
                 waker: AtomicWaker::new(),
             })
@@ -328,6 +367,7 @@ impl Worker {
             child: Mutex::new(None),
             kill_reason: Mutex::new(None),
             progress: AtomicU64::new(0),
+            ws_phases: AtomicU64::new(0),
             control: Mutex::new(Control::default()),
             control_cv: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -731,7 +771,7 @@ fn handle(
         w.watch.answered();
     }
     match method {
-        proto::PHASE_END | proto::READ => {
+        proto::PHASE_END | proto::READ | proto::WS => {
             let idx = (sid & SLOT_MASK) as usize;
             let slot = w
                 .slots
@@ -771,7 +811,24 @@ fn handle(
                     st.buf.extend_from_slice(payload);
                     st.stage = Stage::Ended;
                 }
-                (proto::READ, Stage::Waiting) => st.stage = Stage::Read,
+                (proto::READ, Stage::Waiting) => {
+                    st.read = payload[0];
+                    st.stage = Stage::Read;
+                }
+                (proto::WS, Stage::Waiting | Stage::Read) => {
+                    if !st.ws {
+                        return Err(
+                            "protocol violation: WebSocket command before an upgrade".into()
+                        );
+                    }
+                    if st.ws_in.len() + 4 + payload.len() > WS_QUEUE_MAX {
+                        st.ws_over = true;
+                    } else {
+                        st.ws_in
+                            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                        st.ws_in.extend_from_slice(payload);
+                    }
+                }
                 (_, Stage::Waiting | Stage::Read) => {
                     return Err("protocol violation: phase end during a read".into())
                 }
@@ -876,14 +933,16 @@ fn watch(w: &Worker, epoch: u64, out: &mut std::process::ChildStdout) {
         }
         // The stall watchdog: the worker owes an answer (to a phase still
         // waited for, or to one the host cancelled: the worker is just as
-        // stuck) and has sent nothing for a whole phase timeout.
+        // stuck; not the end of a phase in WebSocket mode) and has sent
+        // nothing for a whole phase timeout.
         let now = w.progress.load(Ordering::Relaxed);
         if now != last {
             last = now;
             stalled = None;
             continue;
         }
-        if w.watch.owed() == 0 {
+        // A WebSocket phase owes its end until its connection closes.
+        if w.watch.owed() <= w.ws_phases.load(Ordering::Relaxed) {
             stalled = None;
             continue;
         }

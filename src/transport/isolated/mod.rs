@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::wait::{run_started, Latency, PhaseProgress, Settle, WaitPolicy};
 use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport};
 use crate::abi::legacy::{Method, Phase};
-use crate::host::context::HttpContext;
+use crate::host::context::{HttpContext, WsRecv};
 use crate::host::dispatch::DispatchError;
 use crate::pool::Slab;
 use crate::ring::RingError;
@@ -513,6 +513,17 @@ pub struct IsolatedPhase<'a> {
     ctx: &'a mut dyn HttpContext,
     phase: Phase,
     state: PhaseState,
+    /// The phase upgraded to a WebSocket (counted in the worker's
+    /// `ws_phases` until it ends).
+    websocket: bool,
+    /// WebSocket messages that went either way (the idle timeout's).
+    traffic: u64,
+    /// The client's close went to the worker: nothing more to pull.
+    client_closed: bool,
+    /// The client's last message; the WebSocket commands being applied
+    /// (swapped with the slot's queue).
+    ws_msg: Vec<u8>,
+    ws_cmds: Vec<u8>,
 }
 
 impl fmt::Debug for IsolatedPhase<'_> {
@@ -624,6 +635,9 @@ impl IsolatedPhase<'_> {
             st.hold(slab);
         }
         st.stage = Stage::Waiting;
+        st.ws = false;
+        st.ws_over = false;
+        st.ws_in.clear();
         // Nothing slow between the frame's first store and its commit.
         if frame.is_empty() {
             encode!(
@@ -651,12 +665,28 @@ impl IsolatedPhase<'_> {
         None
     }
 
-    /// Looks at the slot: the phase's end, a read to answer, a death.
+    /// Looks at the slot: WebSocket commands to apply, the phase's end, a
+    /// read to answer, a death; in WebSocket mode, the client's messages to
+    /// pass on.
     fn resume(&mut self, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
-        let w = &self.s.plugin.workers[self.s.worker];
-        let slot = &w.slots[self.s.slot as usize];
         loop {
+            let w = &self.s.plugin.workers[self.s.worker];
+            let slot = &w.slots[self.s.slot as usize];
             let mut st = lock(&slot.state);
+            // Sent before anything the stage says (the phase's end comes
+            // after them).
+            if !st.ws_in.is_empty() {
+                std::mem::swap(&mut st.ws_in, &mut self.ws_cmds);
+                drop(st);
+                self.apply_ws();
+                continue;
+            }
+            if st.ws_over {
+                st.ws_over = false;
+                st.stage = Stage::Idle;
+                drop(st);
+                return Poll::Ready(self.end(PhaseOutcome::Error(SessionError::QueueFull)));
+            }
             match st.stage {
                 Stage::Ended => {
                     st.stage = Stage::Idle;
@@ -673,6 +703,11 @@ impl IsolatedPhase<'_> {
                     return Poll::Ready(
                         self.end(PhaseOutcome::Error(SessionError::Worker(reason))),
                     );
+                }
+                Stage::Read if st.read == proto::READ_WS_UPGRADE => {
+                    st.stage = Stage::Waiting;
+                    drop(st);
+                    self.upgrade();
                 }
                 Stage::Read => {
                     st.stage = Stage::Waiting;
@@ -706,6 +741,22 @@ impl IsolatedPhase<'_> {
                         continue;
                     }
                 }
+                Stage::Waiting if self.websocket && !self.client_closed => {
+                    drop(st);
+                    match self.pull_client() {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(o) => return Poll::Ready(self.end(o)),
+                    }
+                    // Registered under the lock the dispatcher changes the
+                    // slot under, after a last look: nothing is lost.
+                    let slot = &self.s.plugin.workers[self.s.worker].slots[self.s.slot as usize];
+                    let st = lock(&slot.state);
+                    if st.stage == Stage::Waiting && st.ws_in.is_empty() && !st.ws_over {
+                        slot.waker.register(cx.waker());
+                        return Poll::Pending;
+                    }
+                }
                 Stage::Waiting => {
                     slot.waker.register(cx.waker());
                     return Poll::Pending;
@@ -720,6 +771,7 @@ impl IsolatedPhase<'_> {
 
     fn end(&mut self, o: PhaseOutcome) -> PhaseOutcome {
         self.state = PhaseState::Done;
+        self.leave_websocket();
         if !matches!(
             o,
             PhaseOutcome::Next | PhaseOutcome::End | PhaseOutcome::StreamEnd
@@ -730,6 +782,149 @@ impl IsolatedPhase<'_> {
             self.s.close_remote();
         }
         o
+    }
+}
+
+impl IsolatedPhase<'_> {
+    /// Answers the worker's [`proto::READ_WS_UPGRADE`]: the handshake is
+    /// the host context's; the worker learns its result. Upgraded, the
+    /// phase lasts as long as the connection.
+    fn upgrade(&mut self) {
+        let result = self.ctx.websocket_upgrade();
+        self.ws_msg.clear();
+        match &result {
+            Ok(()) => self.ws_msg.push(0),
+            Err(reason) => {
+                self.ws_msg.push(1);
+                self.ws_msg.extend_from_slice(reason.as_bytes());
+            }
+        }
+        let w = &self.s.plugin.workers[self.s.worker];
+        let slot = &w.slots[self.s.slot as usize];
+        let mut link = lock(&w.link);
+        let Some(l) = link.as_mut().filter(|l| l.epoch == self.s.epoch) else {
+            // The worker is gone: the slot fails the phase.
+            return;
+        };
+        // Marked before the answer is sent: the worker's commands that
+        // follow it find the slot upgraded.
+        let mut st = lock(&slot.state);
+        st.ws = result.is_ok();
+        if l.push(self.s.sid, proto::READ_REPLY, &self.ws_msg).is_err() {
+            // As for a read: the worker waits in vain until the watchdog
+            // or its death ends the phase.
+            st.ws = false;
+            return;
+        }
+        drop(st);
+        drop(link);
+        if result.is_ok() && !self.websocket {
+            self.websocket = true;
+            w.ws_phases.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The phase is over (or cancelled): it no longer owes its end for the
+    /// life of a connection.
+    fn leave_websocket(&mut self) {
+        if std::mem::take(&mut self.websocket) {
+            let w = &self.s.plugin.workers[self.s.worker];
+            let _ = w
+                .ws_phases
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Applies the WebSocket commands taken from the slot, in order (each
+    /// validated by the dispatcher as it arrived).
+    fn apply_ws(&mut self) {
+        let mut cmds = std::mem::take(&mut self.ws_cmds);
+        let mut rest = &cmds[..];
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
+            let (record, next) = tail.split_at(n);
+            rest = next;
+            self.traffic += 1;
+            match proto::decode_ws_command(record) {
+                Ok(proto::WsCommand::Send(m)) => {
+                    if let Err(reason) = self.ctx.websocket_send(m) {
+                        // The plugin's later sends fail with it (it cannot
+                        // be the failed send's own result: that returned
+                        // in the worker long ago).
+                        self.report_send_error(&reason);
+                    }
+                }
+                Ok(proto::WsCommand::Close) => self.ctx.websocket_close(),
+                Ok(proto::WsCommand::Join(room)) => self.ctx.websocket_join_room(room),
+                Ok(proto::WsCommand::Leave(room)) => self.ctx.websocket_leave_room(room),
+                Ok(proto::WsCommand::Broadcast(room, m)) => self.ctx.websocket_broadcast(room, m),
+                // Checked on arrival: cannot happen.
+                Err(_) => {}
+            }
+        }
+        cmds.clear();
+        self.ws_cmds = cmds;
+    }
+
+    /// Tells the worker a send failed in the host (best effort: a worker
+    /// whose ring is full learns it from the close that follows).
+    fn report_send_error(&mut self, reason: &str) {
+        let w = &self.s.plugin.workers[self.s.worker];
+        if let Some(l) = lock(&w.link).as_mut().filter(|l| l.epoch == self.s.epoch) {
+            let _ = l.try_push_parts(
+                self.s.sid,
+                proto::WS_EVENT,
+                &[proto::ws_event::ERROR],
+                reason.as_bytes(),
+            );
+        }
+    }
+
+    /// Passes the client's waiting messages (and its close) to the worker:
+    /// `Ok(true)` when it passed any. A full ring fails the phase at once
+    /// (`Busy`): the task's thread never waits for the worker.
+    fn pull_client(&mut self) -> Result<bool, PhaseOutcome> {
+        let w = &self.s.plugin.workers[self.s.worker];
+        let mut moved = false;
+        loop {
+            let kind = match self.ctx.websocket_recv(Duration::ZERO, &mut self.ws_msg) {
+                WsRecv::Text => proto::ws_event::TEXT,
+                WsRecv::Binary => proto::ws_event::BINARY,
+                WsRecv::Closed => {
+                    self.ws_msg.clear();
+                    self.client_closed = true;
+                    proto::ws_event::CLOSED
+                }
+                WsRecv::Idle => return Ok(moved),
+            };
+            let pushed = match lock(&w.link).as_mut() {
+                Some(l) if l.epoch == self.s.epoch => {
+                    l.try_push_parts(self.s.sid, proto::WS_EVENT, &[kind], &self.ws_msg)
+                }
+                // The worker is gone: the slot fails the phase.
+                _ => Ok(()),
+            };
+            match pushed {
+                Ok(()) => {}
+                Err(RingError::Full) => {
+                    w.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(PhaseOutcome::Error(SessionError::Busy(format!(
+                        "worker {}'s ring is full: a WebSocket message could not be passed on",
+                        w.index
+                    ))));
+                }
+                Err(e) => {
+                    return Err(PhaseOutcome::Error(SessionError::Worker(format!(
+                        "cannot pass on a WebSocket message: {e}"
+                    ))))
+                }
+            }
+            self.traffic += 1;
+            moved = true;
+            if self.client_closed {
+                return Ok(true);
+            }
+        }
     }
 }
 
@@ -835,7 +1030,7 @@ impl Future for IsolatedPhase<'_> {
 
 impl PhaseProgress for IsolatedPhase<'_> {
     fn websocket(&self) -> Option<u64> {
-        None
+        self.websocket.then_some(self.traffic)
     }
 }
 
@@ -845,6 +1040,7 @@ impl Drop for IsolatedPhase<'_> {
             // Cancelled: a late phase end finds the slot idle and is dropped.
             let w = &self.s.plugin.workers[self.s.worker];
             lock(&w.slots[self.s.slot as usize].state).stage = Stage::Idle;
+            self.leave_websocket();
             self.s.closed = true;
             self.s.close_remote();
         }
@@ -911,6 +1107,11 @@ impl Transport for Isolated {
             ctx,
             phase,
             state: PhaseState::Start,
+            websocket: false,
+            traffic: 0,
+            client_closed: false,
+            ws_msg: Vec::new(),
+            ws_cmds: Vec::new(),
         }
     }
 
@@ -946,7 +1147,8 @@ impl Transport for Isolated {
             // A reader busy elsewhere (`None`: the worker is gone) is fine:
             // the slot says whether our answer came.
             let _ = w.drain(epoch, false);
-            !matches!(lock(&slot.state).stage, Stage::Waiting)
+            let st = lock(&slot.state);
+            !matches!(st.stage, Stage::Waiting) || !st.ws_in.is_empty() || st.ws_over
         };
         loop {
             let mut settle = Settle::new(self.wait, &self.latency);
@@ -966,16 +1168,23 @@ impl Transport for Isolated {
                 probe::phase_done("host", probe::HOST);
                 return o;
             }
+            if fut.websocket {
+                // A connection's life, not a phase's: the dispatcher reads
+                // the worker's commands, and the client is polled as any
+                // WebSocket phase's is.
+                break;
+            }
             // The worker asked for a read, which the poll answered: wait again.
         }
         // The plan is spent: hand the ring back to the dispatcher and park.
         drop(help);
-        run_started(
-            fut,
-            WaitPolicy::Spin(Duration::ZERO),
-            &self.latency,
-            timeout.saturating_sub(started.elapsed()),
-        )
+        // A WebSocket phase's timeout is an idle timeout, whole from here.
+        let left = if fut.websocket {
+            timeout
+        } else {
+            timeout.saturating_sub(started.elapsed())
+        };
+        run_started(fut, WaitPolicy::Spin(Duration::ZERO), &self.latency, left)
     }
 
     fn close(&self, session: IsolatedSession) {

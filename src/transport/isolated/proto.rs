@@ -8,14 +8,14 @@
 //! are read by offset into the frame, never copied on the host side).
 //!
 //! Host to worker: [`INIT`], [`CHECK_ENTRY`], [`PHASE_START`],
-//! [`READ_REPLY`], [`CLOSE`], [`SHUTDOWN`]. Worker to host: [`HELLO`],
-//! [`LOAD_ERROR`], [`ENTRY`], [`PHASE_END`], [`READ`].
+//! [`READ_REPLY`], [`CLOSE`], [`SHUTDOWN`], [`WS_EVENT`]. Worker to host:
+//! [`HELLO`], [`LOAD_ERROR`], [`ENTRY`], [`PHASE_END`], [`READ`], [`WS`].
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::sync::OnceLock;
 
-use crate::host::context::HttpContext;
+use crate::host::context::{HttpContext, WsMessage};
 
 /// Host to worker, first frame: the plugin config for `initialize`.
 pub const INIT: u32 = 1;
@@ -41,9 +41,53 @@ pub const READ_REPLY: u32 = 9;
 pub const CLOSE: u32 = 10;
 /// Host to worker: call the plugin's shutdown and exit.
 pub const SHUTDOWN: u32 = 11;
+/// Worker to host: a WebSocket command of a session whose phase upgraded
+/// (see [`WsCommand`]), applied by the host in the order sent, before the
+/// phase's end.
+pub const WS: u32 = 12;
+/// Host to worker: the client's next WebSocket event for an upgraded
+/// session: `u8` kind ([`ws_event`]), then the message's bytes to the end.
+pub const WS_EVENT: u32 = 13;
+/// One past the largest frame kind (the fuzz target's range).
+pub const KINDS: u32 = 14;
 
 /// [`READ`]: the whole request body.
 pub const READ_REQUEST_BODY: u8 = 1;
+/// [`READ`]: perform the WebSocket handshake. The [`READ_REPLY`] is `u8 0`
+/// (upgraded: the phase now lasts as long as the connection), or `u8 1`
+/// and the host's reason to the end (it answered the client itself).
+pub const READ_WS_UPGRADE: u8 = 2;
+
+/// [`WS_EVENT`] kinds.
+pub mod ws_event {
+    /// A text message (UTF-8 checked by the host's codec).
+    pub const TEXT: u8 = 1;
+    /// A binary message.
+    pub const BINARY: u8 = 2;
+    /// The client closed the connection (no bytes follow).
+    pub const CLOSED: u8 = 3;
+    /// A message the worker sent could not be sent to the client: the
+    /// reason (UTF-8) to the end. The plugin's next send fails with it.
+    pub const ERROR: u8 = 4;
+}
+
+/// [`WS`] command codes (the payload's first byte).
+pub mod ws_op {
+    /// Send a text message: its bytes to the end.
+    pub const TEXT: u8 = 1;
+    /// Send a binary message: its bytes to the end.
+    pub const BINARY: u8 = 2;
+    /// Close the connection.
+    pub const CLOSE: u8 = 3;
+    /// Join a room: its name to the end.
+    pub const JOIN: u8 = 4;
+    /// Leave a room: its name to the end.
+    pub const LEAVE: u8 = 5;
+    /// Broadcast a text message: the room (a field), then the bytes.
+    pub const BROADCAST_TEXT: u8 = 6;
+    /// Broadcast a binary message: the room (a field), then the bytes.
+    pub const BROADCAST_BINARY: u8 = 7;
+}
 
 /// Phase start flag: open the session first; the entry name and the request
 /// part follow (see [`encode_start`]).
@@ -923,10 +967,129 @@ pub fn decode_from_worker(method: u32, frame: &[u8], slabs: &[u8]) -> Result<(),
         },
         PHASE_END => decode_end(frame, slabs, |_| {}).map(drop),
         READ => match frame {
-            [READ_REQUEST_BODY] => Ok(()),
+            [READ_REQUEST_BODY | READ_WS_UPGRADE] => Ok(()),
             _ => Err(ProtoError("bad read request")),
         },
+        WS => decode_ws_command(frame).map(drop),
         _ => Err(ProtoError("unknown frame kind")),
+    }
+}
+
+/// One WebSocket command of a [`WS`] frame, borrowed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsCommand<'a> {
+    /// Send a message to the client.
+    Send(WsMessage<'a>),
+    /// Close the connection.
+    Close,
+    /// Join a room.
+    Join(&'a str),
+    /// Leave a room.
+    Leave(&'a str),
+    /// Send a message to every member of a room.
+    Broadcast(&'a str, WsMessage<'a>),
+}
+
+/// Writes the payload of a [`WS`] frame.
+pub fn write_ws_command(out: &mut Vec<u8>, c: WsCommand<'_>) {
+    match c {
+        WsCommand::Send(m) => {
+            let (op, b) = message(m, ws_op::TEXT, ws_op::BINARY);
+            out.push(op);
+            out.extend_from_slice(b);
+        }
+        WsCommand::Close => out.push(ws_op::CLOSE),
+        WsCommand::Join(room) => {
+            out.push(ws_op::JOIN);
+            out.extend_from_slice(room.as_bytes());
+        }
+        WsCommand::Leave(room) => {
+            out.push(ws_op::LEAVE);
+            out.extend_from_slice(room.as_bytes());
+        }
+        WsCommand::Broadcast(room, m) => {
+            let (op, b) = message(m, ws_op::BROADCAST_TEXT, ws_op::BROADCAST_BINARY);
+            out.push(op);
+            out.field(room.as_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+fn message(m: WsMessage<'_>, text: u8, binary: u8) -> (u8, &[u8]) {
+    match m {
+        WsMessage::Text(t) => (text, t),
+        WsMessage::Binary(b) => (binary, b),
+    }
+}
+
+/// Decodes the payload of a [`WS`] frame. A text message's bytes are not
+/// checked here (the host's context refuses a text that is not UTF-8, as
+/// it does for an in-process plugin); room names must be UTF-8.
+///
+/// # Errors
+///
+/// A [`ProtoError`] for an empty frame, an unknown command, trailing bytes
+/// after a close, or a room name outside the frame or not UTF-8.
+pub fn decode_ws_command(frame: &[u8]) -> Result<WsCommand<'_>, ProtoError> {
+    fn room(b: &[u8]) -> Result<&str, ProtoError> {
+        std::str::from_utf8(b).map_err(|_| ProtoError("room is not UTF-8"))
+    }
+    let (&op, rest) = frame
+        .split_first()
+        .ok_or(ProtoError("empty WebSocket command"))?;
+    Ok(match op {
+        ws_op::TEXT => WsCommand::Send(WsMessage::Text(rest)),
+        ws_op::BINARY => WsCommand::Send(WsMessage::Binary(rest)),
+        ws_op::CLOSE if rest.is_empty() => WsCommand::Close,
+        ws_op::JOIN => WsCommand::Join(room(rest)?),
+        ws_op::LEAVE => WsCommand::Leave(room(rest)?),
+        ws_op::BROADCAST_TEXT | ws_op::BROADCAST_BINARY => {
+            let mut r = Reader::new(rest);
+            let name = room(r.bytes()?)?;
+            let data = &rest[r.pos()..];
+            let m = if op == ws_op::BROADCAST_TEXT {
+                WsMessage::Text(data)
+            } else {
+                WsMessage::Binary(data)
+            };
+            WsCommand::Broadcast(name, m)
+        }
+        _ => return Err(ProtoError("unknown WebSocket command")),
+    })
+}
+
+/// Decodes the [`READ_REPLY`] to a [`READ_WS_UPGRADE`]: `Ok(())` upgraded,
+/// `Err(reason)` refused.
+///
+/// # Errors
+///
+/// A [`ProtoError`] for an empty frame, an unknown code or a reason that is
+/// not UTF-8.
+pub fn decode_upgrade_reply(frame: &[u8]) -> Result<Result<(), &str>, ProtoError> {
+    match frame.split_first() {
+        Some((0, [])) => Ok(Ok(())),
+        Some((1, reason)) => std::str::from_utf8(reason)
+            .map(Err)
+            .map_err(|_| ProtoError("upgrade refusal is not UTF-8")),
+        _ => Err(ProtoError("bad upgrade reply")),
+    }
+}
+
+/// Decodes a [`WS_EVENT`]: the kind ([`ws_event`]) and the message's bytes.
+///
+/// # Errors
+///
+/// A [`ProtoError`] for an empty frame, an unknown kind, bytes after a
+/// close, or an error reason that is not UTF-8.
+pub fn decode_ws_event(frame: &[u8]) -> Result<(u8, &[u8]), ProtoError> {
+    match frame.split_first() {
+        Some((&k @ (ws_event::TEXT | ws_event::BINARY), data)) => Ok((k, data)),
+        Some((&ws_event::CLOSED, [])) => Ok((ws_event::CLOSED, &[])),
+        Some((&ws_event::ERROR, reason)) if std::str::from_utf8(reason).is_ok() => {
+            Ok((ws_event::ERROR, reason))
+        }
+        _ => Err(ProtoError("bad WebSocket event")),
     }
 }
 

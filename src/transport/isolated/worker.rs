@@ -28,7 +28,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -224,6 +224,23 @@ struct Link {
     area: SlabArea,
     /// Header names by id (the host announces new ones in phase starts).
     names: proto::NameTable,
+    /// Sessions whose phase upgraded to a WebSocket (or is asking to):
+    /// the client's events the main thread took from the ring for them.
+    ws: Mutex<SidMap<WsInbox>>,
+    /// Entries in `ws`, read without its lock.
+    ws_open: AtomicUsize,
+}
+
+/// The client's events for one session in WebSocket mode, not taken yet.
+#[derive(Debug, Default)]
+struct WsInbox {
+    /// `proto::ws_event` kind and bytes, in arrival order.
+    events: VecDeque<(u8, Vec<u8>)>,
+    /// The client closed: every later look says so.
+    closed: bool,
+    /// Why a message the plugin sent could not be sent (its next send
+    /// fails with it).
+    error: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -267,6 +284,42 @@ impl Link {
     fn wake_main(&self) {
         self.woken.store(true, Ordering::SeqCst);
         self.wake.ring();
+    }
+
+    /// Whether session `sid` is in WebSocket mode (its phase lasts as long
+    /// as the connection: no phase deadline).
+    fn in_websocket(&self, sid: u32) -> bool {
+        self.ws_open.load(Ordering::Relaxed) > 0 && lock(&self.ws).contains_key(&sid)
+    }
+
+    /// Starts keeping the client's events for `sid`.
+    fn open_inbox(&self, sid: u32) {
+        if lock(&self.ws).insert(sid, WsInbox::default()).is_none() {
+            self.ws_open.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops keeping them (the phase ended, or the upgrade failed).
+    fn close_inbox(&self, sid: u32) {
+        if self.ws_open.load(Ordering::Relaxed) > 0 && lock(&self.ws).remove(&sid).is_some() {
+            self.ws_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps a client event for `sid`: `false` when the session is not in
+    /// WebSocket mode (its phase ended; the event is dropped).
+    fn deliver(&self, sid: u32, frame: &[u8]) -> Result<bool, String> {
+        let (kind, data) = proto::decode_ws_event(frame).map_err(|e| e.to_string())?;
+        let mut ws = lock(&self.ws);
+        let Some(inbox) = ws.get_mut(&sid) else {
+            return Ok(false);
+        };
+        if kind == proto::ws_event::ERROR {
+            inbox.error = Some(String::from_utf8_lossy(data).into_owned());
+        } else {
+            inbox.events.push_back((kind, data.to_vec()));
+        }
+        Ok(true)
     }
 
     /// The next frame without waiting: the backlog's, else the ring's (unless
@@ -523,6 +576,8 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
     Ok(Link {
         area,
         names: proto::NameTable::new(),
+        ws: Mutex::new(SidMap::default()),
+        ws_open: AtomicUsize::new(0),
         tx: Mutex::new(tx),
         bell,
         wake,
@@ -764,6 +819,15 @@ fn serve<T: Transport>(
                     shutdown(&plugin);
                     return Ok(());
                 }
+                proto::WS_EVENT => {
+                    // For a phase still in WebSocket mode: its task polls
+                    // the client again.
+                    if link.deliver(sid, &payload)? {
+                        if let Some(task) = tasks.iter().find(|k| k.sid == sid) {
+                            task.state.ready.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
                 // A late answer to a read whose phase already ended.
                 proto::READ_REPLY | proto::INIT => {}
                 m => return Err(format!("unknown frame kind {m} from the host")),
@@ -780,7 +844,13 @@ fn serve<T: Transport>(
             let task = &mut tasks[i];
             if let Some(d) = task.deadline {
                 if *now.get_or_insert_with(Instant::now) >= d {
-                    task.state.expired.store(true, Ordering::SeqCst);
+                    if link.in_websocket(task.sid) {
+                        // Upgraded since: it lasts as long as its
+                        // connection (the host times out an idle one).
+                        task.deadline = None;
+                    } else {
+                        task.state.expired.store(true, Ordering::SeqCst);
+                    }
                 }
             }
             let due = task.state.ready.swap(false, Ordering::SeqCst)
@@ -795,7 +865,7 @@ fn serve<T: Transport>(
                 .as_mut()
                 .poll(&mut Context::from_waker(&task.waker))
             else {
-                if task.deadline.is_none() {
+                if task.deadline.is_none() && !link.in_websocket(task.sid) {
                     task.deadline = Some(*now.get_or_insert_with(Instant::now) + timeout);
                 }
                 i += 1;
@@ -813,6 +883,7 @@ fn serve<T: Transport>(
                 ..
             } = tasks.swap_remove(i);
             drop(fut);
+            link.close_inbox(sid);
             // Only a phase that read (its answer came) or was cancelled (an
             // empty answer may wait for it) can have left an answer.
             if close || shadow.request_body.is_some() {
@@ -1150,6 +1221,12 @@ pub(super) struct Shadow {
     commands: Vec<u8>,
     /// Worker slabs the commands point to.
     leased: Vec<Slab>,
+    /// The phase upgraded to a WebSocket: the plugin's WebSocket commands
+    /// go to the host as they come (`proto::WS`), the client's events come
+    /// through `Link::ws`.
+    ws_up: bool,
+    /// A WebSocket command being encoded (memory reused).
+    ws_out: Vec<u8>,
 }
 
 impl Shadow {
@@ -1167,6 +1244,8 @@ impl Shadow {
             request_body: None,
             commands: Vec::new(),
             leased: Vec::new(),
+            ws_up: false,
+            ws_out: Vec::new(),
         }
     }
 
@@ -1211,7 +1290,42 @@ impl Shadow {
         self.body = None;
         self.request_body = None;
         self.commands.clear();
+        self.ws_up = false;
         Ok(())
+    }
+
+    /// Asks the host for something the phase start did not carry
+    /// ([`proto::READ`]) and waits for its answer: empty when the host
+    /// gave up on the phase. A host that is gone or stuck ends the worker.
+    fn ask(&self, what: u8) -> Vec<u8> {
+        let reply = self
+            .link
+            .send(self.sid, proto::READ, &[what])
+            .and_then(|()| self.link.await_reply(self.sid));
+        match reply {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Nothing sensible remains.
+                eprintln!("nylon worker {}: {e}", std::process::id());
+                std::process::exit(3);
+            }
+        }
+    }
+
+    /// Sends one WebSocket command to the host, if the phase upgraded.
+    fn ws_command(&mut self, c: proto::WsCommand<'_>) -> Result<(), String> {
+        if !self.ws_up {
+            return Err("websocket is not open".into());
+        }
+        self.ws_out.clear();
+        proto::write_ws_command(&mut self.ws_out, c);
+        if self.ws_out.len() > self.link.max_frame {
+            return Err(format!(
+                "a WebSocket message of {} bytes is too large for the worker's ring",
+                self.ws_out.len()
+            ));
+        }
+        self.link.send(self.sid, proto::WS, &self.ws_out)
     }
 
     fn s(&self, i: usize) -> &str {
@@ -1284,23 +1398,18 @@ impl HttpContext for Shadow {
     fn request_body(&mut self) -> &[u8] {
         if self.request_body.is_none() {
             // One extra round trip: the body is not in the phase start.
-            let body = self
-                .link
-                .send(self.sid, proto::READ, &[proto::READ_REQUEST_BODY])
-                .and_then(|()| self.link.await_reply(self.sid));
-            let body = body.and_then(|frame| {
-                if frame.is_empty() {
-                    // The host gave up on the phase: no answer comes.
-                    return Ok((frame, Blob::default()));
-                }
+            let frame = self.ask(proto::READ_REQUEST_BODY);
+            let body = if frame.is_empty() {
+                // The host gave up on the phase: no answer comes.
+                Ok((frame, Blob::default()))
+            } else {
                 proto::decode_read_reply(&frame, self.link.area.peer().len())
                     .map(|blob| (frame, blob))
-                    .map_err(|e| e.to_string())
-            });
+            };
             match body {
                 Ok(b) => self.request_body = Some(b),
                 Err(e) => {
-                    // The host is gone or stuck: nothing sensible remains.
+                    // The host broke the protocol: nothing sensible remains.
                     eprintln!("nylon worker {}: {e}", std::process::id());
                     std::process::exit(3);
                 }
@@ -1405,26 +1514,91 @@ impl HttpContext for Shadow {
         std::str::from_utf8(at(&self.frame, self.start.error)).unwrap_or("")
     }
 
+    /// One round trip: the handshake is the host's (it answers a bad one
+    /// itself). Events for the session are kept from before the question,
+    /// as the host may send them right after its answer.
     fn websocket_upgrade(&mut self) -> Result<(), String> {
-        Err("websocket is not supported with process isolation".into())
+        if self.ws_up {
+            return Ok(());
+        }
+        self.link.open_inbox(self.sid);
+        let frame = self.ask(proto::READ_WS_UPGRADE);
+        let result = if frame.is_empty() {
+            Err("the host gave up on the phase".to_string())
+        } else {
+            match proto::decode_upgrade_reply(&frame) {
+                Ok(r) => r.map_err(str::to_string),
+                Err(e) => {
+                    eprintln!("nylon worker {}: {e}", std::process::id());
+                    std::process::exit(3);
+                }
+            }
+        };
+        match result {
+            Ok(()) => self.ws_up = true,
+            Err(_) => self.link.close_inbox(self.sid),
+        }
+        result
     }
 
-    fn websocket_send(&mut self, _msg: WsMessage<'_>) -> Result<(), String> {
-        Err("websocket is not open".into())
+    /// Passed on to the host at once. A send that fails there (the client
+    /// gone or too slow) cannot fail this call, which returned long
+    /// before: the next one fails with its reason.
+    fn websocket_send(&mut self, msg: WsMessage<'_>) -> Result<(), String> {
+        if self.ws_up {
+            if let Some(inbox) = lock(&self.link.ws).get(&self.sid) {
+                if let Some(e) = &inbox.error {
+                    return Err(e.clone());
+                }
+            }
+        }
+        self.ws_command(proto::WsCommand::Send(msg))
     }
 
-    fn websocket_close(&mut self) {}
+    fn websocket_close(&mut self) {
+        let _ = self.ws_command(proto::WsCommand::Close);
+    }
 
+    /// Never waits (the in-process transports ask with a zero wait): the
+    /// main thread fills the inbox and polls the phase's task.
     fn websocket_recv(&mut self, _wait: Duration, buf: &mut Vec<u8>) -> WsRecv {
         buf.clear();
-        WsRecv::Closed
+        if !self.ws_up {
+            return WsRecv::Closed;
+        }
+        let mut ws = lock(&self.link.ws);
+        let Some(inbox) = ws.get_mut(&self.sid) else {
+            return WsRecv::Closed;
+        };
+        match inbox.events.pop_front() {
+            Some((proto::ws_event::TEXT, data)) => {
+                buf.extend_from_slice(&data);
+                WsRecv::Text
+            }
+            Some((proto::ws_event::BINARY, data)) => {
+                buf.extend_from_slice(&data);
+                WsRecv::Binary
+            }
+            Some(_) => {
+                inbox.closed = true;
+                WsRecv::Closed
+            }
+            None if inbox.closed => WsRecv::Closed,
+            None => WsRecv::Idle,
+        }
     }
 
-    fn websocket_join_room(&mut self, _room: &str) {}
+    fn websocket_join_room(&mut self, room: &str) {
+        let _ = self.ws_command(proto::WsCommand::Join(room));
+    }
 
-    fn websocket_leave_room(&mut self, _room: &str) {}
+    fn websocket_leave_room(&mut self, room: &str) {
+        let _ = self.ws_command(proto::WsCommand::Leave(room));
+    }
 
-    fn websocket_broadcast(&mut self, _room: &str, _msg: WsMessage<'_>) {}
+    fn websocket_broadcast(&mut self, room: &str, msg: WsMessage<'_>) {
+        let _ = self.ws_command(proto::WsCommand::Broadcast(room, msg));
+    }
 }
 
 #[cfg(test)]
