@@ -382,6 +382,64 @@ fn a_websocket_phase_outlives_the_phase_timeout() {
     assert_eq!(remote.stats().deaths, 0, "{:?}", remote.stats());
 }
 
+/// A send the host cannot make (the client broke after one frame) fails
+/// in the host; the session goes on and ends as it does in process.
+#[test]
+fn a_send_that_fails_in_the_host_leaves_the_session_as_in_process() {
+    let _alone = in_process_plugin();
+    let path = example("rust_plugin");
+    let local = Arc::new(LegacyPlugin::load(&path).unwrap());
+    local.initialize(b"{}").unwrap();
+    let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    let mut spec = ws_spec(r#"[{"text":"a"},{"text":"b"},{"text":"c"}]"#);
+    spec.websocket_send_limit = Some(1);
+    let want = run_spec(&Fast::default(), &local, "ws", spec.clone(), Vec::new());
+    let got = run_spec(&Isolated::new(), &remote, "ws", spec, Vec::new());
+    assert_eq!(seen(&got), seen(&want));
+    assert_eq!(got.outcomes(), ["stream_end", "next"]);
+    assert_eq!(remote.stats().deaths, 0);
+}
+
+/// A worker killed while a WebSocket connection runs in it fails that
+/// phase with the reason, and the next connection is served.
+#[test]
+fn a_worker_killed_during_a_websocket_fails_its_phase_and_comes_back() {
+    let path = example("v2_plugin");
+    let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
+    let pid = remote.worker_pids()[0];
+    let in_flight = {
+        let remote = Arc::clone(&remote);
+        std::thread::spawn(move || {
+            let t = Isolated::new();
+            let mut s = t
+                .open(&remote, "ws_echo", SessionOptions::default())
+                .unwrap();
+            let mut spec = ws_spec(r#"[{"text":"hi"}]"#);
+            spec.websocket_linger_ms = Some(BOUND.as_millis() as u64);
+            let mut ctx = MemoryContext::new(spec, None);
+            t.run_phase(&mut s, Phase::RequestFilter, &mut ctx, BOUND)
+        })
+    };
+    // Long after the upgrade (a few ms), and long before the client would
+    // hang up.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the worker's pid, which this test's host spawned.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let o = in_flight.join().unwrap();
+    let r = worker_error(&o);
+    assert!(r.contains("killed by signal 9"), "{r}");
+    await_workers(&remote, 1);
+    let r = run_spec(
+        &Isolated::new(),
+        &remote,
+        "ws_echo",
+        ws_spec(WS_SCRIPTS[0]),
+        Vec::new(),
+    );
+    assert_eq!(r.outcomes()[0], "stream_end", "{}", seen(&r));
+    assert!(!r.response.websocket.is_empty());
+}
+
 #[test]
 fn slabs_come_back_to_the_pool_after_many_requests_and_cancellations() {
     // One worker, so every request shares one pool of 37 host slabs and 37

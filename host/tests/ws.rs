@@ -1,7 +1,7 @@
 //! WebSocket end to end: the `nylon-serve` binary on loopback, a real
 //! WebSocket client (`tokio-tungstenite`) or raw frames over a `TcpStream`,
 //! and the example plugins (Rust legacy on the fast and baseline
-//! transports, Rust v2, C legacy).
+//! transports, Rust v2, C legacy; in process and in worker processes).
 //!
 //! Every wait is bounded generously (30 s) so that a lost wake-up fails a
 //! test instead of hanging it; no test asserts a timing.
@@ -496,17 +496,23 @@ async fn case_bad_upgrade(proxy: &Proxy) {
 }
 
 async fn suite(kind: Kind, transport: &str) {
+    suite_with(kind, transport, &[]).await;
+}
+
+async fn suite_with(kind: Kind, transport: &str, extra: &[&str]) {
+    let mut args = vec![
+        "--transport",
+        transport,
+        "--ws-max-frame",
+        "65536",
+        "--ws-max-message",
+        "65536",
+    ];
+    args.extend_from_slice(extra);
     let proxy = start(
         kind,
-        &format!("{kind:?}-{transport}"),
-        &[
-            "--transport",
-            transport,
-            "--ws-max-frame",
-            "65536",
-            "--ws-max-message",
-            "65536",
-        ],
+        &format!("{kind:?}-{transport}{}", extra.join("")),
+        &args,
     );
     // Boxed: debug builds of these futures are large.
     Box::pin(case_echo(&proxy)).await;
@@ -540,6 +546,23 @@ async fn rust_legacy_on_baseline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn v2_plugin() {
     suite(Kind::V2, "fast").await;
+}
+
+/// The same suite with the plugins in worker processes: the handshake is
+/// the proxy's, the connection's traffic crosses the worker's rings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rust_legacy_isolated() {
+    suite_with(Kind::Rust, "fast", &["--isolation", "process"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn v2_plugin_isolated() {
+    suite_with(Kind::V2, "fast", &["--isolation", "process"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn c_plugin_isolated() {
+    suite_with(Kind::C, "fast", &["--isolation", "process"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

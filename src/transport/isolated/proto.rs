@@ -1422,4 +1422,68 @@ mod tests {
             ))
         );
     }
+
+    #[test]
+    fn websocket_frames_round_trip_and_bad_ones_are_refused() {
+        let cases = [
+            WsCommand::Send(WsMessage::Text(b"hi")),
+            WsCommand::Send(WsMessage::Binary(&[0, 1, 255])),
+            WsCommand::Send(WsMessage::Binary(&[])),
+            WsCommand::Close,
+            WsCommand::Join("lobby"),
+            WsCommand::Leave(""),
+            WsCommand::Broadcast("r\u{e9}", WsMessage::Text(b"x")),
+            WsCommand::Broadcast("r", WsMessage::Binary(&[7, 8])),
+        ];
+        for c in cases {
+            let mut buf = Vec::new();
+            write_ws_command(&mut buf, c);
+            assert_eq!(decode_ws_command(&buf), Ok(c));
+            assert_eq!(decode_from_worker(WS, &buf, &[]), Ok(()));
+        }
+        let bad: [&[u8]; 6] = [
+            &[],
+            &[0],
+            &[ws_op::BROADCAST_BINARY + 1],
+            &[ws_op::CLOSE, 0],
+            &[ws_op::JOIN, 0xff],
+            // A room field longer than the frame.
+            &[ws_op::BROADCAST_TEXT, 9, 0, 0, 0, b'a'],
+        ];
+        for b in bad {
+            assert!(decode_ws_command(b).is_err(), "{b:?}");
+            assert!(decode_from_worker(WS, b, &[]).is_err(), "{b:?}");
+        }
+        // The upgrade's read and its answer.
+        assert_eq!(decode_from_worker(READ, &[READ_WS_UPGRADE], &[]), Ok(()));
+        assert!(decode_from_worker(READ, &[READ_WS_UPGRADE + 1], &[]).is_err());
+        assert_eq!(decode_upgrade_reply(&[0]), Ok(Ok(())));
+        assert_eq!(decode_upgrade_reply(b"\x01no key"), Ok(Err("no key")));
+        for b in [&[][..], &[0, 0], &[2], &[1, 0xff]] {
+            assert!(decode_upgrade_reply(b).is_err(), "{b:?}");
+        }
+        // The client's events.
+        assert_eq!(decode_ws_event(b"\x01hi"), Ok((ws_event::TEXT, &b"hi"[..])));
+        assert_eq!(
+            decode_ws_event(&[ws_event::BINARY]),
+            Ok((ws_event::BINARY, &[][..]))
+        );
+        assert_eq!(
+            decode_ws_event(&[ws_event::CLOSED]),
+            Ok((ws_event::CLOSED, &[][..]))
+        );
+        assert_eq!(
+            decode_ws_event(b"\x04gone"),
+            Ok((ws_event::ERROR, &b"gone"[..]))
+        );
+        for b in [
+            &[][..],
+            &[0],
+            &[5],
+            &[ws_event::CLOSED, 1],
+            &[ws_event::ERROR, 0xff],
+        ] {
+            assert!(decode_ws_event(b).is_err(), "{b:?}");
+        }
+    }
 }
