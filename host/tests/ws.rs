@@ -692,9 +692,20 @@ async fn slow_client_is_dropped_others_keep_receiving() {
 /// messages and getting each echo back, nothing lost or reordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_concurrent_connections() {
+    thousand(&[]).await;
+}
+
+/// The same with the plugin in its two worker processes (500 connections
+/// each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousand_concurrent_connections_isolated() {
+    thousand(&["--isolation", "process"]).await;
+}
+
+async fn thousand(args: &[&str]) {
     const CONNS: usize = 1000;
     const MSGS: usize = 20;
-    let proxy = start(Kind::Rust, "thousand", &[]);
+    let proxy = start(Kind::Rust, &format!("thousand{}", args.join("")), args);
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONNS));
     let connecting = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     let url = format!("ws://127.0.0.1:{}/echo", proxy.port);
