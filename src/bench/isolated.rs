@@ -80,6 +80,38 @@ fn body_rewrite(plugin: Arc<IsolatedPlugin>) -> Variant {
     })
 }
 
+/// The `isolated` variant of the `websocket` row: per iteration a session
+/// of the v2 plugin's `ws_echo` in a worker, upgraded, `messages` masked
+/// 125-byte text frames from the client (parsed and unmasked by the host,
+/// streamed to the worker), each echoed by the plugin and framed by the
+/// host, then the client's close (per message).
+///
+/// # Errors
+///
+/// A message when the worker cannot be started.
+pub fn websocket(plugins: &Plugins, messages: u64) -> Result<Variant, String> {
+    let plugin = start(&plugins.v2_path, b"{}", 1)?;
+    let t = Isolated::new();
+    let mut ctx = BenchContext::scenario(WsCodec::Fast);
+    Ok(Variant::new(messages, move |iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            ctx.reset();
+            ctx.queue_ws_messages(messages);
+            let before = ctx.frames_out;
+            let mut s = t
+                .open(&plugin, "ws_echo", SessionOptions::default())
+                .map_err(|e| e.to_string())?;
+            expect_next(t.run_phase(&mut s, Phase::RequestFilter, &mut ctx, PHASE_TIMEOUT))?;
+            t.close(s);
+            if ctx.frames_out - before != messages {
+                return Err("ws_echo through a worker: an echo is missing".into());
+            }
+        }
+        Ok(start.elapsed())
+    }))
+}
+
 fn expect_next(o: PhaseOutcome) -> Result<(), String> {
     match o {
         PhaseOutcome::Next | PhaseOutcome::StreamEnd => Ok(()),

@@ -506,7 +506,10 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
         phase_row("empty_phase", "empty")?,
         phase_row("read_command", "read_command")?,
         messages("event", "ws_sink", WsCodec::Raw, WsCodec::Raw)?,
-        messages("websocket", "ws_echo", WsCodec::Baseline, WsCodec::Fast)?,
+        messages("websocket", "ws_echo", WsCodec::Baseline, WsCodec::Fast)?.with(
+            "isolated",
+            super::isolated::websocket(plugins, WS_MESSAGES)?,
+        ),
         Row::new(
             "session_open",
             "~50 µs",
