@@ -265,6 +265,50 @@ fn go_websocket_echo_with_a_room_delivers_events_in_order() {
     assert_eq!(r.response.status, 400);
 }
 
+/// The same Go WebSocket plugin in a worker process: its handlers run on
+/// Go's threads there, its upgrade asks the host, and the client sees the
+/// same events in the same order.
+#[test]
+fn go_websocket_through_a_worker_process_matches_in_process() {
+    use nylon_transport::transport::{Isolated, IsolatedConfig, IsolatedPlugin};
+    if !go_or_skip("go_ws_isolated") {
+        return;
+    }
+    let remote = IsolatedPlugin::start(
+        &go_library("ws", &[]),
+        b"",
+        IsolatedConfig {
+            workers: 1,
+            worker_command: vec![
+                env!("CARGO_BIN_EXE_nylon-transport").into(),
+                "worker".into(),
+            ],
+            ..IsolatedConfig::default()
+        },
+    )
+    .expect("start a worker for the Go example ws");
+    for n in [2, 200] {
+        let (spec, want) = ws_spec(n);
+        let upstream = spec.upstream.clone();
+        let mut ctx = MemoryContext::new(spec, None);
+        let r = run_request(
+            &Isolated::new(),
+            &remote,
+            "ws",
+            &mut ctx,
+            upstream.as_ref(),
+            RunOptions {
+                timeout: Duration::from_secs(20),
+                trace: false,
+            },
+        )
+        .expect("session opens");
+        assert_eq!(r.outcomes(), ["stream_end", "next"], "{:?}", r.phases);
+        assert_eq!(r.response.websocket, want);
+    }
+    assert_eq!(remote.stats().deaths, 0);
+}
+
 #[test]
 fn go_handler_panic_is_a_phase_error_and_the_plugin_lives() {
     if !go_or_skip("go_panic") {
