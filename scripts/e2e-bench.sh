@@ -17,7 +17,8 @@
 #    synchronous wait (`--phase-wait block`), each on its own proxy process.
 #
 # 3. WebSocket echo through the proxy (`ws_echo` as a plugin service on each
-#    transport, proxy A), driven by host/examples/ws_load.rs: WS_CONNS
+#    transport, and on the two isolated plugins, proxy A), driven by
+#    host/examples/ws_load.rs: WS_CONNS
 #    connections, each keeping WS_WINDOW messages of WS_SIZE bytes in flight
 #    for DURATION; messages echoed per second, every echo checked in order.
 #
@@ -98,6 +99,8 @@ services:
   - { name: ws-baseline, service_type: plugin, plugin: { name: lb, entry: ws_echo } }
   - { name: ws-fast, service_type: plugin, plugin: { name: lf, entry: ws_echo } }
   - { name: ws-v2, service_type: plugin, plugin: { name: v2, entry: ws_echo } }
+  - { name: ws-iso-fast, service_type: plugin, plugin: { name: lfi, entry: ws_echo } }
+  - { name: ws-iso-v2, service_type: plugin, plugin: { name: v2i, entry: ws_echo } }
 routes:
   - route: { type: host, value: "127.0.0.1" }
     name: bench
@@ -114,6 +117,8 @@ routes:
       - { path: "/ws-baseline", service: { name: ws-baseline } }
       - { path: "/ws-fast", service: { name: ws-fast } }
       - { path: "/ws-v2", service: { name: ws-v2 } }
+      - { path: "/ws-iso-fast", service: { name: ws-iso-fast } }
+      - { path: "/ws-iso-v2", service: { name: ws-iso-v2 } }
 EOF
 }
 config "$PA" >"$work/a.yaml"
@@ -187,6 +192,8 @@ for r in $(seq 1 "$ROUNDS"); do
   run_ws ws-baseline "$PA" /ws-baseline
   run_ws ws-fast "$PA" /ws-fast
   run_ws ws-v2 "$PA" /ws-v2
+  run_ws ws-iso-fast "$PA" /ws-iso-fast
+  run_ws ws-iso-v2 "$PA" /ws-iso-v2
 done
 
 machine=$(printf '%s, %s logical CPUs, %s GiB RAM, Linux %s' \
@@ -284,8 +291,10 @@ if ws:
     out.append("| route | msgs/s | vs v2 | msgs/s per round |")
     out.append("|---|---:|---:|---|")
     wnames = {'ws-baseline': 'legacy plugin, baseline transport',
-              'ws-fast': 'legacy plugin, fast transport', 'ws-v2': 'v2 plugin'}
-    for label in ['ws-baseline', 'ws-fast', 'ws-v2']:
+              'ws-fast': 'legacy plugin, fast transport', 'ws-v2': 'v2 plugin',
+              'ws-iso-fast': 'legacy plugin, isolation: process (fast in the workers)',
+              'ws-iso-v2': 'v2 plugin, isolation: process'}
+    for label in ['ws-baseline', 'ws-fast', 'ws-v2', 'ws-iso-fast', 'ws-iso-v2']:
         if label not in ws:
             continue
         runs = ws[label]

@@ -608,10 +608,15 @@ impl<R: Routes> NylonProxy<R> {
         };
         if is_fault(outcome) {
             s.failed = true;
-            let counter = if *outcome == PhaseOutcome::Timeout {
-                &self.host.stats.timeouts
-            } else {
-                &self.host.stats.errors
+            // An isolated plugin's worker that died under a connection, or
+            // whose ring could not take a client message.
+            if let PhaseOutcome::Error(SessionError::Worker(reason)) = outcome {
+                plugin.log_worker_failure(reason, Phase::RequestFilter);
+            }
+            let counter = match outcome {
+                PhaseOutcome::Timeout => &self.host.stats.timeouts,
+                PhaseOutcome::Error(SessionError::Busy(_)) => &self.host.stats.rejected,
+                _ => &self.host.stats.errors,
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
