@@ -299,6 +299,29 @@ const WS_SCRIPTS: [&str; 4] = [
     r#"[{"text":"one"},{"text":"two"},{"text":"three"},{"binary":[]},{"text":"four"}]"#,
 ];
 
+/// Runs every WebSocket entry over every script in process (`t`, `local`)
+/// and through `remote`, and compares what the client and the rooms saw;
+/// the number of sessions that upgraded.
+fn same_websockets<T: Transport>(
+    t: &T,
+    local: &Arc<T::Plugin>,
+    remote: &Arc<IsolatedPlugin>,
+    abi: &str,
+) -> usize {
+    let mut upgraded = 0;
+    for entry in ["ws", "ws_echo", "ws_room", "ws_sink"] {
+        for script in WS_SCRIPTS {
+            let payload = br#"{"user":"alice"}"#.to_vec();
+            let want = run_spec(t, local, entry, ws_spec(script), payload.clone());
+            let got = run_spec(&Isolated::new(), remote, entry, ws_spec(script), payload);
+            assert_eq!(seen(&got), seen(&want), "{abi} entry {entry} {script}");
+            upgraded += usize::from(!got.response.websocket.is_empty());
+        }
+    }
+    assert_eq!(remote.stats().deaths, 0);
+    upgraded
+}
+
 #[test]
 fn websocket_sessions_through_a_worker_match_the_in_process_transports() {
     let _alone = in_process_plugin();
@@ -306,42 +329,11 @@ fn websocket_sessions_through_a_worker_match_the_in_process_transports() {
     let local = Arc::new(LegacyPlugin::load(&path).unwrap());
     local.initialize(b"{}").unwrap();
     let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
-    let mut upgraded = 0;
-    for entry in ["ws", "ws_echo", "ws_room", "ws_sink"] {
-        for script in WS_SCRIPTS {
-            let payload = br#"{"user":"alice"}"#.to_vec();
-            let want = run_spec(
-                &Fast::default(),
-                &local,
-                entry,
-                ws_spec(script),
-                payload.clone(),
-            );
-            let got = run_spec(&Isolated::new(), &remote, entry, ws_spec(script), payload);
-            assert_eq!(seen(&got), seen(&want), "legacy entry {entry} {script}");
-            upgraded += usize::from(!got.response.websocket.is_empty());
-        }
-    }
-    assert_eq!(remote.stats().deaths, 0);
+    let mut upgraded = same_websockets(&Fast::default(), &local, &remote, "legacy");
     let path = example("v2_plugin");
     let local = Arc::new(V2Plugin::load(&path, b"{}").unwrap());
     let remote = IsolatedPlugin::start(&path, b"{}", config(1)).unwrap();
-    for entry in ["ws", "ws_echo", "ws_room", "ws_sink"] {
-        for script in WS_SCRIPTS {
-            let payload = br#"{"user":"alice"}"#.to_vec();
-            let want = run_spec(
-                &V2::default(),
-                &local,
-                entry,
-                ws_spec(script),
-                payload.clone(),
-            );
-            let got = run_spec(&Isolated::new(), &remote, entry, ws_spec(script), payload);
-            assert_eq!(seen(&got), seen(&want), "v2 entry {entry} {script}");
-            upgraded += usize::from(!got.response.websocket.is_empty());
-        }
-    }
-    assert_eq!(remote.stats().deaths, 0);
+    upgraded += same_websockets(&V2::default(), &local, &remote, "v2");
     // Not a comparison of two refusals: most of them went through.
     assert!(upgraded >= 24, "{upgraded} upgraded sessions");
 }
