@@ -229,6 +229,8 @@ struct Link {
     ws: Mutex<SidMap<WsInbox>>,
     /// Entries in `ws`, read without its lock.
     ws_open: AtomicUsize,
+    /// Entries in `ws` with an `error` (a send looks it up only then).
+    ws_failed: AtomicUsize,
 }
 
 /// The client's events for one session in WebSocket mode, not taken yet.
@@ -301,8 +303,14 @@ impl Link {
 
     /// Stops keeping them (the phase ended, or the upgrade failed).
     fn close_inbox(&self, sid: u32) {
-        if self.ws_open.load(Ordering::Relaxed) > 0 && lock(&self.ws).remove(&sid).is_some() {
+        if self.ws_open.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(inbox) = lock(&self.ws).remove(&sid) {
             self.ws_open.fetch_sub(1, Ordering::Relaxed);
+            if inbox.error.is_some() {
+                self.ws_failed.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -315,6 +323,9 @@ impl Link {
             return Ok(false);
         };
         if kind == proto::ws_event::ERROR {
+            if inbox.error.is_none() {
+                self.ws_failed.fetch_add(1, Ordering::Relaxed);
+            }
             inbox.error = Some(String::from_utf8_lossy(data).into_owned());
         } else {
             inbox.events.push_back((kind, data.to_vec()));
@@ -578,6 +589,7 @@ fn map(file: &File, args: &Args) -> Result<Link, String> {
         names: proto::NameTable::new(),
         ws: Mutex::new(SidMap::default()),
         ws_open: AtomicUsize::new(0),
+        ws_failed: AtomicUsize::new(0),
         tx: Mutex::new(tx),
         bell,
         wake,
@@ -1545,7 +1557,10 @@ impl HttpContext for Shadow {
     /// gone or too slow) cannot fail this call, which returned long
     /// before: the next one fails with its reason.
     fn websocket_send(&mut self, msg: WsMessage<'_>) -> Result<(), String> {
-        if self.ws_up {
+        // No lock and no lookup per send while no connection failed. A
+        // send that misses an error counted just now (`Relaxed`) is sent;
+        // a later send fails with it.
+        if self.ws_up && self.link.ws_failed.load(Ordering::Relaxed) > 0 {
             if let Some(inbox) = lock(&self.link.ws).get(&self.sid) {
                 if let Some(e) = &inbox.error {
                     return Err(e.clone());
