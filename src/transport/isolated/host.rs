@@ -812,7 +812,8 @@ fn handle(
                     st.stage = Stage::Ended;
                 }
                 (proto::READ, Stage::Waiting) => {
-                    st.read = payload[0];
+                    // One byte (validated above).
+                    st.read = payload.first().copied().unwrap_or_default();
                     st.stage = Stage::Read;
                 }
                 (proto::WS, Stage::Waiting | Stage::Read) => {
@@ -1071,11 +1072,16 @@ fn reap(w: &Worker, pid: u32, epoch: u64, quiet: bool) {
     if let Some(r) = lock(&w.kill_reason).take() {
         reason = format!("worker {pid} killed: {r}");
     }
+    // No longer offered to new sessions nor listed among the pids, before
+    // the death is counted: whoever sees the death in the stats (Acquire
+    // there) sees it gone, not still live until the restart.
+    w.live.store(false, Ordering::Release);
+    w.pid.store(0, Ordering::Release);
     // Counted before the sessions hear of it, so that a session that saw
     // its worker die also sees the death in the stats.
     *lock(&w.last_death) = Some(reason.clone());
     if !quiet {
-        w.counters.deaths.fetch_add(1, Ordering::Relaxed);
+        w.counters.deaths.fetch_add(1, Ordering::Release);
         *lock(&w.counters.last_death) = Some(reason.clone());
         eprintln!("nylon: {reason}; restarting");
     }
@@ -1084,8 +1090,6 @@ fn reap(w: &Worker, pid: u32, epoch: u64, quiet: bool) {
     // with it: their sessions fail below).
     *lock(&w.rx) = None;
     let mut link = lock(&w.link);
-    w.live.store(false, Ordering::Release);
-    w.pid.store(0, Ordering::Release);
     *link = None;
     {
         // Its slabs went with its mapping.

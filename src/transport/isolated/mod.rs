@@ -318,7 +318,9 @@ impl IsolatedPlugin {
         IsolatedStats {
             started: c.started.load(Ordering::Relaxed),
             restarts: c.restarts.load(Ordering::Relaxed),
-            deaths: c.deaths.load(Ordering::Relaxed),
+            // Acquire: pairs with the reaper's count, made after it took the
+            // dead incarnation off the list (`worker_pids`).
+            deaths: c.deaths.load(Ordering::Acquire),
             last_death: lock(&c.last_death).clone(),
             in_flight: self
                 .workers
