@@ -234,7 +234,7 @@ struct Link {
 }
 
 /// The client's events for one session in WebSocket mode, not taken yet.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct WsInbox {
     /// `proto::ws_event` kind and bytes, in arrival order.
     events: VecDeque<(u8, Vec<u8>)>,
@@ -243,6 +243,12 @@ struct WsInbox {
     /// Why a message the plugin sent could not be sent (its next send
     /// fails with it).
     error: Option<String>,
+    /// The host answered the upgrade (until then the inbox only keeps
+    /// events that may follow the answer).
+    upgraded: bool,
+    /// The session's phase task, found once (by its first event), then
+    /// marked ready by each event without a search.
+    task: Option<Arc<TaskWake>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,10 +294,18 @@ impl Link {
         self.wake.ring();
     }
 
-    /// Whether session `sid` is in WebSocket mode (its phase lasts as long
-    /// as the connection: no phase deadline).
+    /// Whether session `sid`'s phase upgraded to a WebSocket (it then lasts
+    /// as long as the connection: no phase deadline, for good).
     fn in_websocket(&self, sid: u32) -> bool {
-        self.ws_open.load(Ordering::Relaxed) > 0 && lock(&self.ws).contains_key(&sid)
+        self.ws_open.load(Ordering::Relaxed) > 0
+            && lock(&self.ws).get(&sid).is_some_and(|i| i.upgraded)
+    }
+
+    /// The host answered `sid`'s upgrade: it is in WebSocket mode.
+    fn mark_upgraded(&self, sid: u32) {
+        if let Some(inbox) = lock(&self.ws).get_mut(&sid) {
+            inbox.upgraded = true;
+        }
     }
 
     /// Starts keeping the client's events for `sid`.
@@ -314,23 +328,36 @@ impl Link {
         }
     }
 
-    /// Keeps a client event for `sid`: `false` when the session is not in
-    /// WebSocket mode (its phase ended; the event is dropped).
-    fn deliver(&self, sid: u32, frame: &[u8]) -> Result<bool, String> {
+    /// Keeps a client event for `sid` and marks its phase task ready
+    /// (`task` finds it, once per session); an event for a session no
+    /// longer in WebSocket mode (its phase ended) is dropped.
+    fn deliver(
+        &self,
+        sid: u32,
+        frame: &[u8],
+        task: impl FnOnce() -> Option<Arc<TaskWake>>,
+    ) -> Result<(), String> {
         let (kind, data) = proto::decode_ws_event(frame).map_err(|e| e.to_string())?;
         let mut ws = lock(&self.ws);
         let Some(inbox) = ws.get_mut(&sid) else {
-            return Ok(false);
+            return Ok(());
         };
         if kind == proto::ws_event::ERROR {
             if inbox.error.is_none() {
                 self.ws_failed.fetch_add(1, Ordering::Relaxed);
             }
             inbox.error = Some(String::from_utf8_lossy(data).into_owned());
-        } else {
-            inbox.events.push_back((kind, data.to_vec()));
+            return Ok(());
         }
-        Ok(true)
+        inbox.events.push_back((kind, data.to_vec()));
+        if inbox.task.is_none() {
+            inbox.task = task();
+        }
+        if let Some(t) = &inbox.task {
+            // The main thread's own flag: polled in this pass.
+            t.ready.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// The next frame without waiting: the backlog's, else the ring's (unless
@@ -648,6 +675,8 @@ struct Task<'a, S> {
     fut: Pin<Box<dyn Future<Output = TaskOutput<S>> + 'a>>,
     /// The host closed the session: close it once the phase is over.
     close: bool,
+    /// The phase upgraded to a WebSocket: no deadline.
+    websocket: bool,
 }
 
 /// The future of one phase: the transport's phase future over the task's
@@ -796,6 +825,7 @@ fn serve<T: Transport>(
                                 )),
                                 state,
                                 close: false,
+                                websocket: false,
                             });
                             probe::add(2, t2, probe::now());
                         }
@@ -834,11 +864,12 @@ fn serve<T: Transport>(
                 proto::WS_EVENT => {
                     // For a phase still in WebSocket mode: its task polls
                     // the client again.
-                    if link.deliver(sid, &payload)? {
-                        if let Some(task) = tasks.iter().find(|k| k.sid == sid) {
-                            task.state.ready.store(true, Ordering::SeqCst);
-                        }
-                    }
+                    link.deliver(sid, &payload, || {
+                        tasks
+                            .iter()
+                            .find(|k| k.sid == sid)
+                            .map(|k| Arc::clone(&k.state))
+                    })?;
                 }
                 // A late answer to a read whose phase already ended.
                 proto::READ_REPLY | proto::INIT => {}
@@ -860,6 +891,7 @@ fn serve<T: Transport>(
                         // Upgraded since: it lasts as long as its
                         // connection (the host times out an idle one).
                         task.deadline = None;
+                        task.websocket = true;
                     } else {
                         task.state.expired.store(true, Ordering::SeqCst);
                     }
@@ -877,8 +909,13 @@ fn serve<T: Transport>(
                 .as_mut()
                 .poll(&mut Context::from_waker(&task.waker))
             else {
-                if task.deadline.is_none() && !link.in_websocket(task.sid) {
-                    task.deadline = Some(*now.get_or_insert_with(Instant::now) + timeout);
+                // Looked up until the phase upgrades, never after.
+                if task.deadline.is_none() && !task.websocket {
+                    if link.in_websocket(task.sid) {
+                        task.websocket = true;
+                    } else {
+                        task.deadline = Some(*now.get_or_insert_with(Instant::now) + timeout);
+                    }
                 }
                 i += 1;
                 continue;
@@ -1547,7 +1584,10 @@ impl HttpContext for Shadow {
             }
         };
         match result {
-            Ok(()) => self.ws_up = true,
+            Ok(()) => {
+                self.ws_up = true;
+                self.link.mark_upgraded(self.sid);
+            }
             Err(_) => self.link.close_inbox(self.sid),
         }
         result
