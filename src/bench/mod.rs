@@ -99,6 +99,9 @@ pub struct Row {
     /// No variant involves another thread (see [`MULTI_THREAD_ROWS`]): the
     /// row gets instruction counts.
     pub single_thread: bool,
+    /// Variants of a single-thread row whose work is mostly in another
+    /// process (a worker), which callgrind does not see: no count.
+    pub uncounted: Vec<&'static str>,
 }
 
 /// The rows one of whose variants runs on two threads at once (a partner
@@ -132,6 +135,7 @@ impl Row {
             extra: Vec::new(),
             note: "",
             single_thread: !MULTI_THREAD_ROWS.contains(&name),
+            uncounted: Vec::new(),
         }
     }
 
@@ -140,6 +144,15 @@ impl Row {
     pub fn with(mut self, key: &'static str, v: Variant) -> Self {
         self.extra.push((key, v));
         self
+    }
+
+    /// Adds a further variant under `key` that does its work in another
+    /// process: timed, never counted (a count of this process alone would
+    /// leave the work out).
+    #[must_use]
+    pub fn with_elsewhere(mut self, key: &'static str, v: Variant) -> Self {
+        self.uncounted.push(key);
+        self.with(key, v)
     }
 
     /// The variant under `key` (`baseline`, `fast` or an extra one).
@@ -171,7 +184,7 @@ pub fn note(name: &str) -> &'static str {
         "empty_phase" => "host calls plugin, plugin does nothing and says next: one request-filter phase on an open session (legacy baseline, legacy on the fast host, v2); nylon-ring: `call` (fire-and-forget, per-call sid) with an empty payload, on an entry id resolved once",
         "read_command" => "host calls plugin, plugin reads the 13-byte path and sets one response header, host applies it: one phase on an open session (legacy baseline, legacy on the fast host, v2); nylon-ring: `call_response_fast` with a 13-byte payload the plugin checks, one static reply copied out by the host",
         "event" => "host hands the plugin a 13-byte message, no reply: a WebSocket text message to a plugin that ignores it (1000 per session; the host's frame codec is skipped on every side); nylon-ring: `call` with a 13-byte payload",
-        "websocket" => "one masked 125-byte text frame: parse, unmask, deliver, plugin echoes, host builds the frame (per message, 1000 per session). baseline: today's frame codec and the legacy plugin on the baseline host; fast_legacy: the fast codec and the same legacy plugin on the fast host; fast: the fast codec and the v2 plugin; isolated: the fast codec and the v2 plugin in a worker process (the client's messages stream to the worker, the echoes come back as it sends them)",
+        "websocket" => "one masked 125-byte text frame: parse, unmask, deliver, plugin echoes, host builds the frame (per message, 1000 per session). baseline: today's frame codec and the legacy plugin on the baseline host; fast_legacy: the fast codec and the same legacy plugin on the fast host; fast: the fast codec and the v2 plugin; isolated: the fast codec and the v2 plugin in a worker process (the client's messages stream to the worker, the echoes come back as it sends them; timed only: callgrind would not see the worker's instructions)",
         "session_open" => "open and close one session of the same entry, nothing run: legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
         "ffi_call" => "one synchronous read of the request path from the plugin, inside a phase (1000 per phase): legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
         "command" => "one fire-and-forget command from the plugin (set the status), inside a phase, applied by the host (1000 per phase): legacy on the baseline host; legacy on the fast host (fast_legacy); v2 (fast)",
@@ -765,7 +778,11 @@ pub fn run(
     let single: Vec<(&'static str, Vec<&'static str>)> = rows
         .iter()
         .filter(|r| r.single_thread)
-        .map(|r| (r.name, r.keys()))
+        .map(|r| {
+            let mut keys = r.keys();
+            keys.retain(|k| !r.uncounted.contains(k));
+            (r.name, keys)
+        })
         .collect();
     drop(rows);
     let instructions = count_instructions(&mut results, &single, &files, &mut progress);

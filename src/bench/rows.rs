@@ -506,7 +506,7 @@ pub fn all(plugins: &Plugins) -> Result<Vec<Row>, String> {
         phase_row("empty_phase", "empty")?,
         phase_row("read_command", "read_command")?,
         messages("event", "ws_sink", WsCodec::Raw, WsCodec::Raw)?,
-        messages("websocket", "ws_echo", WsCodec::Baseline, WsCodec::Fast)?.with(
+        messages("websocket", "ws_echo", WsCodec::Baseline, WsCodec::Fast)?.with_elsewhere(
             "isolated",
             super::isolated::websocket(plugins, WS_MESSAGES)?,
         ),
