@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nylon_transport::host::driver::{run_request, RequestReport, RunOptions};
 use nylon_transport::host::{MemoryContext, RequestSpec};
-use nylon_transport::transport::{V2Plugin, V2};
+use nylon_transport::transport::{Transport, V2Plugin, V2};
 
 use super::common::full_request;
 use super::go_build::{go_in_sdk, go_library, go_or_skip};
@@ -44,11 +44,19 @@ fn run_on(
     spec: RequestSpec,
     payload: Option<&[u8]>,
 ) -> RequestReport {
-    run_within(p, entry, spec, payload, Duration::from_secs(20))
+    run_within(
+        &V2::default(),
+        p,
+        entry,
+        spec,
+        payload,
+        Duration::from_secs(20),
+    )
 }
 
-fn run_within(
-    p: &Arc<V2Plugin>,
+fn run_within<T: Transport>(
+    t: &T,
+    p: &Arc<T::Plugin>,
     entry: &str,
     spec: RequestSpec,
     payload: Option<&[u8]>,
@@ -57,7 +65,7 @@ fn run_within(
     let upstream = spec.upstream.clone();
     let mut ctx = MemoryContext::new(spec, payload.map(<[u8]>::to_vec));
     run_request(
-        &V2::default(),
+        t,
         p,
         entry,
         &mut ctx,
@@ -289,20 +297,14 @@ fn go_websocket_through_a_worker_process_matches_in_process() {
     .expect("start a worker for the Go example ws");
     for n in [2, 200] {
         let (spec, want) = ws_spec(n);
-        let upstream = spec.upstream.clone();
-        let mut ctx = MemoryContext::new(spec, None);
-        let r = run_request(
+        let r = run_within(
             &Isolated::new(),
             &remote,
             "ws",
-            &mut ctx,
-            upstream.as_ref(),
-            RunOptions {
-                timeout: Duration::from_secs(20),
-                trace: false,
-            },
-        )
-        .expect("session opens");
+            spec,
+            None,
+            Duration::from_secs(20),
+        );
         assert_eq!(r.outcomes(), ["stream_end", "next"], "{:?}", r.phases);
         assert_eq!(r.response.websocket, want);
     }
@@ -376,6 +378,7 @@ fn go_phase_the_host_gave_up_on() {
     let p = plugin("echo");
     // The goroutine waits for echo_release: the host's timeout passes first.
     let r = run_within(
+        &V2::default(),
         &p,
         "echo_late",
         spec(r#"{"path":"/late"}"#),
