@@ -22,12 +22,17 @@
 #    connections, each keeping WS_WINDOW messages of WS_SIZE bytes in flight
 #    for DURATION; messages echoed per second, every echo checked in order.
 #
+# 4. CPU per request at a fixed rate (PACED_RATE requests/s on one
+#    connection, scripts/paced_cpu.py): user + system time of proxy A and its
+#    isolated workers, per request, on the routes of part 1. A saturating
+#    load's req/s hides threads that burn CPU while they wait; this does not.
+#
 # Proxies A (futures) and B (blocking wait) run with --keep-content-length;
 # proxy C (futures, default framing) gives the rows "re-framed chunked".
 #
 # Environment: ROUNDS (3), DURATION (10s, whole seconds), CONNS (64),
 # SLOW_CONNS (256), PROXY_THREADS (2), UPSTREAM_THREADS (1), WRK_THREADS (1),
-# WS_CONNS (64), WS_WINDOW (16), WS_SIZE (64), ISO_WORKERS (2).
+# WS_CONNS (64), WS_WINDOW (16), WS_SIZE (64), ISO_WORKERS (2), PACED_RATE (1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +47,7 @@ WS_CONNS=${WS_CONNS:-64}
 WS_WINDOW=${WS_WINDOW:-16}
 WS_SIZE=${WS_SIZE:-64}
 ISO_WORKERS=${ISO_WORKERS:-2}
+PACED_RATE=${PACED_RATE:-1000}
 DOCS=0
 [ "${1:-}" = "--docs" ] && DOCS=1
 
@@ -161,6 +167,14 @@ run_ws() { # label port path
   echo "== $1 $out" >>"$ws_results"
   echo "$1 c=$WS_CONNS: $(echo "$out" | sed 's/.*msgs_per_s=//') msgs/s" >&2
 }
+paced_results="$work/paced_results.txt"
+: >"$paced_results"
+run_paced() { # label port path
+  local out
+  out=$(python3 scripts/paced_cpu.py "$2" "$3" "$PACED_RATE" "${DURATION%s}" "$PA_PID")
+  echo "== $1 $out" >>"$paced_results"
+  echo "$1 at $PACED_RATE req/s: $out" >&2
+}
 run() { # label port path conns
   local out
   out=$(wrk -t"$WRK_THREADS" -c"$4" -d"$DURATION" --latency -H 'x-request-id: bench' "http://127.0.0.1:$2$3")
@@ -194,6 +208,9 @@ for r in $(seq 1 "$ROUNDS"); do
   run_ws ws-v2 "$PA" /ws-v2
   run_ws ws-iso-fast "$PA" /ws-iso-fast
   run_ws ws-iso-v2 "$PA" /ws-iso-v2
+  for route in none fast v2 iso-fast iso-v2; do
+    run_paced "$route" "$PA" "/$route"
+  done
 done
 
 machine=$(printf '%s, %s logical CPUs, %s GiB RAM, Linux %s' \
@@ -207,10 +224,10 @@ stats_b=$(grep -h 'nylon-serve: stats' "$work/b.log" | sed 's/nylon-serve: stats
 
 table=$(python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" "$SLOW_CONNS" "$PROXY_THREADS" \
   "$UPSTREAM_THREADS" "$WRK_THREADS" "$machine" "$stats_a" "$stats_b" "$ws_results" \
-  "$WS_CONNS" "$WS_WINDOW" "$WS_SIZE" <<'PY'
+  "$WS_CONNS" "$WS_WINDOW" "$WS_SIZE" "$paced_results" "$PACED_RATE" <<'PY'
 import re, statistics, sys
 path, rounds, duration, conns, slow, pthreads, uthreads, wthreads, machine, sa, sb = sys.argv[1:12]
-ws_path, ws_conns, ws_window, ws_size = sys.argv[12:16]
+ws_path, ws_conns, ws_window, ws_size, paced_path, paced_rate = sys.argv[12:18]
 def ms(v):
     m = re.match(r'([\d.]+)(us|ms|s)', v)
     if not m: return float('nan')
@@ -301,6 +318,31 @@ if ws:
         m = sorted(runs)[len(runs) // 2]
         r = statistics.median(a / b for a, b in zip(runs, ws['ws-v2']))
         out.append(f"| {wnames[label]} | {m:.0f} | {r:.3f} | {', '.join(f'{x:.0f}' for x in runs)} |")
+    out.append("")
+paced = {}
+for line in open(paced_path):
+    m = re.match(r'== (\S+) rate=([\d.]+) cpu_us=([\d.]+)', line)
+    if m:
+        paced.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3))))
+if paced:
+    out.append(f"### CPU per request at {paced_rate} requests/s")
+    out.append("")
+    out.append(f"One keep-alive connection, a request every {1000 / float(paced_rate):g} ms "
+               "(`scripts/paced_cpu.py`), on proxy A: user + system CPU time of the proxy process "
+               "and its isolated plugins' worker processes, per request (the upstream and the "
+               "client are not counted). Median round.")
+    out.append("")
+    out.append("| route | CPU per request | over no plugin | req/s | CPU per round |")
+    out.append("|---|---:|---:|---:|---|")
+    def cmed(label):
+        return statistics.median(c for _, c in paced[label])
+    for label in ['none', 'fast', 'v2', 'iso-fast', 'iso-v2']:
+        if label not in paced:
+            continue
+        runs = paced[label]
+        out.append(f"| {names[label]} | {cmed(label):.0f} µs | +{cmed(label) - cmed('none'):.0f} µs | "
+                   f"{statistics.median(r for r, _ in runs):.0f} | "
+                   f"{', '.join(f'{c:.0f}' for _, c in runs)} |")
     out.append("")
 out.append(f"Host counters at exit (futures proxy A): `{sa}`; (blocking proxy B): `{sb}`.")
 print("\n".join(out))

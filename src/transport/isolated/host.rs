@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use atomic_waker::AtomicWaker;
 
 use super::doorbell::{self, Doorbell, ARMED, QUIET};
+use super::looking::Looking;
 use super::names::LinkNames;
 use super::proto;
 use super::slabs::{self, SlabArea};
@@ -647,10 +648,14 @@ fn spawn(w: &Arc<Worker>, epoch: u64) -> Result<(Child, Link), String> {
 }
 
 /// Reads worker-to-host frames of incarnation `epoch` until it is replaced:
-/// whatever is there, then a short spin, then sleep on the doorbell.
+/// whatever is there, then a short spin, then (while that pays: see
+/// [`super::looking`]) yields for up to [`DISPATCH_ACTIVE`], then sleep on
+/// the doorbell.
 fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
     let mut idle = 0u32;
-    let mut active_until: Option<Instant> = None;
+    let mut looking = Looking::new();
+    // When the ring ran dry, once the spin is over; whether to look.
+    let mut gap: Option<(Instant, bool)> = None;
     loop {
         if w.epoch.load(Ordering::Acquire) != epoch {
             return;
@@ -659,8 +664,12 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
             None => return,
             Some(0) => {}
             Some(_) => {
+                match gap.take() {
+                    Some((start, _)) => looking.record(start.elapsed(), DISPATCH_ACTIVE),
+                    None if idle > 0 => looking.hit(),
+                    None => {}
+                }
                 idle = 0;
-                active_until = None;
                 continue;
             }
         }
@@ -673,7 +682,7 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
                 bell.sleep(QUIET, Instant::now() + IDLE_WAIT);
             }
             idle = 0;
-            active_until = None;
+            gap = None;
             continue;
         }
         idle += 1;
@@ -681,19 +690,21 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
             std::hint::spin_loop();
             continue;
         }
-        let until = *active_until.get_or_insert_with(|| Instant::now() + DISPATCH_ACTIVE);
-        if Instant::now() < until {
+        let (start, look) = *gap.get_or_insert_with(|| (Instant::now(), looking.pays()));
+        if look && start.elapsed() < DISPATCH_ACTIVE {
             std::thread::yield_now();
             continue;
         }
-        active_until = None;
         bell.arm();
         match w.drain(epoch, true) {
             None => return,
             Some(0) => bell.sleep(ARMED, Instant::now() + IDLE_WAIT),
             Some(_) => {}
         }
-        idle = 0;
+        // The next drain ends the gap (or finds the ring dry and starts
+        // looking again, the gap still open).
+        gap = gap.map(|(start, _)| (start, false));
+        idle = DISPATCH_SPIN;
     }
 }
 

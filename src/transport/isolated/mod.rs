@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::wait::{run_started, Latency, PhaseProgress, Settle, WaitPolicy};
+use super::wait::{self, run_started, Latency, PhaseProgress, Settle, WaitPolicy, SPIN};
 use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport};
 use crate::abi::legacy::{Method, Phase};
 use crate::host::context::{HttpContext, WsRecv};
@@ -31,6 +31,7 @@ use host::{lock, Counters, Help, Launch, Stage, Worker};
 
 mod doorbell;
 mod host;
+mod looking;
 mod names;
 mod probe;
 pub mod proto;
@@ -418,6 +419,9 @@ const SCRATCH_KEEP: usize = 64 << 10;
 /// headers goes through the buffer, which then does not keep its size
 /// ([`SCRATCH_KEEP`]).
 const SCRATCH_DIRECT: usize = 16 << 10;
+/// One phase in this many spins on its first poll whatever the recent
+/// latency (to notice a worker that became fast again).
+const SPIN_PROBE: u64 = 8;
 
 /// The process-isolated transport (see the [module docs](self)).
 #[derive(Debug)]
@@ -526,6 +530,13 @@ pub struct IsolatedPhase<'a> {
     /// (swapped with the slot's queue).
     ws_msg: Vec<u8>,
     ws_cmds: Vec<u8>,
+    /// The transport's recent latency, when the first poll may wait for the
+    /// answer a moment (see [`IsolatedPhase::spin`]); `None` in `run_phase`,
+    /// which waits its own way.
+    latency: Option<&'a Latency>,
+    /// When that wait began (`now_ns`), 0 if it did not: the latency sample
+    /// ends when the phase does.
+    spun_ns: u64,
 }
 
 impl fmt::Debug for IsolatedPhase<'_> {
@@ -1011,22 +1022,76 @@ fn apply(
     }
 }
 
+impl IsolatedPhase<'_> {
+    /// Starts the phase and, while the transport's recent answers mostly
+    /// came within [`SPIN`] (and on one phase in [`SPIN_PROBE`]), waits up
+    /// to that long for the answer on this thread, reading the worker's ring
+    /// itself ([`Help`]): an answer caught here costs no wake-up of the
+    /// dispatcher and none of this task, where a task that goes pending and
+    /// is woken costs its runtime thread a sleep and a wake-up (tens of µs of
+    /// CPU on a VM, far more than the spin). Only a spin: no yield, which
+    /// on a loaded runtime thread would run another process's thread instead
+    /// of this thread's other tasks.
+    fn start_and_spin(&mut self, latency: &Latency) -> Option<PhaseOutcome> {
+        let start_ns = wait::now_ns();
+        if !latency.spin_pays() && !start_ns.is_multiple_of(SPIN_PROBE) {
+            return self.start();
+        }
+        let plugin = Arc::clone(&self.s.plugin);
+        let w = &plugin.workers[self.s.worker];
+        let help = Help::begin(w);
+        if let Some(o) = self.start() {
+            return Some(o);
+        }
+        self.spun_ns = start_ns;
+        let slot = &w.slots[self.s.slot as usize];
+        let until = Instant::now() + SPIN;
+        'spin: loop {
+            for _ in 0..32 {
+                let _ = w.drain(self.s.epoch, false);
+                if lock(&slot.state).stage != Stage::Waiting {
+                    break 'spin;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                break;
+            }
+        }
+        drop(help);
+        None
+    }
+}
+
 impl Future for IsolatedPhase<'_> {
     type Output = PhaseOutcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
         let this = self.get_mut();
-        match this.state {
-            PhaseState::Start => match this.start() {
-                Some(o) => {
-                    this.state = PhaseState::Done;
-                    Poll::Ready(o)
+        let poll = match this.state {
+            PhaseState::Start => {
+                let started = match this.latency {
+                    Some(latency) => this.start_and_spin(latency),
+                    None => this.start(),
+                };
+                match started {
+                    Some(o) => {
+                        this.state = PhaseState::Done;
+                        return Poll::Ready(o);
+                    }
+                    None => this.resume(cx),
                 }
-                None => this.resume(cx),
-            },
+            }
             PhaseState::Running => this.resume(cx),
-            PhaseState::Done => Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
+            PhaseState::Done => return Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
+        };
+        if let (Poll::Ready(_), Some(latency)) = (&poll, this.latency) {
+            // A WebSocket phase lasts as long as the connection: not a latency.
+            if this.spun_ns != 0 && !this.websocket {
+                latency.record(wait::now_ns().saturating_sub(this.spun_ns));
+            }
         }
+        poll
     }
 }
 
@@ -1114,6 +1179,8 @@ impl Transport for Isolated {
             client_closed: false,
             ws_msg: Vec::new(),
             ws_cmds: Vec::new(),
+            latency: Some(&self.latency),
+            spun_ns: 0,
         }
     }
 
@@ -1137,6 +1204,8 @@ impl Transport for Isolated {
         // doorbell quiet.
         let help = Help::begin(w);
         let mut fut = self.phase(session, phase, ctx);
+        // Waits below, its own way.
+        fut.latency = None;
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
             return o;

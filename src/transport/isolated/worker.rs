@@ -34,6 +34,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::doorbell::{self, Doorbell, ARMED};
+use super::looking::Looking;
 use super::probe;
 use super::proto::{self, at, Blob, Command, EndWriter, Start};
 use super::slabs::{self, SlabArea};
@@ -66,7 +67,8 @@ const SPARE_WAKERS: usize = 64;
 /// start within this finds the worker awake, instead of paying a futex
 /// wake-up (tens of µs on a VM whose idle vCPU halted). While phases run on
 /// the plugin's own threads it sleeps after the yields: those threads need
-/// the CPU more, and their completion wakes it.
+/// the CPU more, and their completion wakes it. It looks only while that
+/// pays: see [`super::looking`].
 const IDLE_ACTIVE: Duration = Duration::from_micros(50);
 /// Frame buffers the main thread keeps for reuse, and the largest it keeps.
 const SPARE_FRAMES: usize = 64;
@@ -421,39 +423,60 @@ impl Link {
 
     /// Waits until the main thread has work or `deadline` passes (without
     /// one, [`IDLE_WAIT`]): a spin, [`IDLE_YIELDS`] yields and more for up
-    /// to `active`, then a sleep on the doorbell (armed, then a last look:
-    /// the protocol is in [`super::doorbell`]). The clock is read only
-    /// after the spin.
-    fn idle(&self, deadline: Option<Instant>, active: Duration) -> Result<(), String> {
+    /// to `active` (only while `looking` says it pays), then a sleep on the
+    /// doorbell (armed, then a last look: the protocol is in
+    /// [`super::doorbell`]). The clock is read only after the spin.
+    fn idle(
+        &self,
+        deadline: Option<Instant>,
+        active: Duration,
+        looking: &mut Looking,
+    ) -> Result<(), String> {
         for _ in 0..IDLE_SPIN {
             if self.has_work()? {
+                if !active.is_zero() {
+                    looking.hit();
+                }
                 return Ok(());
             }
             std::hint::spin_loop();
         }
-        let now = Instant::now();
-        let deadline = deadline.unwrap_or(now + IDLE_WAIT);
-        let active = now + active;
-        let mut yields = 0;
-        loop {
-            if self.has_work()? {
-                return Ok(());
+        let start = Instant::now();
+        let deadline = deadline.unwrap_or(start + IDLE_WAIT);
+        // Only a gap between phases (nothing running here) is looked
+        // through and measured: a running phase's completion wakes us.
+        let gap = |looking: &mut Looking| {
+            if !active.is_zero() {
+                looking.record(start.elapsed(), active);
             }
-            yields += 1;
-            if yields > IDLE_YIELDS {
-                let now = Instant::now();
-                if now >= active || now >= deadline {
-                    break;
+        };
+        let look = active.is_zero() || looking.pays();
+        if look {
+            let until = start + active;
+            let mut yields = 0;
+            loop {
+                if self.has_work()? {
+                    gap(looking);
+                    return Ok(());
                 }
+                yields += 1;
+                if yields > IDLE_YIELDS {
+                    let now = Instant::now();
+                    if now >= until || now >= deadline {
+                        break;
+                    }
+                }
+                std::thread::yield_now();
             }
-            std::thread::yield_now();
         }
         self.wake.arm();
         if self.has_work()? {
+            gap(looking);
             return Ok(());
         }
         let now = Instant::now();
         self.wake.sleep(ARMED, deadline.min(now + IDLE_WAIT));
+        gap(looking);
         if now.elapsed() >= IDLE_WAIT && !host_alive(self.host_pid) {
             return Err("the host is gone".into());
         }
@@ -754,6 +777,7 @@ fn serve<T: Transport>(
     let mut end = Vec::new();
     // Wakers of ended tasks that nobody else holds, for the next ones.
     let mut wakers: Vec<(Arc<TaskWake>, Waker)> = Vec::new();
+    let mut looking = Looking::new();
     // Frame buffers for `try_next`, reused (a phase start's goes to its
     // shadow, which gives back the one it had).
     let mut frames: Vec<Vec<u8>> = Vec::new();
@@ -968,7 +992,7 @@ fn serve<T: Transport>(
         } else {
             Duration::ZERO
         };
-        link.idle(deadline, active)?;
+        link.idle(deadline, active, &mut looking)?;
     }
 }
 
