@@ -191,7 +191,9 @@ impl std::task::Wake for Unpark {
 /// [`CONCURRENT`] requests in flight at once on one worker, each phase's
 /// futures polled together from this thread: ns per request.
 fn concurrent(plugin: Arc<IsolatedPlugin>) -> Variant {
-    let t = Isolated::new();
+    // No spin in the first poll: every phase start goes out before any
+    // answer is awaited, so the requests are in flight together.
+    let t = Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO));
     let mut ctxs: Vec<BenchContext> = (0..CONCURRENT)
         .map(|_| BenchContext::scenario(WsCodec::Fast))
         .collect();

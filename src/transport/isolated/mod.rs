@@ -445,7 +445,8 @@ impl Isolated {
 
     /// Creates the transport with another wait for synchronous phases
     /// (`WaitPolicy::Spin(Duration::ZERO)` parks at once and leaves the
-    /// answer to the dispatcher, as an asynchronous phase does).
+    /// answer to the dispatcher; it also keeps a phase future's first poll
+    /// from spinning for its answer).
     pub fn with_wait(wait: WaitPolicy) -> Self {
         Self {
             wait,
@@ -530,10 +531,11 @@ pub struct IsolatedPhase<'a> {
     /// (swapped with the slot's queue).
     ws_msg: Vec<u8>,
     ws_cmds: Vec<u8>,
-    /// The transport's recent latency, when the first poll may wait for the
-    /// answer a moment (see [`IsolatedPhase::spin`]); `None` in `run_phase`,
-    /// which waits its own way.
-    latency: Option<&'a Latency>,
+    /// The transport's wait policy and recent latency, when the first poll
+    /// may wait for the answer a moment (see
+    /// [`IsolatedPhase::start_and_spin`]); `None` in `run_phase`, which
+    /// waits its own way.
+    spin: Option<(WaitPolicy, &'a Latency)>,
     /// When that wait began (`now_ns`), 0 if it did not: the latency sample
     /// ends when the phase does.
     spun_ns: u64,
@@ -1023,18 +1025,22 @@ fn apply(
 }
 
 impl IsolatedPhase<'_> {
-    /// Starts the phase and, while the transport's recent answers mostly
-    /// came within [`SPIN`] (and on one phase in [`SPIN_PROBE`]), waits up
-    /// to that long for the answer on this thread, reading the worker's ring
-    /// itself ([`Help`]): an answer caught here costs no wake-up of the
-    /// dispatcher and none of this task, where a task that goes pending and
-    /// is woken costs its runtime thread a sleep and a wake-up (tens of µs of
-    /// CPU on a VM, far more than the spin). Only a spin: no yield, which
-    /// on a loaded runtime thread would run another process's thread instead
+    /// Starts the phase and waits a moment for the answer on this thread,
+    /// reading the worker's ring itself ([`Help`]): up to [`SPIN`] while
+    /// the transport's recent answers mostly came within it (and on one
+    /// phase in [`SPIN_PROBE`]), not at all under `WaitPolicy::Spin(0)`
+    /// (which leaves every answer to the dispatcher). An answer
+    /// caught here costs no wake-up of the dispatcher and none of this task,
+    /// where a task that goes pending and is woken costs its runtime thread
+    /// a sleep and a wake-up when it has nothing else to run (tens of µs of
+    /// CPU on a VM, far more than the spin). Only a spin: no yield, which on
+    /// a loaded runtime thread would run another process's thread instead
     /// of this thread's other tasks.
-    fn start_and_spin(&mut self, latency: &Latency) -> Option<PhaseOutcome> {
+    fn start_and_spin(&mut self, policy: WaitPolicy, latency: &Latency) -> Option<PhaseOutcome> {
         let start_ns = wait::now_ns();
-        if !latency.spin_pays() && !start_ns.is_multiple_of(SPIN_PROBE) {
+        let spin = policy != WaitPolicy::Spin(Duration::ZERO)
+            && (latency.spin_pays() || start_ns.is_multiple_of(SPIN_PROBE));
+        if !spin {
             return self.start();
         }
         let plugin = Arc::clone(&self.s.plugin);
@@ -1070,8 +1076,8 @@ impl Future for IsolatedPhase<'_> {
         let this = self.get_mut();
         let poll = match this.state {
             PhaseState::Start => {
-                let started = match this.latency {
-                    Some(latency) => this.start_and_spin(latency),
+                let started = match this.spin {
+                    Some((policy, latency)) => this.start_and_spin(policy, latency),
                     None => this.start(),
                 };
                 match started {
@@ -1085,7 +1091,7 @@ impl Future for IsolatedPhase<'_> {
             PhaseState::Running => this.resume(cx),
             PhaseState::Done => return Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
         };
-        if let (Poll::Ready(_), Some(latency)) = (&poll, this.latency) {
+        if let (Poll::Ready(_), Some((_, latency))) = (&poll, this.spin) {
             // A WebSocket phase lasts as long as the connection: not a latency.
             if this.spun_ns != 0 && !this.websocket {
                 latency.record(wait::now_ns().saturating_sub(this.spun_ns));
@@ -1179,7 +1185,7 @@ impl Transport for Isolated {
             client_closed: false,
             ws_msg: Vec::new(),
             ws_cmds: Vec::new(),
-            latency: Some(&self.latency),
+            spin: Some((self.wait, &self.latency)),
             spun_ns: 0,
         }
     }
@@ -1205,7 +1211,7 @@ impl Transport for Isolated {
         let help = Help::begin(w);
         let mut fut = self.phase(session, phase, ctx);
         // Waits below, its own way.
-        fut.latency = None;
+        fut.spin = None;
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
             return o;
