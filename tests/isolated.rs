@@ -21,7 +21,7 @@ use nylon_transport::host::{HttpContext, LegacyPlugin, MemoryContext, RequestSpe
 use nylon_transport::transport::isolated::{Abi, InnerKind};
 use nylon_transport::transport::{
     Fast, Isolated, IsolatedConfig, IsolatedPlugin, OpenError, PhaseOutcome, SessionError,
-    SessionOptions, Transport, V2Plugin, WaitPolicy, V2,
+    SessionOptions, Transport, V2Plugin, V2,
 };
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -892,21 +892,6 @@ fn shutdown_runs_the_plugins_shutdown_once_per_worker_and_later_opens_fail() {
 
 #[test]
 fn asynchronous_phases_finish_while_a_synchronous_caller_reads_the_ring() {
-    // The awaited phases' first polls leave every answer to the dispatcher.
-    asynchronous_phases_beside_a_synchronous_caller(&Isolated::with_wait(WaitPolicy::Spin(
-        Duration::ZERO,
-    )));
-}
-
-#[test]
-fn spinning_first_polls_finish_while_a_synchronous_caller_reads_the_ring() {
-    // The awaited phases' first polls read the ring themselves for a moment
-    // (and leave it as a synchronous caller does), the dispatcher taking
-    // the answers that come later.
-    asynchronous_phases_beside_a_synchronous_caller(&Isolated::new());
-}
-
-fn asynchronous_phases_beside_a_synchronous_caller(awaited: &Isolated) {
     // A synchronous caller reads the worker's answers itself and keeps the
     // dispatcher asleep meanwhile: answers it takes for other sessions must
     // wake their tasks, and when it leaves while answers are owed it arms
@@ -939,12 +924,11 @@ fn asynchronous_phases_beside_a_synchronous_caller(awaited: &Isolated) {
         }
         let stop_caller = Stop(&stop);
         for i in 0..5000 {
-            let mut s = awaited.open(&p, "ok", SessionOptions::default()).unwrap();
+            let mut s = t.open(&p, "ok", SessionOptions::default()).unwrap();
             let mut ctx = MemoryContext::new(RequestSpec::default(), None);
-            let o =
-                futures::executor::block_on(awaited.phase(&mut s, Phase::RequestFilter, &mut ctx));
+            let o = futures::executor::block_on(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
             assert_eq!(o, PhaseOutcome::End);
-            awaited.close(s);
+            t.close(s);
             assert!(start.elapsed() < bound, "only {i} phases within {bound:?}");
         }
         drop(stop_caller);
@@ -963,19 +947,17 @@ fn requests_after_a_synchronous_phase_still_wake_the_dispatcher() {
     // dispatcher was asleep): 300 rounds would take about a minute.
     let path = crash_plugin();
     let t = Isolated::new();
-    // Its first polls leave the answer to the dispatcher.
-    let awaited = Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO));
     let p = IsolatedPlugin::start(&path, b"", config(1)).unwrap();
     let start = Instant::now();
     for i in 0..300 {
         let (o, _) = phase1(&t, &p, "ok");
         assert_eq!(o, PhaseOutcome::End);
         // An asynchronous phase, nobody else reading.
-        let mut s = awaited.open(&p, "ok", SessionOptions::default()).unwrap();
+        let mut s = t.open(&p, "ok", SessionOptions::default()).unwrap();
         let mut ctx = MemoryContext::new(RequestSpec::default(), None);
-        let o = futures::executor::block_on(awaited.phase(&mut s, Phase::RequestFilter, &mut ctx));
+        let o = futures::executor::block_on(t.phase(&mut s, Phase::RequestFilter, &mut ctx));
         assert_eq!(o, PhaseOutcome::End);
-        awaited.close(s);
+        t.close(s);
         // An entry check (an unknown entry: a round trip, answered through
         // the dispatcher too).
         let (o, _) = phase1(&t, &p, "ok");

@@ -140,41 +140,6 @@ fn sequential(plugin: Arc<IsolatedPlugin>, t: Isolated) -> Variant {
     })
 }
 
-/// The request scenario with each phase awaited as a future, as the proxy
-/// awaits it on its runtime: polled (the first poll may spin for the answer,
-/// see `IsolatedPhase`), then parked until the dispatcher's wake-up.
-fn awaited(plugin: Arc<IsolatedPlugin>) -> Variant {
-    let t = Isolated::new();
-    let mut ctx = BenchContext::scenario(WsCodec::Fast);
-    Variant::new(1, move |iters| {
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let start = Instant::now();
-        for _ in 0..iters {
-            ctx.reset();
-            let mut s = t
-                .open(&plugin, "scenario", SessionOptions::default())
-                .map_err(|e| e.to_string())?;
-            for phase in Phase::ALL {
-                let mut fut = t.phase(&mut s, phase, &mut ctx);
-                let deadline = Instant::now() + PHASE_TIMEOUT;
-                let o = loop {
-                    if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
-                        break o;
-                    }
-                    if Instant::now() > deadline {
-                        return Err("an awaited phase timed out".into());
-                    }
-                    std::thread::park_timeout(Duration::from_millis(1));
-                };
-                expect_next(o)?;
-            }
-            t.close(s);
-        }
-        Ok(start.elapsed())
-    })
-}
-
 /// Unparks the benchmark thread.
 struct Unpark(std::thread::Thread);
 
@@ -191,9 +156,7 @@ impl std::task::Wake for Unpark {
 /// [`CONCURRENT`] requests in flight at once on one worker, each phase's
 /// futures polled together from this thread: ns per request.
 fn concurrent(plugin: Arc<IsolatedPlugin>) -> Variant {
-    // No spin in the first poll: every phase start goes out before any
-    // answer is awaited, so the requests are in flight together.
-    let t = Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO));
+    let t = Isolated::new();
     let mut ctxs: Vec<BenchContext> = (0..CONCURRENT)
         .map(|_| BenchContext::scenario(WsCodec::Fast))
         .collect();
@@ -250,10 +213,7 @@ fn concurrent(plugin: Arc<IsolatedPlugin>) -> Variant {
 /// fast = the v2 plugin through a worker; `isolated_legacy` the legacy
 /// plugin through a worker; `v2` the v2 plugin in process;
 /// `isolated_parked` the fast variant with the caller parking at once (the
-/// dispatcher hands it every answer); `isolated_awaited` the fast variant
-/// with each phase polled as a future and the thread parked while it is
-/// pending (an asynchronous task's path: the first poll may catch the answer
-/// in a short spin, else the dispatcher wakes the task);
+/// dispatcher hands it every answer, as it does for an asynchronous task);
 /// `isolated_concurrent` [`CONCURRENT`] v2 requests in flight on one worker;
 /// `isolated_names_inline` the fast variant with header names sent as bytes
 /// (not interned ids); `isolated_body_64k` and `isolated_body_64k_inline` a
@@ -268,7 +228,6 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
     // The parked variant has its own worker: sharing one with the fast
     // variant left its dispatcher awake in the fast variant's samples.
     let v2_parked = start(&plugins.v2_path, b"{}", 1)?;
-    let v2_awaited = start(&plugins.v2_path, b"{}", 1)?;
     let v2_many = start(&plugins.v2_path, b"{}", 1)?;
     // The body variants each have their own worker, as the parked one does.
     let v2_body = start(&plugins.v2_path, b"{}", 1)?;
@@ -307,7 +266,6 @@ pub fn row(plugins: &Plugins) -> Result<Row, String> {
             Isolated::with_wait(WaitPolicy::Spin(Duration::ZERO)),
         ),
     )
-    .with("isolated_awaited", awaited(v2_awaited))
     .with("v2", v2_request(plugins.v2.clone())?)
     .with("isolated_concurrent", concurrent(v2_many))
     .with(

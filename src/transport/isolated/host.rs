@@ -692,7 +692,7 @@ fn dispatcher(w: &Worker, epoch: u64, bell: &Doorbell) {
         }
         let (start, look) = *gap.get_or_insert_with(|| (Instant::now(), looking.pays()));
         if look && start.elapsed() < DISPATCH_ACTIVE {
-            std::thread::yield_now();
+            looking.yield_now();
             continue;
         }
         bell.arm();

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::wait::{self, run_started, Latency, PhaseProgress, Settle, WaitPolicy, SPIN};
+use super::wait::{run_started, Latency, PhaseProgress, Settle, WaitPolicy};
 use super::{OpenError, PhaseOutcome, SessionError, SessionOptions, TraceEntry, Transport};
 use crate::abi::legacy::{Method, Phase};
 use crate::host::context::{HttpContext, WsRecv};
@@ -419,9 +419,6 @@ const SCRATCH_KEEP: usize = 64 << 10;
 /// headers goes through the buffer, which then does not keep its size
 /// ([`SCRATCH_KEEP`]).
 const SCRATCH_DIRECT: usize = 16 << 10;
-/// One phase in this many spins on its first poll whatever the recent
-/// latency (to notice a worker that became fast again).
-const SPIN_PROBE: u64 = 8;
 
 /// The process-isolated transport (see the [module docs](self)).
 #[derive(Debug)]
@@ -445,8 +442,7 @@ impl Isolated {
 
     /// Creates the transport with another wait for synchronous phases
     /// (`WaitPolicy::Spin(Duration::ZERO)` parks at once and leaves the
-    /// answer to the dispatcher; it also keeps a phase future's first poll
-    /// from spinning for its answer).
+    /// answer to the dispatcher, as an asynchronous phase does).
     pub fn with_wait(wait: WaitPolicy) -> Self {
         Self {
             wait,
@@ -531,14 +527,6 @@ pub struct IsolatedPhase<'a> {
     /// (swapped with the slot's queue).
     ws_msg: Vec<u8>,
     ws_cmds: Vec<u8>,
-    /// The transport's wait policy and recent latency, when the first poll
-    /// may wait for the answer a moment (see
-    /// [`IsolatedPhase::start_and_spin`]); `None` in `run_phase`, which
-    /// waits its own way.
-    spin: Option<(WaitPolicy, &'a Latency)>,
-    /// When that wait began (`now_ns`), 0 if it did not: the latency sample
-    /// ends when the phase does.
-    spun_ns: u64,
 }
 
 impl fmt::Debug for IsolatedPhase<'_> {
@@ -1024,80 +1012,22 @@ fn apply(
     }
 }
 
-impl IsolatedPhase<'_> {
-    /// Starts the phase and waits a moment for the answer on this thread,
-    /// reading the worker's ring itself ([`Help`]): up to [`SPIN`] while
-    /// the transport's recent answers mostly came within it (and on one
-    /// phase in [`SPIN_PROBE`]), not at all under `WaitPolicy::Spin(0)`
-    /// (which leaves every answer to the dispatcher). An answer
-    /// caught here costs no wake-up of the dispatcher and none of this task,
-    /// where a task that goes pending and is woken costs its runtime thread
-    /// a sleep and a wake-up when it has nothing else to run (tens of µs of
-    /// CPU on a VM, far more than the spin). Only a spin: no yield, which on
-    /// a loaded runtime thread would run another process's thread instead
-    /// of this thread's other tasks.
-    fn start_and_spin(&mut self, policy: WaitPolicy, latency: &Latency) -> Option<PhaseOutcome> {
-        let start_ns = wait::now_ns();
-        let spin = policy != WaitPolicy::Spin(Duration::ZERO)
-            && (latency.spin_pays() || start_ns.is_multiple_of(SPIN_PROBE));
-        if !spin {
-            return self.start();
-        }
-        let plugin = Arc::clone(&self.s.plugin);
-        let w = &plugin.workers[self.s.worker];
-        let help = Help::begin(w);
-        if let Some(o) = self.start() {
-            return Some(o);
-        }
-        self.spun_ns = start_ns;
-        let slot = &w.slots[self.s.slot as usize];
-        let until = Instant::now() + SPIN;
-        'spin: loop {
-            for _ in 0..32 {
-                let _ = w.drain(self.s.epoch, false);
-                if lock(&slot.state).stage != Stage::Waiting {
-                    break 'spin;
-                }
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= until {
-                break;
-            }
-        }
-        drop(help);
-        None
-    }
-}
-
 impl Future for IsolatedPhase<'_> {
     type Output = PhaseOutcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PhaseOutcome> {
         let this = self.get_mut();
-        let poll = match this.state {
-            PhaseState::Start => {
-                let started = match this.spin {
-                    Some((policy, latency)) => this.start_and_spin(policy, latency),
-                    None => this.start(),
-                };
-                match started {
-                    Some(o) => {
-                        this.state = PhaseState::Done;
-                        return Poll::Ready(o);
-                    }
-                    None => this.resume(cx),
+        match this.state {
+            PhaseState::Start => match this.start() {
+                Some(o) => {
+                    this.state = PhaseState::Done;
+                    Poll::Ready(o)
                 }
-            }
+                None => this.resume(cx),
+            },
             PhaseState::Running => this.resume(cx),
-            PhaseState::Done => return Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
-        };
-        if let (Poll::Ready(_), Some((_, latency))) = (&poll, this.spin) {
-            // A WebSocket phase lasts as long as the connection: not a latency.
-            if this.spun_ns != 0 && !this.websocket {
-                latency.record(wait::now_ns().saturating_sub(this.spun_ns));
-            }
+            PhaseState::Done => Poll::Ready(PhaseOutcome::Error(SessionError::Closed)),
         }
-        poll
     }
 }
 
@@ -1185,8 +1115,6 @@ impl Transport for Isolated {
             client_closed: false,
             ws_msg: Vec::new(),
             ws_cmds: Vec::new(),
-            spin: Some((self.wait, &self.latency)),
-            spun_ns: 0,
         }
     }
 
@@ -1210,8 +1138,6 @@ impl Transport for Isolated {
         // doorbell quiet.
         let help = Help::begin(w);
         let mut fut = self.phase(session, phase, ctx);
-        // Waits below, its own way.
-        fut.spin = None;
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if let Poll::Ready(o) = Pin::new(&mut fut).poll(&mut cx) {
             return o;

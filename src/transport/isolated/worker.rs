@@ -466,7 +466,11 @@ impl Link {
                         break;
                     }
                 }
-                std::thread::yield_now();
+                if active.is_zero() {
+                    std::thread::yield_now();
+                } else {
+                    looking.yield_now();
+                }
             }
         }
         self.wake.arm();
