@@ -321,7 +321,7 @@ if ws:
     out.append("")
 paced = {}
 for line in open(paced_path):
-    m = re.match(r'== (\S+) rate=([\d.]+) cpu_us=([\d.]+)', line)
+    m = re.match(r'== (\S+) rate=([\d.]+) cpu_us=(-?[\d.]+)', line)
     if m:
         paced.setdefault(m.group(1), []).append((float(m.group(2)), float(m.group(3))))
 if paced:
@@ -340,7 +340,7 @@ if paced:
         if label not in paced:
             continue
         runs = paced[label]
-        out.append(f"| {names[label]} | {cmed(label):.0f} µs | +{cmed(label) - cmed('none'):.0f} µs | "
+        out.append(f"| {names[label]} | {cmed(label):.0f} µs | {cmed(label) - cmed('none'):+.0f} µs | "
                    f"{statistics.median(r for r, _ in runs):.0f} | "
                    f"{', '.join(f'{c:.0f}' for _, c in runs)} |")
     out.append("")

@@ -22,13 +22,15 @@ import time
 
 
 def cpu_seconds(pids):
+    # The process's own line: it includes the threads that exited (a
+    # runtime's blocking-pool threads come and go), which a sum over
+    # /proc/PID/task would lose.
     total = 0
     for pid in pids:
         try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total / os.sysconf("SC_CLK_TCK")
