@@ -34,6 +34,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake; }
 
 TARGET=${CARGO_TARGET_DIR:-target}
+# Absolute: the earlier revision builds from its worktree.
+case $TARGET in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -45,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 
 git worktree add -q --detach "$work/old" "$REV"
-old_target="$PWD/$TARGET/ab-old"
+old_target="$TARGET/ab-old"
 (cd "$work/old" && CARGO_TARGET_DIR="$old_target" cargo build --release -q -p nylon-host --bin nylon-serve)
 cargo build --release -q -p nylon-host --bin nylon-serve --example upstream
 cargo build --release -q -p nylon-transport --example rust_plugin --example v2_plugin
